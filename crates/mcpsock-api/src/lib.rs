@@ -1,0 +1,87 @@
+//! Wire types of the mcpsock admin API.
+//!
+//! These are the only types that cross the boundary between the daemon and
+//! its clients (the CLI, monitoring scripts, other programs). They carry no
+//! behaviour and do no IO; the daemon converts its internal state into them at
+//! the edge.
+
+use serde::{Deserialize, Serialize};
+
+/// Version of the admin API described by this crate. A client compares it
+/// with the one a daemon reports and says clearly when they differ.
+pub const ADMIN_PROTOCOL_VERSION: u32 = 1;
+
+/// Path of the MCP endpoint on every listener.
+pub const MCP_PATH: &str = "/mcp";
+
+/// Path of the health endpoint on every listener.
+pub const HEALTH_PATH: &str = "/health";
+
+/// Overall state of the daemon, as `GET /health` reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthStatus {
+    /// Every configured upstream is running.
+    Ok,
+    /// The daemon serves, but at least one upstream is not running.
+    Degraded,
+}
+
+/// Reply of `GET /health`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    pub status: HealthStatus,
+    /// The admin API version of the daemon ([`ADMIN_PROTOCOL_VERSION`]).
+    pub admin_protocol: u32,
+    pub upstreams: Vec<UpstreamHealth>,
+}
+
+/// Lifecycle state of one upstream MCP server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamState {
+    Starting,
+    Running,
+    Failed,
+    Stopped,
+}
+
+/// One upstream MCP server in `GET /health`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpstreamHealth {
+    pub name: String,
+    pub state: UpstreamState,
+    /// Process id of a stdio upstream while it runs.
+    pub pid: Option<u32>,
+    /// Number of tools the upstream offers.
+    pub tools: usize,
+    /// Why the upstream is not running, when it is not.
+    pub error: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_wire_format_is_stable() {
+        let health = Health {
+            status: HealthStatus::Degraded,
+            admin_protocol: ADMIN_PROTOCOL_VERSION,
+            upstreams: vec![UpstreamHealth {
+                name: "time".into(),
+                state: UpstreamState::Failed,
+                pid: None,
+                tools: 0,
+                error: Some("command not found".into()),
+            }],
+        };
+        let json = serde_json::to_string(&health).unwrap();
+        assert_eq!(
+            json,
+            r#"{"status":"degraded","admin_protocol":1,"upstreams":[{"name":"time","state":"failed","pid":null,"tools":0,"error":"command not found"}]}"#
+        );
+        let back: Health = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, health);
+    }
+}

@@ -1,0 +1,42 @@
+//! Failures a client reports, classified where they happen so the CLI can
+//! say what to do about each.
+
+use std::io;
+
+use crate::Endpoint;
+
+/// Why a call to the daemon failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(
+        "no mcpsock daemon is running at {endpoint}; start one with `mcpsock serve`, or point to it with --socket or MCPSOCK_ENDPOINT"
+    )]
+    NotRunning { endpoint: Endpoint },
+    #[error(
+        "permission denied connecting to {endpoint}: the daemon belongs to another user, or its socket mode does not admit you"
+    )]
+    PermissionDenied { endpoint: Endpoint },
+    #[error("cannot connect to {endpoint}")]
+    Connect {
+        endpoint: Endpoint,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{endpoint}: {message}")]
+    Protocol { endpoint: Endpoint, message: String },
+    #[error("{0}")]
+    InvalidEndpoint(String),
+}
+
+impl ClientError {
+    pub(crate) fn from_connect(endpoint: &Endpoint, source: io::Error) -> Self {
+        let endpoint = endpoint.clone();
+        match source.kind() {
+            io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => {
+                Self::NotRunning { endpoint }
+            }
+            io::ErrorKind::PermissionDenied => Self::PermissionDenied { endpoint },
+            _ => Self::Connect { endpoint, source },
+        }
+    }
+}

@@ -1,0 +1,438 @@
+//! The config file: parsing, validation and the validated [`Config`].
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// A value that must never be printed: upstream secrets, API keys. Its
+/// `Debug` output is a placeholder, so no log line or error can leak it.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself, for the one place that needs it (a child's
+    /// environment, an HTTP header).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// A config file that could not be used. Each message says where and what
+/// to do.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {} does not exist; create it or pass another with --config", path.display())]
+    NotFound { path: PathBuf },
+    #[error("cannot read config file {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{}:{line}:{column}: {message}", path.display())]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{}: {message}", path.display())]
+    Invalid { path: PathBuf, message: String },
+}
+
+/// Default separator between server name and tool name.
+pub(crate) const DEFAULT_TOOL_SEPARATOR: &str = "__";
+const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+const DEFAULT_INIT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A validated configuration: every field has its final value.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Config {
+    /// The file it was read from, when there was one.
+    pub source: Option<PathBuf>,
+    /// Upstream servers in name order.
+    pub servers: Vec<ServerConfig>,
+    /// The `socket` key; flags and environment take precedence over it.
+    pub socket: Option<PathBuf>,
+    /// Joins server name and tool or prompt name: `time__get_current_time`.
+    pub tool_separator: String,
+    /// How long in-flight requests may take to finish on shutdown.
+    pub shutdown_grace: Duration,
+    /// How long an upstream may take to start and answer `initialize`.
+    pub init_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            source: None,
+            servers: Vec::new(),
+            socket: None,
+            tool_separator: DEFAULT_TOOL_SEPARATOR.into(),
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            init_timeout: DEFAULT_INIT_TIMEOUT,
+        }
+    }
+}
+
+/// One upstream MCP server started as a child process.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct ServerConfig {
+    pub name: String,
+    /// The program: absolute, relative to the config file's directory when
+    /// it contains a `/`, or looked up in `PATH` when it is a bare name.
+    pub command: PathBuf,
+    pub args: Vec<String>,
+    /// Extra environment for this server only (its secrets).
+    pub env: Vec<(String, Secret)>,
+    pub cwd: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(rename = "mcpServers", default)]
+    mcp_servers: BTreeMap<String, RawServer>,
+    #[serde(default)]
+    socket: Option<PathBuf>,
+    #[serde(default)]
+    tool_separator: Option<String>,
+    #[serde(default, deserialize_with = "duration")]
+    shutdown_grace: Option<Duration>,
+    #[serde(default, deserialize_with = "duration")]
+    init_timeout: Option<Duration>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    #[serde(rename = "type", default)]
+    kind: Option<String>,
+    #[serde(default)]
+    command: Option<String>,
+    #[serde(default)]
+    args: Vec<String>,
+    #[serde(default)]
+    env: BTreeMap<String, Secret>,
+    #[serde(default)]
+    cwd: Option<PathBuf>,
+    #[serde(default)]
+    disabled: bool,
+}
+
+/// Durations are a number of seconds (`5`, `0.5`) or a human string (`"5s"`,
+/// `"500ms"`, `"2m"`).
+fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Duration>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Seconds(f64),
+        Text(String),
+    }
+    match Raw::deserialize(deserializer)? {
+        Raw::Seconds(seconds) => Duration::try_from_secs_f64(seconds).map(Some).map_err(|_| {
+            serde::de::Error::custom(format!("{seconds} is not a valid number of seconds"))
+        }),
+        Raw::Text(text) => humantime::parse_duration(&text).map(Some).map_err(|error| {
+            serde::de::Error::custom(format!(
+                "{text:?} is not a duration ({error}); write e.g. \"5s\" or \"500ms\""
+            ))
+        }),
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file. A missing file is an error only
+    /// when `must_exist` (the user named it); otherwise the defaults apply.
+    pub fn load(path: &Path, must_exist: bool) -> Result<Self, ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {
+                return if must_exist {
+                    Err(ConfigError::NotFound {
+                        path: path.to_path_buf(),
+                    })
+                } else {
+                    Ok(Self::default())
+                };
+            }
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
+        };
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates config text; `path` names it in errors and
+    /// anchors relative commands.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let raw: RawConfig = serde_json::from_str(text).map_err(|error| ConfigError::Parse {
+            path: path.to_path_buf(),
+            line: error.line(),
+            column: error.column(),
+            message: parse_message(&error),
+        })?;
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        };
+
+        let tool_separator = raw
+            .tool_separator
+            .unwrap_or_else(|| DEFAULT_TOOL_SEPARATOR.into());
+        if tool_separator.is_empty() || !tool_separator.chars().all(is_name_char) {
+            return Err(invalid(format!(
+                "tool_separator {tool_separator:?} must be one or more of A-Z a-z 0-9 _ - ."
+            )));
+        }
+        if let Some(socket) = &raw.socket {
+            crate::check_socket_path(socket)
+                .map_err(|message| invalid(format!("socket: {message}")))?;
+        }
+
+        let config_dir = path.parent().unwrap_or(Path::new("."));
+        let mut servers = Vec::with_capacity(raw.mcp_servers.len());
+        for (name, server) in raw.mcp_servers {
+            let at = |message: String| invalid(format!("mcpServers.{name}: {message}"));
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
+                return Err(at(
+                    "server names may use only A-Z a-z 0-9 _ - (they become tool name prefixes)"
+                        .into(),
+                ));
+            }
+            if name.contains(&tool_separator) {
+                return Err(at(format!(
+                    "the server name contains the tool separator {tool_separator:?}; rename the server or set tool_separator"
+                )));
+            }
+            if server.disabled {
+                continue;
+            }
+            match server.kind.as_deref() {
+                None | Some("stdio") => {}
+                Some(other) => {
+                    return Err(at(format!(
+                        "type {other:?} is not supported yet; only stdio servers (\"command\") are"
+                    )));
+                }
+            }
+            let command = match server.command {
+                Some(command) if !command.trim().is_empty() => command,
+                _ => {
+                    return Err(at(
+                        "\"command\" is missing: name the program that starts this MCP server"
+                            .into(),
+                    ));
+                }
+            };
+            if command.contains('\0') || server.args.iter().any(|arg| arg.contains('\0')) {
+                return Err(at("command and args must not contain NUL bytes".into()));
+            }
+            for key in server.env.keys() {
+                if key.is_empty() || key.contains('=') || key.contains('\0') {
+                    return Err(at(format!("env key {key:?} is not a valid variable name")));
+                }
+            }
+            servers.push(ServerConfig {
+                command: resolve_command(&command, config_dir),
+                name,
+                args: server.args,
+                env: server.env.into_iter().collect(),
+                cwd: server.cwd.map(|cwd| config_dir.join(cwd)),
+            });
+        }
+
+        let defaults = Self::default();
+        Ok(Self {
+            source: Some(path.to_path_buf()),
+            servers,
+            socket: raw.socket,
+            tool_separator,
+            shutdown_grace: raw.shutdown_grace.unwrap_or(defaults.shutdown_grace),
+            init_timeout: raw.init_timeout.unwrap_or(defaults.init_timeout),
+        })
+    }
+}
+
+fn is_name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')
+}
+
+/// A bare program name is left for `PATH`; a relative path with a `/` is
+/// taken relative to the config file, so a config can ship beside the
+/// programs it starts.
+fn resolve_command(command: &str, config_dir: &Path) -> PathBuf {
+    let command_path = Path::new(command);
+    if command_path.is_absolute() || !command.contains('/') {
+        command_path.to_path_buf()
+    } else {
+        config_dir.join(command_path)
+    }
+}
+
+/// serde_json appends " at line L column C" to its messages; the error
+/// already carries both, so drop the repetition.
+fn parse_message(error: &serde_json::Error) -> String {
+    let message = error.to_string();
+    match message.rfind(" at line ") {
+        Some(index) => message[..index].to_string(),
+        None => message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, String> {
+        Config::parse(text, Path::new("/etc/mcpsock/config.json"))
+            .map_err(|error| error.to_string())
+    }
+
+    #[track_caller]
+    fn check_error(text: &str, expected: &str) {
+        let error = parse(text).expect_err("config should be refused");
+        assert!(
+            error.contains(expected),
+            "error {error:?} should contain {expected:?}"
+        );
+    }
+
+    #[test]
+    fn claude_desktop_format() {
+        let config = parse(
+            r#"{"mcpServers": {
+                "time": {"command": "uvx", "args": ["mcp-server-time"], "env": {"TOKEN": "s3cret"}},
+                "demo": {"type": "stdio", "command": "./bin/demo", "cwd": "work"},
+                "off": {"command": "nope", "disabled": true}
+            }}"#,
+        )
+        .unwrap();
+        let names: Vec<_> = config
+            .servers
+            .iter()
+            .map(|server| server.name.as_str())
+            .collect();
+        assert_eq!(names, ["demo", "time"]);
+        assert_eq!(
+            config.servers[0].command,
+            PathBuf::from("/etc/mcpsock/./bin/demo")
+        );
+        assert_eq!(
+            config.servers[0].cwd,
+            Some(PathBuf::from("/etc/mcpsock/work"))
+        );
+        assert_eq!(config.servers[1].command, PathBuf::from("uvx"));
+        assert_eq!(config.servers[1].env[0].1.expose(), "s3cret");
+        assert_eq!(config.tool_separator, "__");
+        assert_eq!(config.shutdown_grace, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn own_keys() {
+        let config = parse(
+            r#"{"mcpServers": {}, "socket": "/run/x.sock", "tool_separator": ".", "shutdown_grace": "250ms", "init_timeout": 2}"#,
+        )
+        .unwrap();
+        assert_eq!(config.socket, Some(PathBuf::from("/run/x.sock")));
+        assert_eq!(config.tool_separator, ".");
+        assert_eq!(config.shutdown_grace, Duration::from_millis(250));
+        assert_eq!(config.init_timeout, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn bad_input_is_named() {
+        check_error("{", "config.json:1:1: EOF while parsing");
+        check_error(
+            r#"{"mcpServers": {}, "sockett": "/x"}"#,
+            "unknown field `sockett`",
+        );
+        check_error(
+            r#"{"mcpServers": {"a": {"command": "x", "argz": []}}}"#,
+            "unknown field `argz`",
+        );
+        check_error(
+            r#"{"mcpServers": {"a": {"args": []}}}"#,
+            "mcpServers.a: \"command\" is missing",
+        );
+        check_error(
+            r#"{"mcpServers": {"a": {"command": "  "}}}"#,
+            "\"command\" is missing",
+        );
+        check_error(
+            r#"{"mcpServers": {"a b": {"command": "x"}}}"#,
+            "server names may use only",
+        );
+        check_error(
+            r#"{"mcpServers": {"a__b": {"command": "x"}}}"#,
+            "contains the tool separator",
+        );
+        check_error(
+            r#"{"mcpServers": {"a": {"url": "http://x"}}}"#,
+            "unknown field `url`",
+        );
+        check_error(
+            r#"{"mcpServers": {"a": {"type": "http", "command": "x"}}}"#,
+            "type \"http\" is not supported",
+        );
+        check_error(r#"{"tool_separator": "/"}"#, "tool_separator \"/\"");
+        check_error(
+            r#"{"shutdown_grace": "soon"}"#,
+            "\"soon\" is not a duration",
+        );
+        check_error(
+            r#"{"socket": "@abstract"}"#,
+            "socket: @abstract: abstract socket addresses are not supported",
+        );
+        check_error(
+            r#"{"mcpServers": {"a": {"command": "x", "env": {"A=B": "1"}}}}"#,
+            "env key \"A=B\"",
+        );
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let config =
+            parse(r#"{"mcpServers": {"a": {"command": "x", "env": {"TOKEN": "hunter2"}}}}"#)
+                .unwrap();
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+        assert!(debug.contains("<redacted>"), "{debug}");
+    }
+
+    #[test]
+    fn missing_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("absent.json");
+        assert!(Config::load(&path, false).unwrap().servers.is_empty());
+        let error = Config::load(&path, true).unwrap_err().to_string();
+        assert!(
+            error.contains("does not exist; create it or pass another with --config"),
+            "{error}"
+        );
+    }
+}

@@ -1,0 +1,17 @@
+//! mcpsock configuration: the `mcpServers` file format that Claude Desktop,
+//! Claude Code and Cursor already use, mcpsock's own keys beside it,
+//! validation, and the one place where paths are resolved.
+//!
+//! Precedence everywhere is: command-line flag > environment variable >
+//! config file > built-in default. Environment lookups go through the
+//! [`Env`] trait so that tests never read or write the real process
+//! environment.
+
+mod file;
+mod paths;
+
+pub use file::{Config, ConfigError, Secret, ServerConfig};
+pub use paths::{
+    ConfigLocation, Env, ProcessEnv, SOCKET_PATH_MAX, check_socket_path, config_location,
+    socket_path,
+};

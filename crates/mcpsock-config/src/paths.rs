@@ -1,0 +1,230 @@
+//! Path resolution with one documented precedence order.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+/// Where the process environment is read from. The real one is
+/// [`ProcessEnv`]; tests pass a map.
+pub trait Env {
+    /// The value of an environment variable, if set and not empty.
+    fn var_os(&self, key: &str) -> Option<OsString>;
+    /// The effective uid of this process.
+    fn uid(&self) -> u32;
+}
+
+/// The environment of the running process.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn var_os(&self, key: &str) -> Option<OsString> {
+        std::env::var_os(key).filter(|value| !value.is_empty())
+    }
+
+    fn uid(&self) -> u32 {
+        rustix::process::geteuid().as_raw()
+    }
+}
+
+/// Longest socket path the platform accepts, in bytes, without the
+/// terminating NUL that `sun_path` also has to hold.
+#[cfg(target_os = "linux")]
+pub const SOCKET_PATH_MAX: usize = 107;
+/// Longest socket path the platform accepts, in bytes, without the
+/// terminating NUL that `sun_path` also has to hold.
+#[cfg(not(target_os = "linux"))]
+pub const SOCKET_PATH_MAX: usize = 103;
+
+/// Which config file to read, and whether the user named it (a named file
+/// must exist; the default one may be absent).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigLocation {
+    pub path: PathBuf,
+    pub explicit: bool,
+}
+
+/// The config file: `--config` > `MCPSOCK_CONFIG` >
+/// `$XDG_CONFIG_HOME/mcpsock/config.json` > `$HOME/.config/mcpsock/config.json`.
+pub fn config_location(flag: Option<&Path>, env: &dyn Env) -> ConfigLocation {
+    if let Some(path) = flag {
+        return ConfigLocation {
+            path: path.to_path_buf(),
+            explicit: true,
+        };
+    }
+    if let Some(path) = env.var_os("MCPSOCK_CONFIG") {
+        return ConfigLocation {
+            path: PathBuf::from(path),
+            explicit: true,
+        };
+    }
+    let config_home = env
+        .var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| {
+            env.var_os("HOME")
+                .map(|home| PathBuf::from(home).join(".config"))
+        })
+        .unwrap_or_else(|| PathBuf::from("/nonexistent"));
+    ConfigLocation {
+        path: config_home.join("mcpsock").join("config.json"),
+        explicit: false,
+    }
+}
+
+/// The daemon's socket: `--socket` > `MCPSOCK_SOCKET` > config `socket` >
+/// `$XDG_RUNTIME_DIR/mcpsock/mcpsock.sock` > `/tmp/mcpsock-$UID/mcpsock.sock`.
+///
+/// Clients find the daemon with the same function, so both sides agree
+/// without any configuration.
+pub fn socket_path(flag: Option<&Path>, env: &dyn Env, from_config: Option<&Path>) -> PathBuf {
+    if let Some(path) = flag {
+        return path.to_path_buf();
+    }
+    if let Some(path) = env.var_os("MCPSOCK_SOCKET") {
+        return PathBuf::from(path);
+    }
+    if let Some(path) = from_config {
+        return path.to_path_buf();
+    }
+    let dir = match env.var_os("XDG_RUNTIME_DIR") {
+        Some(runtime_dir) => PathBuf::from(runtime_dir).join("mcpsock"),
+        None => PathBuf::from(format!("/tmp/mcpsock-{}", env.uid())),
+    };
+    dir.join("mcpsock.sock")
+}
+
+/// Checks that `path` can name a filesystem Unix socket. Abstract addresses
+/// (`@name` or a leading NUL) are refused: no file permission applies to them.
+/// The message says what to do.
+pub fn check_socket_path(path: &Path) -> Result<(), String> {
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = path.as_os_str().as_bytes();
+    if bytes.is_empty() {
+        return Err("the socket path is empty: give a file path such as /run/user/1000/mcpsock/mcpsock.sock".into());
+    }
+    if bytes[0] == b'@' || bytes.contains(&0) {
+        return Err(format!(
+            "{}: abstract socket addresses are not supported because no file permission protects them; give a file path instead",
+            path.display()
+        ));
+    }
+    if path.file_name().is_none() {
+        return Err(format!(
+            "{}: the socket path must end in a file name",
+            path.display()
+        ));
+    }
+    if bytes.len() > SOCKET_PATH_MAX {
+        return Err(format!(
+            "{}: the socket path is {} bytes long, but this platform allows at most {SOCKET_PATH_MAX}; choose a shorter path with --socket or MCPSOCK_SOCKET",
+            path.display(),
+            bytes.len()
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    struct FakeEnv(HashMap<&'static str, &'static str>);
+
+    impl Env for FakeEnv {
+        fn var_os(&self, key: &str) -> Option<OsString> {
+            self.0.get(key).map(OsString::from)
+        }
+        fn uid(&self) -> u32 {
+            4242
+        }
+    }
+
+    fn env(pairs: &[(&'static str, &'static str)]) -> FakeEnv {
+        FakeEnv(pairs.iter().copied().collect())
+    }
+
+    #[test]
+    fn socket_precedence() {
+        let check = |flag: Option<&str>,
+                     vars: &[(&'static str, &'static str)],
+                     file: Option<&str>,
+                     expected: &str| {
+            let got = socket_path(flag.map(Path::new), &env(vars), file.map(Path::new));
+            assert_eq!(
+                got,
+                PathBuf::from(expected),
+                "flag={flag:?} vars={vars:?} file={file:?}"
+            );
+        };
+        let all = [
+            ("MCPSOCK_SOCKET", "/env.sock"),
+            ("XDG_RUNTIME_DIR", "/run/user/7"),
+        ];
+        check(Some("/flag.sock"), &all, Some("/file.sock"), "/flag.sock");
+        check(None, &all, Some("/file.sock"), "/env.sock");
+        check(None, &all[1..], Some("/file.sock"), "/file.sock");
+        check(None, &all[1..], None, "/run/user/7/mcpsock/mcpsock.sock");
+        check(None, &[], None, "/tmp/mcpsock-4242/mcpsock.sock");
+    }
+
+    #[test]
+    fn config_precedence() {
+        let vars = [
+            ("MCPSOCK_CONFIG", "/env.json"),
+            ("XDG_CONFIG_HOME", "/xdg"),
+            ("HOME", "/home/u"),
+        ];
+        let flag = config_location(Some(Path::new("/flag.json")), &env(&vars));
+        assert_eq!(
+            flag,
+            ConfigLocation {
+                path: "/flag.json".into(),
+                explicit: true
+            }
+        );
+        let from_env = config_location(None, &env(&vars));
+        assert_eq!(
+            from_env,
+            ConfigLocation {
+                path: "/env.json".into(),
+                explicit: true
+            }
+        );
+        let xdg = config_location(None, &env(&vars[1..]));
+        assert_eq!(
+            xdg,
+            ConfigLocation {
+                path: "/xdg/mcpsock/config.json".into(),
+                explicit: false
+            }
+        );
+        let home = config_location(None, &env(&vars[2..]));
+        assert_eq!(
+            home.path,
+            PathBuf::from("/home/u/.config/mcpsock/config.json")
+        );
+    }
+
+    #[test]
+    fn socket_path_checks() {
+        assert!(check_socket_path(Path::new("/run/user/1/mcpsock/mcpsock.sock")).is_ok());
+        let abstract_name = check_socket_path(Path::new("@mcpsock")).unwrap_err();
+        assert!(abstract_name.contains("abstract"), "{abstract_name}");
+        assert!(
+            check_socket_path(Path::new("\0mcpsock"))
+                .unwrap_err()
+                .contains("abstract")
+        );
+        let long = format!("/tmp/{}", "x".repeat(SOCKET_PATH_MAX));
+        let too_long = check_socket_path(Path::new(&long)).unwrap_err();
+        assert!(
+            too_long.contains(&format!("at most {SOCKET_PATH_MAX}")),
+            "{too_long}"
+        );
+        let exact = format!("/{}", "x".repeat(SOCKET_PATH_MAX - 1));
+        assert!(check_socket_path(Path::new(&exact)).is_ok());
+        assert!(check_socket_path(Path::new("")).is_err());
+    }
+}

@@ -1,0 +1,136 @@
+//! The HTTP surface of the daemon: `/mcp` through rmcp's Streamable HTTP
+//! service, `/health`, and the in-flight request tracking that shutdown
+//! waits on.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use http::Method;
+use http_body_util::BodyExt;
+use mcpsock_api::{HEALTH_PATH, Health, HealthStatus, MCP_PATH, UpstreamHealth};
+use mcpsock_gateway::{Gateway, UpstreamState};
+use rmcp::transport::StreamableHttpServerConfig;
+use rmcp::transport::StreamableHttpService;
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+/// Counts requests whose response (including a streamed one) is not yet
+/// complete.
+#[derive(Debug, Default)]
+pub(crate) struct InFlight {
+    active: AtomicUsize,
+    idle: Notify,
+}
+
+impl InFlight {
+    pub(crate) fn active(&self) -> usize {
+        self.active.load(Ordering::Acquire)
+    }
+
+    /// Resolves once no request is in flight.
+    pub(crate) async fn wait_idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            if self.active() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+struct InFlightGuard(Arc<InFlight>);
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        if self.0.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+/// Counts a POST from its arrival until its response body is fully sent or
+/// dropped. Long-lived GET streams are not requests in flight: they are
+/// ended when shutdown cancels the streams.
+async fn track_in_flight(
+    State(in_flight): State<Arc<InFlight>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if request.method() != Method::POST {
+        return next.run(request).await;
+    }
+    in_flight.active.fetch_add(1, Ordering::AcqRel);
+    let guard = InFlightGuard(in_flight);
+    let response = next.run(request).await;
+    response.map(|body| {
+        axum::body::Body::new(body.map_frame(move |frame| {
+            // The closure owns the guard, so it lives exactly as long as the body.
+            let _ = &guard;
+            frame
+        }))
+    })
+}
+
+async fn health(State(gateway): State<Gateway>) -> impl IntoResponse {
+    let upstreams: Vec<UpstreamHealth> = gateway
+        .report()
+        .into_iter()
+        .map(|report| UpstreamHealth {
+            name: report.name,
+            state: match report.state {
+                UpstreamState::Running => mcpsock_api::UpstreamState::Running,
+                UpstreamState::Failed => mcpsock_api::UpstreamState::Failed,
+                UpstreamState::Stopped => mcpsock_api::UpstreamState::Stopped,
+            },
+            pid: report.pid,
+            tools: report.tools,
+            error: report.error,
+        })
+        .collect();
+    let status = if upstreams
+        .iter()
+        .all(|upstream| upstream.state == mcpsock_api::UpstreamState::Running)
+    {
+        HealthStatus::Ok
+    } else {
+        HealthStatus::Degraded
+    };
+    Json(Health {
+        status,
+        admin_protocol: mcpsock_api::ADMIN_PROTOCOL_VERSION,
+        upstreams,
+    })
+}
+
+/// The router served on every listener.
+pub(crate) fn router(
+    gateway: Gateway,
+    streams_token: CancellationToken,
+    in_flight: Arc<InFlight>,
+) -> Router {
+    // Browsers have no business on a local socket: any request that carries
+    // an Origin header is refused.
+    let config = StreamableHttpServerConfig::default()
+        .with_cancellation_token(streams_token)
+        .enforce_origin_validation();
+    let session_gateway = gateway.clone();
+    let mcp = StreamableHttpService::new(
+        move || Ok(session_gateway.clone()),
+        Arc::new(LocalSessionManager::default()),
+        config,
+    );
+    Router::new()
+        .route(HEALTH_PATH, get(health).with_state(gateway))
+        .route_service(MCP_PATH, mcp)
+        .layer(axum::middleware::from_fn_with_state(
+            in_flight,
+            track_in_flight,
+        ))
+}

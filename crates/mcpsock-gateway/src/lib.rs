@@ -1,0 +1,12 @@
+//! The gateway: starts upstream MCP servers once and serves them to every
+//! downstream session as one aggregated MCP server.
+//!
+//! This crate knows nothing of HTTP or sockets. [`Gateway`] implements
+//! rmcp's `ServerHandler`; whoever owns the listeners mounts it.
+
+mod handler;
+mod spawn;
+mod upstream;
+
+pub use handler::{Gateway, GatewayOptions};
+pub use upstream::{UpstreamReport, UpstreamSpec, UpstreamState};

@@ -1,0 +1,196 @@
+//! The one place that starts child processes.
+//!
+//! Children get a cleared environment (an allowlist plus their own
+//! configured variables), their own process group so that stopping them
+//! reaches any grandchildren too, piped stdio, and no inherited file
+//! descriptors beyond 0, 1 and 2 (everything mcpsock opens is close-on-exec).
+
+use std::io;
+use std::process::Stdio;
+use std::time::Duration;
+
+use rustix::process::{Pid, Signal};
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command};
+use tokio::sync::watch;
+
+use crate::UpstreamSpec;
+
+/// Variables a child inherits from the daemon; everything else is dropped,
+/// so the daemon's own secrets and systemd's `LISTEN_*`/`NOTIFY_SOCKET`
+/// never reach an upstream.
+const ENV_ALLOWLIST: &[&str] = &[
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "SHELL",
+    "LANG",
+    "LANGUAGE",
+    "LC_ALL",
+    "LC_CTYPE",
+    "LC_MESSAGES",
+    "TERM",
+    "TMPDIR",
+    "TZ",
+    "XDG_CONFIG_HOME",
+    "XDG_DATA_HOME",
+    "XDG_CACHE_HOME",
+    "XDG_STATE_HOME",
+];
+
+const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
+/// Longest stderr line logged in full; the rest of a longer line is cut.
+const MAX_STDERR_LINE: usize = 4096;
+
+/// A running child with its pipes, before they are handed to the MCP client.
+pub(crate) struct StdioChild {
+    pub(crate) pid: u32,
+    pub(crate) stdin: ChildStdin,
+    pub(crate) stdout: ChildStdout,
+    /// Becomes `Some` with a description of how the child ended once it has
+    /// exited and been reaped.
+    pub(crate) exited: watch::Receiver<Option<String>>,
+}
+
+/// Starts `spec` as a child process in its own process group. Its stderr is
+/// drained into the log, escaped, so that it can neither block the child nor
+/// forge log lines; a task reaps it when it exits.
+pub(crate) fn spawn_stdio(spec: &UpstreamSpec) -> io::Result<StdioChild> {
+    let mut command = Command::new(&spec.command);
+    command
+        .args(&spec.args)
+        .env_clear()
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        // A safety net for paths that forget to stop a child: dropping it
+        // kills the leader. Normal stops signal the whole group first.
+        .kill_on_drop(true);
+    for key in ENV_ALLOWLIST {
+        if let Some(value) = std::env::var_os(key) {
+            command.env(key, value);
+        }
+    }
+    if std::env::var_os("PATH").is_none() {
+        command.env("PATH", DEFAULT_PATH);
+    }
+    for (key, value) in &spec.env {
+        command.env(key, value);
+    }
+    if let Some(cwd) = &spec.cwd {
+        command.current_dir(cwd);
+    }
+    let mut child = command.spawn()?;
+    let pid = child
+        .id()
+        .ok_or_else(|| io::Error::other("the child exited before its pid could be read"))?;
+    let (Some(stdin), Some(stdout), Some(stderr)) =
+        (child.stdin.take(), child.stdout.take(), child.stderr.take())
+    else {
+        return Err(io::Error::other("the child's pipes were not set up"));
+    };
+    tokio::spawn(drain_stderr(spec.name.clone(), stderr));
+    let (exit_sender, exited) = watch::channel(None);
+    tokio::spawn(reap(spec.name.clone(), child, exit_sender));
+    Ok(StdioChild {
+        pid,
+        stdin,
+        stdout,
+        exited,
+    })
+}
+
+async fn reap(name: String, mut child: Child, exit_sender: watch::Sender<Option<String>>) {
+    let how = match child.wait().await {
+        Ok(status) => status.to_string(),
+        Err(error) => format!("could not be waited for: {error}"),
+    };
+    tracing::info!(upstream = %name, status = %how, "upstream process ended");
+    let _ = exit_sender.send(Some(how));
+}
+
+/// Stops a child started by [`spawn_stdio`]: `SIGTERM` to its process group,
+/// then, after `grace` or as soon as the leader is gone, `SIGKILL` to the
+/// group so that no grandchild outlives it. Returns once the leader is reaped
+/// (or a last short wait ran out).
+pub(crate) async fn stop_group(
+    pid: u32,
+    exited: &mut watch::Receiver<Option<String>>,
+    grace: Duration,
+) {
+    let Some(group) = i32::try_from(pid).ok().and_then(Pid::from_raw) else {
+        return;
+    };
+    let _ = rustix::process::kill_process_group(group, Signal::TERM);
+    let _ = tokio::time::timeout(grace, exited.wait_for(Option::is_some)).await;
+    let _ = rustix::process::kill_process_group(group, Signal::KILL);
+    let _ = tokio::time::timeout(Duration::from_secs(2), exited.wait_for(Option::is_some)).await;
+}
+
+/// Sends `SIGKILL` to a process group at once, for a group whose leader has
+/// already exited.
+pub(crate) fn kill_group_now(pid: u32) {
+    if let Some(group) = i32::try_from(pid).ok().and_then(Pid::from_raw) {
+        let _ = rustix::process::kill_process_group(group, Signal::KILL);
+    }
+}
+
+async fn drain_stderr(name: String, stderr: ChildStderr) {
+    let mut reader = BufReader::new(stderr);
+    let mut line = Vec::new();
+    while read_bounded_line(&mut reader, &mut line).await {
+        if !line.is_empty() {
+            // escape_debug turns ESC, CR, NUL and friends into visible escapes.
+            let text = String::from_utf8_lossy(&line);
+            tracing::info!(upstream = %name, "stderr: {}", text.escape_debug());
+        }
+    }
+}
+
+/// Reads one line into `line` (without its newline), keeping at most
+/// [`MAX_STDERR_LINE`] bytes of it. Returns false at end of input.
+async fn read_bounded_line<R: AsyncRead + Unpin>(
+    reader: &mut BufReader<R>,
+    line: &mut Vec<u8>,
+) -> bool {
+    line.clear();
+    let mut saw_any = false;
+    loop {
+        let buffer = match reader.fill_buf().await {
+            Ok([]) | Err(_) => return saw_any,
+            Ok(buffer) => buffer,
+        };
+        saw_any = true;
+        let (chunk, consumed, complete) = match buffer.iter().position(|&byte| byte == b'\n') {
+            Some(index) => (&buffer[..index], index + 1, true),
+            None => (buffer, buffer.len(), false),
+        };
+        let room = MAX_STDERR_LINE.saturating_sub(line.len());
+        line.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        reader.consume(consumed);
+        if complete {
+            return true;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn bounded_lines() {
+        let long = "x".repeat(MAX_STDERR_LINE + 100);
+        let input = format!("one\n{long}\nlast");
+        let mut reader = BufReader::new(input.as_bytes());
+        let mut line = Vec::new();
+        let mut lines = Vec::new();
+        while read_bounded_line(&mut reader, &mut line).await {
+            lines.push(line.len());
+        }
+        assert_eq!(lines, [3, MAX_STDERR_LINE, 4]);
+    }
+}

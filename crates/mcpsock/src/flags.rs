@@ -1,0 +1,102 @@
+//! Command-line flags, one clap struct per command, mirroring the flags one
+//! to one. Conversion into validated settings happens in `main.rs`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  success
+  1  unexpected failure (the message says what)
+  2  invalid flags, config file or socket path
+  3  another mcpsock is already running on this socket
+  4  the socket directory or path is unsafe or unusable
+  5  no daemon reachable (not running, or not allowed)
+  6  the tool reported an error
+
+Environment:
+  MCPSOCK_CONFIG    config file (default $XDG_CONFIG_HOME/mcpsock/config.json)
+  MCPSOCK_SOCKET    socket path (default $XDG_RUNTIME_DIR/mcpsock/mcpsock.sock)
+  MCPSOCK_ENDPOINT  where client commands find the daemon (unix:///path)
+  MCPSOCK_LOG       log filter, e.g. debug or mcpsock_gateway=trace";
+
+/// One MCP daemon per user, shared by every MCP client on the machine over a
+/// private Unix socket.
+#[derive(Debug, Parser)]
+#[command(name = "mcpsock", version, about, after_help = EXIT_CODES)]
+pub(crate) struct Flags {
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Start the daemon in the foreground: start the configured MCP servers
+    /// once and serve them, aggregated, on the Unix socket.
+    Serve(ServeFlags),
+    /// List the tools the daemon offers.
+    Tools(ToolsFlags),
+    /// Call a tool and print its result.
+    Call(CallFlags),
+    /// Relay MCP between stdin/stdout and the daemon, for clients that can
+    /// only start a command: {"command": "mcpsock", "args": ["bridge"]}.
+    Bridge(BridgeFlags),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ServeFlags {
+    /// Config file in the mcpServers format [env: MCPSOCK_CONFIG]
+    #[arg(long, value_name = "PATH")]
+    pub(crate) config: Option<PathBuf>,
+    /// Socket path [env: MCPSOCK_SOCKET] [default: $XDG_RUNTIME_DIR/mcpsock/mcpsock.sock]
+    #[arg(long, short = 's', value_name = "PATH")]
+    pub(crate) socket: Option<PathBuf>,
+}
+
+/// Where client commands find the daemon.
+#[derive(Debug, Args)]
+pub(crate) struct TargetFlags {
+    /// The daemon's address: unix:///path/to/mcpsock.sock [env: MCPSOCK_ENDPOINT]
+    #[arg(long, value_name = "URL", conflicts_with = "socket")]
+    pub(crate) endpoint: Option<String>,
+    /// The daemon's socket path [env: MCPSOCK_SOCKET]
+    #[arg(long, short = 's', value_name = "PATH")]
+    pub(crate) socket: Option<PathBuf>,
+    /// Config file whose `socket` key names the socket [env: MCPSOCK_CONFIG]
+    #[arg(long, value_name = "PATH")]
+    pub(crate) config: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ToolsFlags {
+    #[command(flatten)]
+    pub(crate) target: TargetFlags,
+    /// Print the full tool definitions as JSON
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CallFlags {
+    #[command(flatten)]
+    pub(crate) target: TargetFlags,
+    /// The tool, as `mcpsock tools` lists it (e.g. time__get_current_time)
+    pub(crate) tool: String,
+    /// An argument as KEY=VALUE; VALUE is JSON (5, true, [1]) unless the
+    /// tool's schema says the argument is a string. Repeatable.
+    #[arg(long = "arg", short = 'a', value_name = "KEY=VALUE")]
+    pub(crate) args: Vec<String>,
+    /// All arguments as one JSON object; --arg values override its keys
+    #[arg(long, value_name = "JSON")]
+    pub(crate) json: Option<String>,
+    /// Print the whole result as JSON instead of its text content
+    #[arg(long)]
+    pub(crate) raw: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct BridgeFlags {
+    #[command(flatten)]
+    pub(crate) target: TargetFlags,
+}

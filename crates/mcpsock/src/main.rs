@@ -1,0 +1,130 @@
+//! The `mcpsock` command: parses flags, runs one command, and turns its
+//! outcome into a message and an exit code. This is the only place in the
+//! workspace that prints or exits.
+
+// The binary is where output belongs.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+mod call;
+mod exit;
+mod flags;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use mcpsock_client::Endpoint;
+use mcpsock_config::{Config, ProcessEnv};
+
+use crate::exit::Failure;
+use crate::flags::{Command, Flags, ServeFlags};
+
+fn main() -> ExitCode {
+    let flags = Flags::parse();
+    init_logging(&flags);
+    match run(flags) {
+        Ok(code) => code,
+        Err(failure) => {
+            eprintln!("mcpsock: {:#}", failure.error);
+            ExitCode::from(failure.code as u8)
+        }
+    }
+}
+
+fn init_logging(flags: &Flags) {
+    use std::io::IsTerminal;
+    // rmcp logs every handshake at info; that is noise in a daemon's log.
+    let default = match flags.command {
+        Command::Serve(_) => "info,rmcp=warn",
+        _ => "warn",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MCPSOCK_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+fn run(flags: Flags) -> Result<ExitCode, Failure> {
+    let runtime = match flags.command {
+        Command::Serve(_) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+        _ => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+    }
+    .map_err(|error| {
+        Failure::internal(anyhow::Error::new(error).context("cannot start the async runtime"))
+    })?;
+    runtime.block_on(async {
+        match flags.command {
+            Command::Serve(serve) => run_serve(serve).await,
+            Command::Tools(tools) => {
+                let endpoint = resolve_endpoint(&tools.target)?;
+                call::list_tools(&endpoint, tools.json).await
+            }
+            Command::Call(call) => {
+                let endpoint = resolve_endpoint(&call.target)?;
+                call::call_tool(&endpoint, &call).await
+            }
+            Command::Bridge(bridge) => {
+                let endpoint = resolve_endpoint(&bridge.target)?;
+                mcpsock_client::bridge(&endpoint)
+                    .await
+                    .map_err(Failure::client)?;
+                Ok(ExitCode::SUCCESS)
+            }
+        }
+    })
+}
+
+async fn run_serve(flags: ServeFlags) -> Result<ExitCode, Failure> {
+    let env = ProcessEnv;
+    let location = mcpsock_config::config_location(flags.config.as_deref(), &env);
+    let config = Config::load(&location.path, location.explicit).map_err(Failure::config)?;
+    if config.source.is_none() {
+        tracing::warn!(
+            config = %location.path.display(),
+            "no config file found: serving no upstream servers; write one in the mcpServers format there or pass --config"
+        );
+    }
+    let socket_path =
+        mcpsock_config::socket_path(flags.socket.as_deref(), &env, config.socket.as_deref());
+    mcpsock_config::check_socket_path(&socket_path)
+        .map_err(|message| Failure::config(anyhow::Error::msg(message)))?;
+    let shutdown = mcpsock_daemon::shutdown_signal()
+        .await
+        .map_err(Failure::internal)?;
+    let options = mcpsock_daemon::DaemonOptions::new(config, socket_path);
+    mcpsock_daemon::run(options, shutdown)
+        .await
+        .map_err(Failure::daemon)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Finds the daemon: `--endpoint` > `--socket` > `MCPSOCK_ENDPOINT` >
+/// `MCPSOCK_SOCKET` > the config's `socket` > the default socket.
+fn resolve_endpoint(target: &flags::TargetFlags) -> Result<Endpoint, Failure> {
+    let env = ProcessEnv;
+    let needs_config = target.endpoint.is_none()
+        && target.socket.is_none()
+        && std::env::var_os("MCPSOCK_ENDPOINT").is_none()
+        && std::env::var_os("MCPSOCK_SOCKET").is_none();
+    let config_socket = if needs_config {
+        let location = mcpsock_config::config_location(target.config.as_deref(), &env);
+        Config::load(&location.path, location.explicit)
+            .map_err(Failure::config)?
+            .socket
+    } else {
+        None
+    };
+    Endpoint::resolve(
+        target.endpoint.as_deref(),
+        target.socket.as_deref(),
+        &env,
+        config_socket.as_deref(),
+    )
+    .map_err(Failure::client)
+}
