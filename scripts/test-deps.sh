@@ -7,7 +7,7 @@
 #   "$(bash scripts/test-deps.sh | tail -n1)" -m pytest tests/python
 #
 # The venv lives at ${MCPSOCK_TEST_VENV:-<repo>/target/test-venv}. Only
-# python3 (3.10+) with the venv module and access to PyPI are needed.
+# python3 (3.11+) with the venv module and access to PyPI are needed.
 #
 # Idempotent: a stamp file in the venv holds a hash of the requirements file
 # and of the interpreter version. When it matches, nothing is installed. When
@@ -38,8 +38,8 @@ sha256() {
 # `python3` may be a pyenv shim; ask it for the real interpreter's version.
 VERSION_PROBE='import sys; print(sys.implementation.name, sys.version.split()[0])'
 BASE_VERSION="$(/usr/bin/env python3 -c "$VERSION_PROBE")" || die "python3 not found"
-/usr/bin/env python3 -c 'import sys; sys.exit(sys.version_info < (3, 10))' \
-    || die "python3 is $BASE_VERSION; 3.10 or newer is needed"
+/usr/bin/env python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+    || die "python3 is $BASE_VERSION; 3.11 or newer is needed"
 WANT="$({ cat "$REQS"; printf '%s\n' "$BASE_VERSION"; } | sha256)"
 
 venv_version() { "$PY" -c "$VERSION_PROBE" 2>/dev/null || true; }

@@ -161,8 +161,7 @@ async def assert_unknown_tool_fails(client: Client, name: str) -> None:
     or at least an ``isError`` result."""
     try:
         result = await client.call_tool(name, {"timezone": "UTC"})
-    except MCPError as exc:
-        assert exc.code != 0, exc
+    except MCPError:
         return
     assert result.is_error, f"calling unknown tool {name!r} succeeded: {result}"
 
@@ -409,9 +408,11 @@ def test_bridge_without_daemon_fails_fast(scratch: Scratch, bin_path: Path) -> N
             proc.stdout.close()
     elapsed = time.monotonic() - started
     stderr = err_path.read_text(errors="replace")
-    assert code != 0, f"bridge exited 0 with no daemon; stderr: {stderr!r}"
+    # `mcpsock --help` documents exit code 5 as "no daemon reachable".
+    assert code == 5, f"bridge exited {code} with no daemon, expected 5; stderr: {stderr!r}"
     assert elapsed < 5, f"bridge took {elapsed:.1f}s to give up"
-    assert re.search(r"not running|no daemon", stderr, re.IGNORECASE), f"unhelpful stderr: {stderr!r}"
+    # e.g. "no mcpsock daemon is running at unix:///tmp/...".
+    assert re.search(r"not running|no (mcpsock )?daemon", stderr, re.IGNORECASE), f"unhelpful stderr: {stderr!r}"
     # stdout is the MCP channel: no human-readable noise there.
     assert stdout == b"" or stdout.lstrip().startswith(b"{"), f"non-JSON-RPC output on stdout: {stdout!r}"
     assert not sock.exists()

@@ -34,6 +34,8 @@ pub struct Health {
     /// The admin API version of the daemon ([`ADMIN_PROTOCOL_VERSION`]).
     pub admin_protocol: u32,
     pub upstreams: Vec<UpstreamHealth>,
+    /// Connections closed because the peer's uid/gid is not allowed.
+    pub rejected_connections: u64,
 }
 
 /// Lifecycle state of one upstream MCP server.
@@ -75,11 +77,12 @@ mod tests {
                 tools: 0,
                 error: Some("command not found".into()),
             }],
+            rejected_connections: 2,
         };
         let json = serde_json::to_string(&health).unwrap();
         assert_eq!(
             json,
-            r#"{"status":"degraded","admin_protocol":1,"upstreams":[{"name":"time","state":"failed","pid":null,"tools":0,"error":"command not found"}]}"#
+            r#"{"status":"degraded","admin_protocol":1,"upstreams":[{"name":"time","state":"failed","pid":null,"tools":0,"error":"command not found"}],"rejected_connections":2}"#
         );
         let back: Health = serde_json::from_str(&json).unwrap();
         assert_eq!(back, health);

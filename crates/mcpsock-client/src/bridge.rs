@@ -18,10 +18,7 @@ pub async fn bridge(endpoint: &Endpoint) -> Result<(), ClientError> {
     let mut daemon = crate::transport(endpoint).await?;
     let mut stdin = BufReader::new(tokio::io::stdin()).lines();
     let mut stdout = tokio::io::stdout();
-    let lost = |message: String| ClientError::Protocol {
-        endpoint: endpoint.clone(),
-        message,
-    };
+    let lost = |message: String| ClientError::Protocol { endpoint: endpoint.clone(), message };
     let outcome = loop {
         tokio::select! {
             line = stdin.next_line() => {

@@ -98,60 +98,27 @@ mod tests {
 
     #[test]
     fn parse_forms() {
-        assert_eq!(
-            Endpoint::parse("unix:///run/a.sock").unwrap(),
-            Endpoint::Unix("/run/a.sock".into())
-        );
-        assert_eq!(
-            Endpoint::parse("/run/a.sock").unwrap(),
-            Endpoint::Unix("/run/a.sock".into())
-        );
+        assert_eq!(Endpoint::parse("unix:///run/a.sock").unwrap(), Endpoint::Unix("/run/a.sock".into()));
+        assert_eq!(Endpoint::parse("/run/a.sock").unwrap(), Endpoint::Unix("/run/a.sock".into()));
         assert_eq!(
             Endpoint::parse("http://127.0.0.1:9/mcp").unwrap(),
             Endpoint::Http("http://127.0.0.1:9/mcp".into())
         );
-        assert!(
-            Endpoint::parse("relative.sock")
-                .unwrap_err()
-                .to_string()
-                .contains("is not an endpoint")
-        );
-        assert!(
-            Endpoint::parse("unix://@abstract")
-                .unwrap_err()
-                .to_string()
-                .contains("abstract")
-        );
+        assert!(Endpoint::parse("relative.sock").unwrap_err().to_string().contains("is not an endpoint"));
+        assert!(Endpoint::parse("unix://@abstract").unwrap_err().to_string().contains("abstract"));
     }
 
     #[test]
     fn resolution_order() {
-        let env = FakeEnv(
-            [
-                ("MCPSOCK_ENDPOINT", "unix:///env.sock"),
-                ("XDG_RUNTIME_DIR", "/run/user/7"),
-            ]
-            .into(),
-        );
+        let env =
+            FakeEnv([("MCPSOCK_ENDPOINT", "unix:///env.sock"), ("XDG_RUNTIME_DIR", "/run/user/7")].into());
         let resolve = |endpoint: Option<&str>, socket: Option<&str>, env: &FakeEnv| {
             Endpoint::resolve(endpoint, socket.map(Path::new), env, None).unwrap()
         };
-        assert_eq!(
-            resolve(Some("/flag.sock"), Some("/s.sock"), &env),
-            Endpoint::Unix("/flag.sock".into())
-        );
-        assert_eq!(
-            resolve(None, Some("/s.sock"), &env),
-            Endpoint::Unix("/s.sock".into())
-        );
-        assert_eq!(
-            resolve(None, None, &env),
-            Endpoint::Unix("/env.sock".into())
-        );
+        assert_eq!(resolve(Some("/flag.sock"), Some("/s.sock"), &env), Endpoint::Unix("/flag.sock".into()));
+        assert_eq!(resolve(None, Some("/s.sock"), &env), Endpoint::Unix("/s.sock".into()));
+        assert_eq!(resolve(None, None, &env), Endpoint::Unix("/env.sock".into()));
         let plain = FakeEnv([("XDG_RUNTIME_DIR", "/run/user/7")].into());
-        assert_eq!(
-            resolve(None, None, &plain),
-            Endpoint::Unix("/run/user/7/mcpsock/mcpsock.sock".into())
-        );
+        assert_eq!(resolve(None, None, &plain), Endpoint::Unix("/run/user/7/mcpsock/mcpsock.sock".into()));
     }
 }

@@ -32,9 +32,7 @@ impl ClientError {
     pub(crate) fn from_connect(endpoint: &Endpoint, source: io::Error) -> Self {
         let endpoint = endpoint.clone();
         match source.kind() {
-            io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => {
-                Self::NotRunning { endpoint }
-            }
+            io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => Self::NotRunning { endpoint },
             io::ErrorKind::PermissionDenied => Self::PermissionDenied { endpoint },
             _ => Self::Connect { endpoint, source },
         }

@@ -35,12 +35,10 @@ const SOCKET_URL: &str = "http://localhost/mcp";
 /// Opens an MCP session (`initialize` included) with the daemon.
 pub async fn connect(endpoint: &Endpoint) -> Result<McpSession, ClientError> {
     let transport = transport(endpoint).await?;
-    ().serve(transport)
-        .await
-        .map_err(|error| ClientError::Protocol {
-            endpoint: endpoint.clone(),
-            message: format!("the MCP handshake failed: {error}"),
-        })
+    ().serve(transport).await.map_err(|error| ClientError::Protocol {
+        endpoint: endpoint.clone(),
+        message: format!("the MCP handshake failed: {error}"),
+    })
 }
 
 /// A raw MCP transport to the daemon, checked to be reachable.
@@ -60,19 +58,14 @@ pub(crate) async fn transport(
 /// Connects once to tell "no daemon" and "not allowed" apart before any
 /// protocol runs.
 async fn probe(endpoint: &Endpoint, socket: &Path) -> Result<UnixStream, ClientError> {
-    UnixStream::connect(socket)
-        .await
-        .map_err(|source| ClientError::from_connect(endpoint, source))
+    UnixStream::connect(socket).await.map_err(|source| ClientError::from_connect(endpoint, source))
 }
 
 /// Asks the daemon for its health.
 pub async fn health(endpoint: &Endpoint) -> Result<Health, ClientError> {
     let socket = endpoint.socket_path()?;
     let stream = probe(endpoint, socket).await?;
-    let protocol = |message: String| ClientError::Protocol {
-        endpoint: endpoint.clone(),
-        message,
-    };
+    let protocol = |message: String| ClientError::Protocol { endpoint: endpoint.clone(), message };
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|error| protocol(format!("HTTP handshake failed: {error}")))?;
@@ -81,10 +74,8 @@ pub async fn health(endpoint: &Endpoint) -> Result<Health, ClientError> {
         .header(http::header::HOST, "localhost")
         .body(Empty::<Bytes>::new())
         .map_err(|error| protocol(error.to_string()))?;
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|error| protocol(format!("no answer: {error}")))?;
+    let response =
+        sender.send_request(request).await.map_err(|error| protocol(format!("no answer: {error}")))?;
     let status = response.status();
     let body = response
         .into_body()

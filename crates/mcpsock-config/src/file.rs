@@ -45,18 +45,14 @@ pub enum ConfigError {
         source: io::Error,
     },
     #[error("{}:{line}:{column}: {message}", path.display())]
-    Parse {
-        path: PathBuf,
-        line: usize,
-        column: usize,
-        message: String,
-    },
+    Parse { path: PathBuf, line: usize, column: usize, message: String },
     #[error("{}: {message}", path.display())]
     Invalid { path: PathBuf, message: String },
 }
 
 /// Default separator between server name and tool name.
 pub(crate) const DEFAULT_TOOL_SEPARATOR: &str = "__";
+const DEFAULT_SOCKET_MODE: u32 = 0o600;
 const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 const DEFAULT_INIT_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -70,6 +66,8 @@ pub struct Config {
     pub servers: Vec<ServerConfig>,
     /// The `socket` key; flags and environment take precedence over it.
     pub socket: Option<PathBuf>,
+    /// Permission bits of the socket file (`socket_mode`, octal text).
+    pub socket_mode: u32,
     /// Joins server name and tool or prompt name: `time__get_current_time`.
     pub tool_separator: String,
     /// How long in-flight requests may take to finish on shutdown.
@@ -84,6 +82,7 @@ impl Default for Config {
             source: None,
             servers: Vec::new(),
             socket: None,
+            socket_mode: DEFAULT_SOCKET_MODE,
             tool_separator: DEFAULT_TOOL_SEPARATOR.into(),
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             init_timeout: DEFAULT_INIT_TIMEOUT,
@@ -112,6 +111,8 @@ struct RawConfig {
     mcp_servers: BTreeMap<String, RawServer>,
     #[serde(default)]
     socket: Option<PathBuf>,
+    #[serde(default)]
+    socket_mode: Option<String>,
     #[serde(default)]
     tool_separator: Option<String>,
     #[serde(default, deserialize_with = "duration")]
@@ -147,9 +148,9 @@ fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Duratio
         Text(String),
     }
     match Raw::deserialize(deserializer)? {
-        Raw::Seconds(seconds) => Duration::try_from_secs_f64(seconds).map(Some).map_err(|_| {
-            serde::de::Error::custom(format!("{seconds} is not a valid number of seconds"))
-        }),
+        Raw::Seconds(seconds) => Duration::try_from_secs_f64(seconds)
+            .map(Some)
+            .map_err(|_| serde::de::Error::custom(format!("{seconds} is not a valid number of seconds"))),
         Raw::Text(text) => humantime::parse_duration(&text).map(Some).map_err(|error| {
             serde::de::Error::custom(format!(
                 "{text:?} is not a duration ({error}); write e.g. \"5s\" or \"500ms\""
@@ -166,18 +167,13 @@ impl Config {
             Ok(text) => text,
             Err(error) if error.kind() == io::ErrorKind::NotFound => {
                 return if must_exist {
-                    Err(ConfigError::NotFound {
-                        path: path.to_path_buf(),
-                    })
+                    Err(ConfigError::NotFound { path: path.to_path_buf() })
                 } else {
                     Ok(Self::default())
                 };
             }
             Err(source) => {
-                return Err(ConfigError::Read {
-                    path: path.to_path_buf(),
-                    source,
-                });
+                return Err(ConfigError::Read { path: path.to_path_buf(), source });
             }
         };
         Self::parse(&text, path)
@@ -192,36 +188,34 @@ impl Config {
             column: error.column(),
             message: parse_message(&error),
         })?;
-        let invalid = |message: String| ConfigError::Invalid {
-            path: path.to_path_buf(),
-            message,
-        };
+        let invalid = |message: String| ConfigError::Invalid { path: path.to_path_buf(), message };
 
-        let tool_separator = raw
-            .tool_separator
-            .unwrap_or_else(|| DEFAULT_TOOL_SEPARATOR.into());
+        let tool_separator = raw.tool_separator.unwrap_or_else(|| DEFAULT_TOOL_SEPARATOR.into());
         if tool_separator.is_empty() || !tool_separator.chars().all(is_name_char) {
             return Err(invalid(format!(
                 "tool_separator {tool_separator:?} must be one or more of A-Z a-z 0-9 _ - ."
             )));
         }
         if let Some(socket) = &raw.socket {
-            crate::check_socket_path(socket)
-                .map_err(|message| invalid(format!("socket: {message}")))?;
+            crate::check_socket_path(socket).map_err(|message| invalid(format!("socket: {message}")))?;
         }
+
+        let socket_mode = match raw.socket_mode.as_deref() {
+            None => DEFAULT_SOCKET_MODE,
+            Some(text) => parse_socket_mode(text).ok_or_else(|| {
+                invalid(format!(
+                    "socket_mode {text:?} must be octal permission bits that include owner read and write and no execute bits, like \"0600\" or \"0660\""
+                ))
+            })?,
+        };
 
         let config_dir = path.parent().unwrap_or(Path::new("."));
         let mut servers = Vec::with_capacity(raw.mcp_servers.len());
         for (name, server) in raw.mcp_servers {
             let at = |message: String| invalid(format!("mcpServers.{name}: {message}"));
-            if name.is_empty()
-                || !name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-            {
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
                 return Err(at(
-                    "server names may use only A-Z a-z 0-9 _ - (they become tool name prefixes)"
-                        .into(),
+                    "server names may use only A-Z a-z 0-9 _ - (they become tool name prefixes)".into()
                 ));
             }
             if name.contains(&tool_separator) {
@@ -244,8 +238,7 @@ impl Config {
                 Some(command) if !command.trim().is_empty() => command,
                 _ => {
                     return Err(at(
-                        "\"command\" is missing: name the program that starts this MCP server"
-                            .into(),
+                        "\"command\" is missing: name the program that starts this MCP server".into()
                     ));
                 }
             };
@@ -271,11 +264,17 @@ impl Config {
             source: Some(path.to_path_buf()),
             servers,
             socket: raw.socket,
+            socket_mode,
             tool_separator,
             shutdown_grace: raw.shutdown_grace.unwrap_or(defaults.shutdown_grace),
             init_timeout: raw.init_timeout.unwrap_or(defaults.init_timeout),
         })
     }
+}
+
+fn parse_socket_mode(text: &str) -> Option<u32> {
+    let mode = u32::from_str_radix(text.strip_prefix("0o").unwrap_or(text), 8).ok()?;
+    (mode & 0o600 == 0o600 && mode & !0o666 == 0).then_some(mode)
 }
 
 fn is_name_char(c: char) -> bool {
@@ -309,17 +308,13 @@ mod tests {
     use super::*;
 
     fn parse(text: &str) -> Result<Config, String> {
-        Config::parse(text, Path::new("/etc/mcpsock/config.json"))
-            .map_err(|error| error.to_string())
+        Config::parse(text, Path::new("/etc/mcpsock/config.json")).map_err(|error| error.to_string())
     }
 
     #[track_caller]
     fn check_error(text: &str, expected: &str) {
         let error = parse(text).expect_err("config should be refused");
-        assert!(
-            error.contains(expected),
-            "error {error:?} should contain {expected:?}"
-        );
+        assert!(error.contains(expected), "error {error:?} should contain {expected:?}");
     }
 
     #[test]
@@ -332,20 +327,10 @@ mod tests {
             }}"#,
         )
         .unwrap();
-        let names: Vec<_> = config
-            .servers
-            .iter()
-            .map(|server| server.name.as_str())
-            .collect();
+        let names: Vec<_> = config.servers.iter().map(|server| server.name.as_str()).collect();
         assert_eq!(names, ["demo", "time"]);
-        assert_eq!(
-            config.servers[0].command,
-            PathBuf::from("/etc/mcpsock/./bin/demo")
-        );
-        assert_eq!(
-            config.servers[0].cwd,
-            Some(PathBuf::from("/etc/mcpsock/work"))
-        );
+        assert_eq!(config.servers[0].command, PathBuf::from("/etc/mcpsock/./bin/demo"));
+        assert_eq!(config.servers[0].cwd, Some(PathBuf::from("/etc/mcpsock/work")));
         assert_eq!(config.servers[1].command, PathBuf::from("uvx"));
         assert_eq!(config.servers[1].env[0].1.expose(), "s3cret");
         assert_eq!(config.tool_separator, "__");
@@ -355,10 +340,11 @@ mod tests {
     #[test]
     fn own_keys() {
         let config = parse(
-            r#"{"mcpServers": {}, "socket": "/run/x.sock", "tool_separator": ".", "shutdown_grace": "250ms", "init_timeout": 2}"#,
+            r#"{"mcpServers": {}, "socket": "/run/x.sock", "socket_mode": "0660", "tool_separator": ".", "shutdown_grace": "250ms", "init_timeout": 2}"#,
         )
         .unwrap();
         assert_eq!(config.socket, Some(PathBuf::from("/run/x.sock")));
+        assert_eq!(config.socket_mode, 0o660);
         assert_eq!(config.tool_separator, ".");
         assert_eq!(config.shutdown_grace, Duration::from_millis(250));
         assert_eq!(config.init_timeout, Duration::from_secs(2));
@@ -367,58 +353,30 @@ mod tests {
     #[test]
     fn bad_input_is_named() {
         check_error("{", "config.json:1:1: EOF while parsing");
-        check_error(
-            r#"{"mcpServers": {}, "sockett": "/x"}"#,
-            "unknown field `sockett`",
-        );
-        check_error(
-            r#"{"mcpServers": {"a": {"command": "x", "argz": []}}}"#,
-            "unknown field `argz`",
-        );
-        check_error(
-            r#"{"mcpServers": {"a": {"args": []}}}"#,
-            "mcpServers.a: \"command\" is missing",
-        );
-        check_error(
-            r#"{"mcpServers": {"a": {"command": "  "}}}"#,
-            "\"command\" is missing",
-        );
-        check_error(
-            r#"{"mcpServers": {"a b": {"command": "x"}}}"#,
-            "server names may use only",
-        );
-        check_error(
-            r#"{"mcpServers": {"a__b": {"command": "x"}}}"#,
-            "contains the tool separator",
-        );
-        check_error(
-            r#"{"mcpServers": {"a": {"url": "http://x"}}}"#,
-            "unknown field `url`",
-        );
+        check_error(r#"{"mcpServers": {}, "sockett": "/x"}"#, "unknown field `sockett`");
+        check_error(r#"{"mcpServers": {"a": {"command": "x", "argz": []}}}"#, "unknown field `argz`");
+        check_error(r#"{"mcpServers": {"a": {"args": []}}}"#, "mcpServers.a: \"command\" is missing");
+        check_error(r#"{"mcpServers": {"a": {"command": "  "}}}"#, "\"command\" is missing");
+        check_error(r#"{"mcpServers": {"a b": {"command": "x"}}}"#, "server names may use only");
+        check_error(r#"{"mcpServers": {"a__b": {"command": "x"}}}"#, "contains the tool separator");
+        check_error(r#"{"mcpServers": {"a": {"url": "http://x"}}}"#, "unknown field `url`");
         check_error(
             r#"{"mcpServers": {"a": {"type": "http", "command": "x"}}}"#,
             "type \"http\" is not supported",
         );
         check_error(r#"{"tool_separator": "/"}"#, "tool_separator \"/\"");
-        check_error(
-            r#"{"shutdown_grace": "soon"}"#,
-            "\"soon\" is not a duration",
-        );
+        check_error(r#"{"shutdown_grace": "soon"}"#, "\"soon\" is not a duration");
         check_error(
             r#"{"socket": "@abstract"}"#,
             "socket: @abstract: abstract socket addresses are not supported",
         );
-        check_error(
-            r#"{"mcpServers": {"a": {"command": "x", "env": {"A=B": "1"}}}}"#,
-            "env key \"A=B\"",
-        );
+        check_error(r#"{"mcpServers": {"a": {"command": "x", "env": {"A=B": "1"}}}}"#, "env key \"A=B\"");
     }
 
     #[test]
     fn secrets_never_print() {
         let config =
-            parse(r#"{"mcpServers": {"a": {"command": "x", "env": {"TOKEN": "hunter2"}}}}"#)
-                .unwrap();
+            parse(r#"{"mcpServers": {"a": {"command": "x", "env": {"TOKEN": "hunter2"}}}}"#).unwrap();
         let debug = format!("{config:?}");
         assert!(!debug.contains("hunter2"), "{debug}");
         assert!(debug.contains("<redacted>"), "{debug}");
@@ -430,9 +388,6 @@ mod tests {
         let path = dir.path().join("absent.json");
         assert!(Config::load(&path, false).unwrap().servers.is_empty());
         let error = Config::load(&path, true).unwrap_err().to_string();
-        assert!(
-            error.contains("does not exist; create it or pass another with --config"),
-            "{error}"
-        );
+        assert!(error.contains("does not exist; create it or pass another with --config"), "{error}");
     }
 }

@@ -12,6 +12,5 @@ mod paths;
 
 pub use file::{Config, ConfigError, Secret, ServerConfig};
 pub use paths::{
-    ConfigLocation, Env, ProcessEnv, SOCKET_PATH_MAX, check_socket_path, config_location,
-    socket_path,
+    ConfigLocation, Env, ProcessEnv, SOCKET_PATH_MAX, check_socket_path, config_location, socket_path,
 };

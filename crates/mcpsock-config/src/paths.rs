@@ -47,29 +47,17 @@ pub struct ConfigLocation {
 /// `$XDG_CONFIG_HOME/mcpsock/config.json` > `$HOME/.config/mcpsock/config.json`.
 pub fn config_location(flag: Option<&Path>, env: &dyn Env) -> ConfigLocation {
     if let Some(path) = flag {
-        return ConfigLocation {
-            path: path.to_path_buf(),
-            explicit: true,
-        };
+        return ConfigLocation { path: path.to_path_buf(), explicit: true };
     }
     if let Some(path) = env.var_os("MCPSOCK_CONFIG") {
-        return ConfigLocation {
-            path: PathBuf::from(path),
-            explicit: true,
-        };
+        return ConfigLocation { path: PathBuf::from(path), explicit: true };
     }
     let config_home = env
         .var_os("XDG_CONFIG_HOME")
         .map(PathBuf::from)
-        .or_else(|| {
-            env.var_os("HOME")
-                .map(|home| PathBuf::from(home).join(".config"))
-        })
+        .or_else(|| env.var_os("HOME").map(|home| PathBuf::from(home).join(".config")))
         .unwrap_or_else(|| PathBuf::from("/nonexistent"));
-    ConfigLocation {
-        path: config_home.join("mcpsock").join("config.json"),
-        explicit: false,
-    }
+    ConfigLocation { path: config_home.join("mcpsock").join("config.json"), explicit: false }
 }
 
 /// The daemon's socket: `--socket` > `MCPSOCK_SOCKET` > config `socket` >
@@ -101,7 +89,9 @@ pub fn check_socket_path(path: &Path) -> Result<(), String> {
     use std::os::unix::ffi::OsStrExt;
     let bytes = path.as_os_str().as_bytes();
     if bytes.is_empty() {
-        return Err("the socket path is empty: give a file path such as /run/user/1000/mcpsock/mcpsock.sock".into());
+        return Err(
+            "the socket path is empty: give a file path such as /run/user/1000/mcpsock/mcpsock.sock".into()
+        );
     }
     if bytes[0] == b'@' || bytes.contains(&0) {
         return Err(format!(
@@ -110,10 +100,7 @@ pub fn check_socket_path(path: &Path) -> Result<(), String> {
         ));
     }
     if path.file_name().is_none() {
-        return Err(format!(
-            "{}: the socket path must end in a file name",
-            path.display()
-        ));
+        return Err(format!("{}: the socket path must end in a file name", path.display()));
     }
     if bytes.len() > SOCKET_PATH_MAX {
         return Err(format!(
@@ -152,16 +139,9 @@ mod tests {
                      file: Option<&str>,
                      expected: &str| {
             let got = socket_path(flag.map(Path::new), &env(vars), file.map(Path::new));
-            assert_eq!(
-                got,
-                PathBuf::from(expected),
-                "flag={flag:?} vars={vars:?} file={file:?}"
-            );
+            assert_eq!(got, PathBuf::from(expected), "flag={flag:?} vars={vars:?} file={file:?}");
         };
-        let all = [
-            ("MCPSOCK_SOCKET", "/env.sock"),
-            ("XDG_RUNTIME_DIR", "/run/user/7"),
-        ];
+        let all = [("MCPSOCK_SOCKET", "/env.sock"), ("XDG_RUNTIME_DIR", "/run/user/7")];
         check(Some("/flag.sock"), &all, Some("/file.sock"), "/flag.sock");
         check(None, &all, Some("/file.sock"), "/env.sock");
         check(None, &all[1..], Some("/file.sock"), "/file.sock");
@@ -171,40 +151,15 @@ mod tests {
 
     #[test]
     fn config_precedence() {
-        let vars = [
-            ("MCPSOCK_CONFIG", "/env.json"),
-            ("XDG_CONFIG_HOME", "/xdg"),
-            ("HOME", "/home/u"),
-        ];
+        let vars = [("MCPSOCK_CONFIG", "/env.json"), ("XDG_CONFIG_HOME", "/xdg"), ("HOME", "/home/u")];
         let flag = config_location(Some(Path::new("/flag.json")), &env(&vars));
-        assert_eq!(
-            flag,
-            ConfigLocation {
-                path: "/flag.json".into(),
-                explicit: true
-            }
-        );
+        assert_eq!(flag, ConfigLocation { path: "/flag.json".into(), explicit: true });
         let from_env = config_location(None, &env(&vars));
-        assert_eq!(
-            from_env,
-            ConfigLocation {
-                path: "/env.json".into(),
-                explicit: true
-            }
-        );
+        assert_eq!(from_env, ConfigLocation { path: "/env.json".into(), explicit: true });
         let xdg = config_location(None, &env(&vars[1..]));
-        assert_eq!(
-            xdg,
-            ConfigLocation {
-                path: "/xdg/mcpsock/config.json".into(),
-                explicit: false
-            }
-        );
+        assert_eq!(xdg, ConfigLocation { path: "/xdg/mcpsock/config.json".into(), explicit: false });
         let home = config_location(None, &env(&vars[2..]));
-        assert_eq!(
-            home.path,
-            PathBuf::from("/home/u/.config/mcpsock/config.json")
-        );
+        assert_eq!(home.path, PathBuf::from("/home/u/.config/mcpsock/config.json"));
     }
 
     #[test]
@@ -212,17 +167,10 @@ mod tests {
         assert!(check_socket_path(Path::new("/run/user/1/mcpsock/mcpsock.sock")).is_ok());
         let abstract_name = check_socket_path(Path::new("@mcpsock")).unwrap_err();
         assert!(abstract_name.contains("abstract"), "{abstract_name}");
-        assert!(
-            check_socket_path(Path::new("\0mcpsock"))
-                .unwrap_err()
-                .contains("abstract")
-        );
+        assert!(check_socket_path(Path::new("\0mcpsock")).unwrap_err().contains("abstract"));
         let long = format!("/tmp/{}", "x".repeat(SOCKET_PATH_MAX));
         let too_long = check_socket_path(Path::new(&long)).unwrap_err();
-        assert!(
-            too_long.contains(&format!("at most {SOCKET_PATH_MAX}")),
-            "{too_long}"
-        );
+        assert!(too_long.contains(&format!("at most {SOCKET_PATH_MAX}")), "{too_long}");
         let exact = format!("/{}", "x".repeat(SOCKET_PATH_MAX - 1));
         assert!(check_socket_path(Path::new(&exact)).is_ok());
         assert!(check_socket_path(Path::new("")).is_err());

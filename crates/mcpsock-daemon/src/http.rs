@@ -14,6 +14,7 @@ use http::Method;
 use http_body_util::BodyExt;
 use mcpsock_api::{HEALTH_PATH, Health, HealthStatus, MCP_PATH, UpstreamHealth};
 use mcpsock_gateway::{Gateway, UpstreamState};
+use mcpsock_transport::ListenerStats;
 use rmcp::transport::StreamableHttpServerConfig;
 use rmcp::transport::StreamableHttpService;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
@@ -58,11 +59,7 @@ impl Drop for InFlightGuard {
 /// Counts a POST from its arrival until its response body is fully sent or
 /// dropped. Long-lived GET streams are not requests in flight: they are
 /// ended when shutdown cancels the streams.
-async fn track_in_flight(
-    State(in_flight): State<Arc<InFlight>>,
-    request: Request,
-    next: Next,
-) -> Response {
+async fn track_in_flight(State(in_flight): State<Arc<InFlight>>, request: Request, next: Next) -> Response {
     if request.method() != Method::POST {
         return next.run(request).await;
     }
@@ -78,8 +75,15 @@ async fn track_in_flight(
     })
 }
 
-async fn health(State(gateway): State<Gateway>) -> impl IntoResponse {
-    let upstreams: Vec<UpstreamHealth> = gateway
+#[derive(Clone)]
+struct HealthState {
+    gateway: Gateway,
+    stats: Arc<ListenerStats>,
+}
+
+async fn health(State(state): State<HealthState>) -> impl IntoResponse {
+    let upstreams: Vec<UpstreamHealth> = state
+        .gateway
         .report()
         .into_iter()
         .map(|report| UpstreamHealth {
@@ -94,10 +98,7 @@ async fn health(State(gateway): State<Gateway>) -> impl IntoResponse {
             error: report.error,
         })
         .collect();
-    let status = if upstreams
-        .iter()
-        .all(|upstream| upstream.state == mcpsock_api::UpstreamState::Running)
-    {
+    let status = if upstreams.iter().all(|upstream| upstream.state == mcpsock_api::UpstreamState::Running) {
         HealthStatus::Ok
     } else {
         HealthStatus::Degraded
@@ -106,12 +107,14 @@ async fn health(State(gateway): State<Gateway>) -> impl IntoResponse {
         status,
         admin_protocol: mcpsock_api::ADMIN_PROTOCOL_VERSION,
         upstreams,
+        rejected_connections: state.stats.rejected(),
     })
 }
 
 /// The router served on every listener.
 pub(crate) fn router(
     gateway: Gateway,
+    stats: Arc<ListenerStats>,
     streams_token: CancellationToken,
     in_flight: Arc<InFlight>,
 ) -> Router {
@@ -127,10 +130,7 @@ pub(crate) fn router(
         config,
     );
     Router::new()
-        .route(HEALTH_PATH, get(health).with_state(gateway))
+        .route(HEALTH_PATH, get(health).with_state(HealthState { gateway, stats }))
         .route_service(MCP_PATH, mcp)
-        .layer(axum::middleware::from_fn_with_state(
-            in_flight,
-            track_in_flight,
-        ))
+        .layer(axum::middleware::from_fn_with_state(in_flight, track_in_flight))
 }

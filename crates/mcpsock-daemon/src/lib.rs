@@ -39,12 +39,8 @@ pub struct DaemonOptions {
 
 impl DaemonOptions {
     pub fn new(config: Config, socket_path: PathBuf) -> Self {
-        Self {
-            config,
-            socket_path,
-            socket_mode: 0o600,
-            peer_policy: PeerPolicy::own_user(),
-        }
+        let socket_mode = config.socket_mode;
+        Self { config, socket_path, socket_mode, peer_policy: PeerPolicy::own_user() }
     }
 }
 
@@ -52,12 +48,7 @@ impl DaemonOptions {
 /// in-flight requests get the configured grace period, upstream process
 /// groups are stopped, and the socket and PID file are removed.
 pub async fn run(options: DaemonOptions, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let DaemonOptions {
-        config,
-        socket_path,
-        socket_mode,
-        peer_policy,
-    } = options;
+    let DaemonOptions { config, socket_path, socket_mode, peer_policy } = options;
     mcpsock_config::check_socket_path(&socket_path).map_err(anyhow::Error::msg)?;
     let guard = SocketGuard::acquire(&socket_path)?;
 
@@ -67,12 +58,7 @@ pub async fn run(options: DaemonOptions, shutdown: impl Future<Output = ()>) -> 
         .map(|server| {
             UpstreamSpec::new(&server.name, &server.command)
                 .args(server.args.clone())
-                .env(
-                    server
-                        .env
-                        .iter()
-                        .map(|(key, value)| (key.clone(), value.expose().to_string())),
-                )
+                .env(server.env.iter().map(|(key, value)| (key.clone(), value.expose().to_string())))
                 .cwd(server.cwd.clone())
         })
         .collect();
@@ -91,27 +77,18 @@ pub async fn run(options: DaemonOptions, shutdown: impl Future<Output = ()>) -> 
     };
     let streams_token = CancellationToken::new();
     let in_flight = Arc::new(http::InFlight::default());
-    let router = http::router(gateway.clone(), streams_token.clone(), in_flight.clone());
     let stats = Arc::new(ListenerStats::default());
+    let router = http::router(gateway.clone(), stats.clone(), streams_token.clone(), in_flight.clone());
     let stop = CancellationToken::new();
     let force = CancellationToken::new();
-    let server = tokio::spawn(serve_unix(
-        bound.listener,
-        peer_policy,
-        router,
-        stats,
-        stop.clone(),
-        force.clone(),
-    ));
+    let server =
+        tokio::spawn(serve_unix(bound.listener, peer_policy, router, stats, stop.clone(), force.clone()));
     tracing::info!(socket = %socket_path.display(), upstreams = config.servers.len(), "mcpsock is serving");
 
     shutdown.await;
     tracing::info!("shutting down");
     stop.cancel();
-    if tokio::time::timeout(config.shutdown_grace, in_flight.wait_idle())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(config.shutdown_grace, in_flight.wait_idle()).await.is_err() {
         tracing::warn!(
             active = in_flight.active(),
             "requests still running after the {:?} grace period are cancelled",
@@ -120,10 +97,7 @@ pub async fn run(options: DaemonOptions, shutdown: impl Future<Output = ()>) -> 
     }
     streams_token.cancel();
     let mut server = server;
-    if tokio::time::timeout(CONNECTION_CLOSE_TIMEOUT, &mut server)
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(CONNECTION_CLOSE_TIMEOUT, &mut server).await.is_err() {
         force.cancel();
         server.await.context("the listener task failed")?;
     }

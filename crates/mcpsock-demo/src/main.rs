@@ -33,9 +33,7 @@ struct Demo {
 #[tool_router(router = tool_router)]
 impl Demo {
     fn new() -> Self {
-        Self {
-            tool_router: Self::tool_router(),
-        }
+        Self { tool_router: Self::tool_router() }
     }
 
     #[tool(description = "Return the given text unchanged.")]
@@ -58,10 +56,7 @@ impl Demo {
 impl ServerHandler for Demo {
     fn get_info(&self) -> ServerConfig {
         ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
-            .with_server_info(Implementation::new(
-                "mcpsock-demo",
-                env!("CARGO_PKG_VERSION"),
-            ))
+            .with_server_info(Implementation::new("mcpsock-demo", env!("CARGO_PKG_VERSION")))
             .with_instructions("A demonstration server: echo, add, now.")
     }
 }

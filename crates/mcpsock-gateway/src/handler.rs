@@ -9,10 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, GetPromptRequestParams, GetPromptResponse,
-    Implementation, ListPromptsResult, ListResourceTemplatesResult, ListResourcesResult,
-    ListToolsResult, PaginatedRequestParams, ReadResourceRequestParams, ReadResourceResponse,
-    ServerCapabilities, ServerConfig,
+    CallToolRequestParams, CallToolResponse, GetPromptRequestParams, GetPromptResponse, Implementation,
+    ListPromptsResult, ListResourceTemplatesResult, ListResourcesResult, ListToolsResult,
+    PaginatedRequestParams, ReadResourceRequestParams, ReadResourceResponse, ResultType, ServerCapabilities,
+    ServerConfig,
 };
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData, Peer, RoleClient, RoleServer, ServerHandler, ServiceError};
@@ -79,14 +79,10 @@ impl Gateway {
     pub async fn start(mut specs: Vec<UpstreamSpec>, options: GatewayOptions) -> Self {
         specs.sort_by(|a, b| a.name.cmp(&b.name));
         let upstreams = futures::future::join_all(
-            specs
-                .iter()
-                .map(|spec| Upstream::start(spec, options.init_timeout, options.stop_grace)),
+            specs.iter().map(|spec| Upstream::start(spec, options.init_timeout, options.stop_grace)),
         )
         .await;
-        Self {
-            inner: Arc::new(Inner { upstreams, options }),
-        }
+        Self { inner: Arc::new(Inner { upstreams, options }) }
     }
 
     /// The state of every upstream, in name order.
@@ -97,20 +93,11 @@ impl Gateway {
     /// Stops every upstream (their whole process groups).
     pub async fn shutdown(&self) {
         let grace = self.inner.options.stop_grace;
-        futures::future::join_all(
-            self.inner
-                .upstreams
-                .iter()
-                .map(|upstream| upstream.stop(grace)),
-        )
-        .await;
+        futures::future::join_all(self.inner.upstreams.iter().map(|upstream| upstream.stop(grace))).await;
     }
 
     fn upstream(&self, name: &str) -> Option<&Upstream> {
-        self.inner
-            .upstreams
-            .iter()
-            .find(|upstream| upstream.name == name)
+        self.inner.upstreams.iter().find(|upstream| upstream.name == name)
     }
 
     /// Splits `server__tool` into the upstream and the upstream's own name.
@@ -121,10 +108,17 @@ impl Gateway {
                 None,
             )
         };
-        let (server, name) = qualified
-            .split_once(self.inner.options.separator.as_str())
-            .ok_or_else(unknown)?;
+        let (server, name) =
+            qualified.split_once(self.inner.options.separator.as_str()).ok_or_else(unknown)?;
         let upstream = self.upstream(server).ok_or_else(unknown)?;
+        let catalog = read(&upstream.catalog);
+        let offered = match what {
+            "tool" => catalog.tools.iter().any(|tool| tool.name == name),
+            _ => catalog.prompts.iter().any(|prompt| prompt.name == name),
+        };
+        if !offered {
+            return Err(unknown());
+        }
         Ok((upstream, name))
     }
 
@@ -133,12 +127,10 @@ impl Gateway {
     }
 
     fn resource_owner(&self, uri: &str) -> Option<&Upstream> {
-        let listed = self.inner.upstreams.iter().find(|upstream| {
-            read(&upstream.catalog)
-                .resources
-                .iter()
-                .any(|resource| resource.uri == uri)
-        });
+        let listed =
+            self.inner.upstreams.iter().find(|upstream| {
+                read(&upstream.catalog).resources.iter().any(|resource| resource.uri == uri)
+            });
         listed.or_else(|| {
             // A URI made from a template: the upstream whose template shares
             // the longest literal prefix with it.
@@ -163,9 +155,7 @@ impl Gateway {
 }
 
 fn peer_of(upstream: &Upstream) -> Result<Peer<RoleClient>, ErrorData> {
-    upstream
-        .peer()
-        .map_err(|message| ErrorData::internal_error(message, None))
+    upstream.peer().map_err(|message| ErrorData::internal_error(message, None))
 }
 
 /// Passes an upstream's own JSON-RPC error through unchanged and turns
@@ -173,15 +163,13 @@ fn peer_of(upstream: &Upstream) -> Result<Peer<RoleClient>, ErrorData> {
 fn upstream_error(upstream: &Upstream, error: ServiceError) -> ErrorData {
     match error {
         ServiceError::McpError(error) => error,
-        ServiceError::TransportClosed | ServiceError::TransportSend(_) => {
-            ErrorData::internal_error(
-                format!(
-                    "upstream {} closed the connection; `mcpsock tools` or /health shows its state",
-                    upstream.name
-                ),
-                None,
-            )
-        }
+        ServiceError::TransportClosed | ServiceError::TransportSend(_) => ErrorData::internal_error(
+            format!(
+                "upstream {} closed the connection; `mcpsock tools` or /health shows its state",
+                upstream.name
+            ),
+            None,
+        ),
         other => ErrorData::internal_error(format!("upstream {}: {other}", upstream.name), None),
     }
 }
@@ -202,13 +190,9 @@ async fn forward<T>(
 
 impl ServerHandler for Gateway {
     fn get_info(&self) -> ServerConfig {
-        let capabilities = ServerCapabilities::builder()
-            .enable_tools()
-            .enable_resources()
-            .enable_prompts()
-            .build();
-        let mut instructions =
-            String::from("mcpsock gateway: tools and prompts are named <server>");
+        let capabilities =
+            ServerCapabilities::builder().enable_tools().enable_resources().enable_prompts().build();
+        let mut instructions = String::from("mcpsock gateway: tools and prompts are named <server>");
         instructions.push_str(&self.inner.options.separator);
         instructions.push_str("<name>.");
         for upstream in &self.inner.upstreams {
@@ -251,7 +235,14 @@ impl ServerHandler for Gateway {
         upstream_request.arguments = request.arguments;
         upstream_request.input_responses = request.input_responses;
         upstream_request.request_state = request.request_state;
-        forward(upstream, &context, peer.call_tool_once(upstream_request)).await
+        let mut response = forward(upstream, &context, peer.call_tool_once(upstream_request)).await?;
+        // The upstream session may be of an older era, whose results carry
+        // no resultType; 2026-07-28 clients require it (rmcp strips it again
+        // for older clients).
+        if let CallToolResponse::Complete(result) = &mut response {
+            result.result_type.get_or_insert(ResultType::COMPLETE);
+        }
+        Ok(response)
     }
 
     async fn list_resources(
@@ -290,21 +281,20 @@ impl ServerHandler for Gateway {
         context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, ErrorData> {
         let upstream = self.resource_owner(&request.uri).ok_or_else(|| {
-            ErrorData::resource_not_found(
-                format!("no upstream offers the resource {:?}", request.uri),
-                None,
-            )
+            ErrorData::resource_not_found(format!("no upstream offers the resource {:?}", request.uri), None)
         })?;
         let peer = peer_of(upstream)?;
         let mut upstream_request = ReadResourceRequestParams::new(request.uri);
         upstream_request.input_responses = request.input_responses;
         upstream_request.request_state = request.request_state;
-        forward(
-            upstream,
-            &context,
-            peer.read_resource_once(upstream_request),
-        )
-        .await
+        let mut response = forward(upstream, &context, peer.read_resource_once(upstream_request)).await?;
+        // The upstream session may be of an older era, whose results carry
+        // no resultType; 2026-07-28 clients require it (rmcp strips it again
+        // for older clients).
+        if let ReadResourceResponse::Complete(result) = &mut response {
+            result.result_type.get_or_insert(ResultType::COMPLETE);
+        }
+        Ok(response)
     }
 
     async fn list_prompts(
@@ -337,6 +327,13 @@ impl ServerHandler for Gateway {
         upstream_request.arguments = request.arguments;
         upstream_request.input_responses = request.input_responses;
         upstream_request.request_state = request.request_state;
-        forward(upstream, &context, peer.get_prompt_once(upstream_request)).await
+        let mut response = forward(upstream, &context, peer.get_prompt_once(upstream_request)).await?;
+        // The upstream session may be of an older era, whose results carry
+        // no resultType; 2026-07-28 clients require it (rmcp strips it again
+        // for older clients).
+        if let GetPromptResponse::Complete(result) = &mut response {
+            result.result_type.get_or_insert(ResultType::COMPLETE);
+        }
+        Ok(response)
     }
 }

@@ -83,10 +83,9 @@ pub(crate) fn spawn_stdio(spec: &UpstreamSpec) -> io::Result<StdioChild> {
     if let Some(cwd) = &spec.cwd {
         command.current_dir(cwd);
     }
+    close_inherited_descriptors(&mut command);
     let mut child = command.spawn()?;
-    let pid = child
-        .id()
-        .ok_or_else(|| io::Error::other("the child exited before its pid could be read"))?;
+    let pid = child.id().ok_or_else(|| io::Error::other("the child exited before its pid could be read"))?;
     let (Some(stdin), Some(stdout), Some(stderr)) =
         (child.stdin.take(), child.stdout.take(), child.stderr.take())
     else {
@@ -95,12 +94,35 @@ pub(crate) fn spawn_stdio(spec: &UpstreamSpec) -> io::Result<StdioChild> {
     tokio::spawn(drain_stderr(spec.name.clone(), stderr));
     let (exit_sender, exited) = watch::channel(None);
     tokio::spawn(reap(spec.name.clone(), child, exit_sender));
-    Ok(StdioChild {
-        pid,
-        stdin,
-        stdout,
-        exited,
-    })
+    Ok(StdioChild { pid, stdin, stdout, exited })
+}
+
+/// Descriptors mcpsock opens are close-on-exec, but the daemon may itself
+/// have inherited open descriptors from whoever started it (a shell, a
+/// service manager, a test runner). None of them belong to an upstream, so
+/// the child marks everything above stderr close-on-exec before it runs
+/// the program. (Marking rather than closing keeps the pipe through which
+/// the standard library reports a failed exec, such as a missing program.)
+#[allow(unsafe_code)]
+fn close_inherited_descriptors(command: &mut Command) {
+    const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+    // SAFETY: the hook runs in the forked child before exec and calls only
+    // close_range(2), sysconf(3) and fcntl(2), which are async-signal-safe,
+    // allocate nothing and take no lock.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::syscall(libc::SYS_close_range, 3 as libc::c_uint, libc::c_uint::MAX, CLOSE_RANGE_CLOEXEC)
+                != 0
+            {
+                // Kernels before 5.11 lack the flag: mark one by one.
+                let max = libc::sysconf(libc::_SC_OPEN_MAX).clamp(3, 65_536) as libc::c_int;
+                for fd in 3..max {
+                    libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+                }
+            }
+            Ok(())
+        });
+    }
 }
 
 async fn reap(name: String, mut child: Child, exit_sender: watch::Sender<Option<String>>) {
@@ -116,11 +138,7 @@ async fn reap(name: String, mut child: Child, exit_sender: watch::Sender<Option<
 /// then, after `grace` or as soon as the leader is gone, `SIGKILL` to the
 /// group so that no grandchild outlives it. Returns once the leader is reaped
 /// (or a last short wait ran out).
-pub(crate) async fn stop_group(
-    pid: u32,
-    exited: &mut watch::Receiver<Option<String>>,
-    grace: Duration,
-) {
+pub(crate) async fn stop_group(pid: u32, exited: &mut watch::Receiver<Option<String>>, grace: Duration) {
     let Some(group) = i32::try_from(pid).ok().and_then(Pid::from_raw) else {
         return;
     };
@@ -152,10 +170,7 @@ async fn drain_stderr(name: String, stderr: ChildStderr) {
 
 /// Reads one line into `line` (without its newline), keeping at most
 /// [`MAX_STDERR_LINE`] bytes of it. Returns false at end of input.
-async fn read_bounded_line<R: AsyncRead + Unpin>(
-    reader: &mut BufReader<R>,
-    line: &mut Vec<u8>,
-) -> bool {
+async fn read_bounded_line<R: AsyncRead + Unpin>(reader: &mut BufReader<R>, line: &mut Vec<u8>) -> bool {
     line.clear();
     let mut saw_any = false;
     loop {

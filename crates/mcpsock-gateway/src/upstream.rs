@@ -35,13 +35,7 @@ pub struct UpstreamSpec {
 
 impl UpstreamSpec {
     pub fn new(name: impl Into<String>, command: impl Into<PathBuf>) -> Self {
-        Self {
-            name: name.into(),
-            command: command.into(),
-            args: Vec::new(),
-            env: Vec::new(),
-            cwd: None,
-        }
+        Self { name: name.into(), command: command.into(), args: Vec::new(), env: Vec::new(), cwd: None }
     }
 
     pub fn args(mut self, args: impl IntoIterator<Item = impl Into<String>>) -> Self {
@@ -165,9 +159,7 @@ enum Connection {
 
 impl fmt::Debug for Upstream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Upstream")
-            .field("name", &self.name)
-            .finish_non_exhaustive()
+        f.debug_struct("Upstream").field("name", &self.name).finish_non_exhaustive()
     }
 }
 
@@ -175,11 +167,7 @@ impl Upstream {
     /// Starts the process, completes the MCP handshake within
     /// `init_timeout`, and reads the catalog. Never fails: a failure is
     /// recorded in the upstream's state, where health reports show it.
-    pub(crate) async fn start(
-        spec: &UpstreamSpec,
-        init_timeout: Duration,
-        stop_grace: Duration,
-    ) -> Self {
+    pub(crate) async fn start(spec: &UpstreamSpec, init_timeout: Duration, stop_grace: Duration) -> Self {
         let catalog = Arc::new(RwLock::new(Catalog::default()));
         let connection = match connect(spec, &catalog, init_timeout, stop_grace).await {
             Ok(connection) => {
@@ -191,34 +179,24 @@ impl Upstream {
                 Connection::Failed { error }
             }
         };
-        Self {
-            name: spec.name.clone(),
-            catalog,
-            connection: Mutex::new(connection),
-        }
+        Self { name: spec.name.clone(), catalog, connection: Mutex::new(connection) }
     }
 
     /// The MCP peer, while the upstream runs.
     pub(crate) fn peer(&self) -> Result<Peer<RoleClient>, String> {
         let mut connection = lock(&self.connection);
         let ended = match &*connection {
-            Connection::Running { pid, exited, .. } => {
-                exited.borrow().clone().map(|how| (*pid, how))
-            }
+            Connection::Running { pid, exited, .. } => exited.borrow().clone().map(|how| (*pid, how)),
             _ => None,
         };
         if let Some((pid, how)) = ended {
             // The leader is gone; take down whatever it left in its group.
             kill_group_now(pid);
-            *connection = Connection::Failed {
-                error: format!("the process ended ({how})"),
-            };
+            *connection = Connection::Failed { error: format!("the process ended ({how})") };
         }
         match &*connection {
             Connection::Running { service, .. } => Ok(service.peer().clone()),
-            Connection::Failed { error } => {
-                Err(format!("upstream {} is not running: {error}", self.name))
-            }
+            Connection::Failed { error } => Err(format!("upstream {} is not running: {error}", self.name)),
             Connection::Stopped => Err(format!("upstream {} was stopped", self.name)),
         }
     }
@@ -231,24 +209,13 @@ impl Upstream {
             Connection::Failed { .. } => (UpstreamState::Failed, None),
             Connection::Stopped => (UpstreamState::Stopped, None),
         };
-        UpstreamReport {
-            name: self.name.clone(),
-            state,
-            pid,
-            tools: read(&self.catalog).tools.len(),
-            error,
-        }
+        UpstreamReport { name: self.name.clone(), state, pid, tools: read(&self.catalog).tools.len(), error }
     }
 
     /// Closes the MCP session and stops the process group.
     pub(crate) async fn stop(&self, grace: Duration) {
         let connection = std::mem::replace(&mut *lock(&self.connection), Connection::Stopped);
-        if let Connection::Running {
-            mut service,
-            pid,
-            mut exited,
-        } = connection
-        {
+        if let Connection::Running { mut service, pid, mut exited } = connection {
             // Closing stdin is the polite stop for a stdio server; the
             // group signals below follow for one that does not listen.
             let polite = CLOSE_TIMEOUT.min(grace);
@@ -271,21 +238,14 @@ async fn connect(
             spec.command.display()
         ),
         std::io::ErrorKind::PermissionDenied => {
-            format!(
-                "command is not executable: {} (check its permissions)",
-                spec.command.display()
-            )
+            format!("command is not executable: {} (check its permissions)", spec.command.display())
         }
         _ => format!("cannot start {}: {error}", spec.command.display()),
     })?;
     let pid = child.pid;
     let mut exited = child.exited;
-    let client = UpstreamClient {
-        name: spec.name.clone(),
-        catalog: catalog.clone(),
-    };
-    let transport =
-        AsyncRwTransport::new(child.stdout, child.stdin).with_max_line_length(MAX_UPSTREAM_LINE);
+    let client = UpstreamClient { name: spec.name.clone(), catalog: catalog.clone() };
+    let transport = AsyncRwTransport::new(child.stdout, child.stdin).with_max_line_length(MAX_UPSTREAM_LINE);
     let handshake = tokio::select! {
         result = tokio::time::timeout(init_timeout, client.serve(transport)) => result,
         how = exited.wait_for(Option::is_some) => {
@@ -301,10 +261,7 @@ async fn connect(
         }
         Err(_) => {
             stop_group(pid, &mut exited, stop_grace).await;
-            return Err(format!(
-                "no answer to initialize within {}",
-                humanize(init_timeout)
-            ));
+            return Err(format!("no answer to initialize within {}", humanize(init_timeout)));
         }
     };
     if let Err(error) = load_catalog(service.peer(), catalog).await {
@@ -313,40 +270,19 @@ async fn connect(
         stop_group(pid, &mut exited, stop_grace).await;
         return Err(format!("listing its capabilities failed: {error}"));
     }
-    Ok(Connection::Running {
-        service,
-        pid,
-        exited,
-    })
+    Ok(Connection::Running { service, pid, exited })
 }
 
-async fn load_catalog(
-    peer: &Peer<RoleClient>,
-    catalog: &RwLock<Catalog>,
-) -> Result<(), rmcp::ServiceError> {
+async fn load_catalog(peer: &Peer<RoleClient>, catalog: &RwLock<Catalog>) -> Result<(), rmcp::ServiceError> {
     let info = peer.peer_info();
-    let capabilities = info
-        .as_ref()
-        .map(|info| info.capabilities.clone())
-        .unwrap_or_default();
-    let tools = if capabilities.tools.is_some() {
-        peer.list_all_tools().await?
-    } else {
-        Vec::new()
-    };
+    let capabilities = info.as_ref().map(|info| info.capabilities.clone()).unwrap_or_default();
+    let tools = if capabilities.tools.is_some() { peer.list_all_tools().await? } else { Vec::new() };
     let (resources, resource_templates) = if capabilities.resources.is_some() {
-        (
-            peer.list_all_resources().await?,
-            peer.list_all_resource_templates().await?,
-        )
+        (peer.list_all_resources().await?, peer.list_all_resource_templates().await?)
     } else {
         (Vec::new(), Vec::new())
     };
-    let prompts = if capabilities.prompts.is_some() {
-        peer.list_all_prompts().await?
-    } else {
-        Vec::new()
-    };
+    let prompts = if capabilities.prompts.is_some() { peer.list_all_prompts().await? } else { Vec::new() };
     *write(catalog) = Catalog {
         tools,
         resources,
@@ -365,17 +301,13 @@ fn humanize(duration: Duration) -> String {
 // while holding one cannot leave the data half-written in a way that
 // matters, so a poisoned lock is used as is.
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 pub(crate) fn read(lock: &RwLock<Catalog>) -> std::sync::RwLockReadGuard<'_, Catalog> {
-    lock.read()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
+    lock.read().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn write(lock: &RwLock<Catalog>) -> std::sync::RwLockWriteGuard<'_, Catalog> {
-    lock.write()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
+    lock.write().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

@@ -20,11 +20,7 @@ use tower::ServiceExt;
 #[non_exhaustive]
 pub enum Peer {
     /// A local process on the Unix socket, as the kernel reports it.
-    Unix {
-        uid: u32,
-        gid: u32,
-        pid: Option<i32>,
-    },
+    Unix { uid: u32, gid: u32, pid: Option<i32> },
 }
 
 /// Which local users may talk to the socket. A peer is admitted when its
@@ -39,10 +35,7 @@ pub struct PeerPolicy {
 impl PeerPolicy {
     /// Only processes of the user running the daemon.
     pub fn own_user() -> Self {
-        Self {
-            allow_uids: vec![rustix::process::geteuid().as_raw()],
-            allow_gids: Vec::new(),
-        }
+        Self { allow_uids: vec![rustix::process::geteuid().as_raw()], allow_gids: Vec::new() }
     }
 
     pub fn admits(&self, uid: u32, gid: u32) -> bool {
@@ -87,8 +80,7 @@ pub async fn serve_unix(
 ) {
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+    http.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
     loop {
         let stream = tokio::select! {
             () = stop.cancelled() => break,
@@ -104,11 +96,7 @@ pub async fn serve_unix(
             },
         };
         let peer = match stream.peer_cred() {
-            Ok(cred) => Peer::Unix {
-                uid: cred.uid(),
-                gid: cred.gid(),
-                pid: cred.pid(),
-            },
+            Ok(cred) => Peer::Unix { uid: cred.uid(), gid: cred.gid(), pid: cred.pid() },
             Err(error) => {
                 stats.rejected.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(%error, "rejected a connection whose credentials could not be read");
@@ -132,12 +120,7 @@ pub async fn serve_unix(
             request.extensions_mut().insert(peer.clone());
             let router = router.clone();
             async move {
-                Ok::<_, Infallible>(
-                    router
-                        .oneshot(request)
-                        .await
-                        .unwrap_or_else(|never| match never {}),
-                )
+                Ok::<_, Infallible>(router.oneshot(request).await.unwrap_or_else(|never| match never {}))
             }
         });
         let connection = http.serve_connection(TokioIo::new(stream), service);
@@ -161,10 +144,7 @@ mod tests {
 
     #[test]
     fn policy_admits_listed_uids_and_primary_gids() {
-        let policy = PeerPolicy {
-            allow_uids: vec![1000],
-            allow_gids: vec![50],
-        };
+        let policy = PeerPolicy { allow_uids: vec![1000], allow_gids: vec![50] };
         assert!(policy.admits(1000, 1000));
         assert!(policy.admits(1001, 50));
         assert!(!policy.admits(1001, 1001));

@@ -83,18 +83,12 @@ impl SocketGuard {
     /// Binds the socket, sets its final `mode` while nobody can connect yet
     /// (between `bind()` and `listen()`), then listens.
     pub fn bind(mut self, mode: u32) -> Result<BoundSocket, SocketError> {
-        let bind_error = |source: io::Error| SocketError::Bind {
-            path: self.socket_path.clone(),
-            source,
-        };
+        let bind_error = |source: io::Error| SocketError::Bind { path: self.socket_path.clone(), source };
         let socket = UnixSocket::new_stream().map_err(bind_error)?;
         match socket.bind(&self.socket_path) {
             Ok(()) => {}
             Err(error) if error.kind() == io::ErrorKind::AddrInUse => {
-                return Err(SocketError::AlreadyRunning {
-                    socket: self.socket_path.clone(),
-                    pid: None,
-                });
+                return Err(SocketError::AlreadyRunning { socket: self.socket_path.clone(), pid: None });
             }
             Err(error) => return Err(bind_error(error)),
         }
@@ -102,12 +96,8 @@ impl SocketGuard {
         // The directory is ours and closed to others, so the entry we just
         // bound is the one we stat and chmod; check anyway, without
         // following links.
-        let stat = rustix::fs::statat(
-            &self.dir,
-            self.socket_name.as_str(),
-            AtFlags::SYMLINK_NOFOLLOW,
-        )
-        .map_err(|errno| bind_error(errno.into()))?;
+        let stat = rustix::fs::statat(&self.dir, self.socket_name.as_str(), AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|errno| bind_error(errno.into()))?;
         if FileType::from_raw_mode(stat.st_mode) != FileType::Socket
             || stat.st_uid != rustix::process::geteuid().as_raw()
         {
@@ -123,25 +113,15 @@ impl SocketGuard {
         )
         .map_err(|errno| bind_error(errno.into()))?;
         let listener = socket.listen(LISTEN_BACKLOG).map_err(bind_error)?;
-        Ok(BoundSocket {
-            listener,
-            guard: self,
-        })
+        Ok(BoundSocket { listener, guard: self })
     }
 
     fn remove_stale_socket(&self) -> Result<(), SocketError> {
-        let stat = match rustix::fs::statat(
-            &self.dir,
-            self.socket_name.as_str(),
-            AtFlags::SYMLINK_NOFOLLOW,
-        ) {
+        let stat = match rustix::fs::statat(&self.dir, self.socket_name.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
             Ok(stat) => stat,
             Err(Errno::NOENT) => return Ok(()),
             Err(errno) => {
-                return Err(SocketError::Bind {
-                    path: self.socket_path.clone(),
-                    source: errno.into(),
-                });
+                return Err(SocketError::Bind { path: self.socket_path.clone(), source: errno.into() });
             }
         };
         let kind = match FileType::from_raw_mode(stat.st_mode) {
@@ -153,29 +133,18 @@ impl SocketGuard {
             _ => Some("a device or other special file"),
         };
         if let Some(kind) = kind {
-            return Err(SocketError::NotASocket {
-                path: self.socket_path.clone(),
-                kind,
-            });
+            return Err(SocketError::NotASocket { path: self.socket_path.clone(), kind });
         }
         match std::os::unix::net::UnixStream::connect(&self.socket_path) {
-            Ok(_) => Err(SocketError::AlreadyRunning {
-                socket: self.socket_path.clone(),
-                pid: None,
-            }),
+            Ok(_) => Err(SocketError::AlreadyRunning { socket: self.socket_path.clone(), pid: None }),
             Err(error) if error.kind() == io::ErrorKind::ConnectionRefused => {
-                rustix::fs::unlinkat(&self.dir, self.socket_name.as_str(), AtFlags::empty())
-                    .map_err(|errno| SocketError::Bind {
-                        path: self.socket_path.clone(),
-                        source: errno.into(),
-                    })?;
+                rustix::fs::unlinkat(&self.dir, self.socket_name.as_str(), AtFlags::empty()).map_err(
+                    |errno| SocketError::Bind { path: self.socket_path.clone(), source: errno.into() },
+                )?;
                 tracing::info!(socket = %self.socket_path.display(), "removed a stale socket left by an instance that is gone");
                 Ok(())
             }
-            Err(source) => Err(SocketError::Bind {
-                path: self.socket_path.clone(),
-                source,
-            }),
+            Err(source) => Err(SocketError::Bind { path: self.socket_path.clone(), source }),
         }
     }
 }
@@ -192,15 +161,9 @@ impl Drop for SocketGuard {
 
 fn split_socket_path(socket_path: &Path) -> Result<(PathBuf, String), SocketError> {
     let invalid = |message: String| SocketError::InvalidPath(message);
-    let name = socket_path
-        .file_name()
-        .and_then(|name| name.to_str())
-        .ok_or_else(|| {
-            invalid(format!(
-                "{}: the socket path must end in a UTF-8 file name",
-                socket_path.display()
-            ))
-        })?;
+    let name = socket_path.file_name().and_then(|name| name.to_str()).ok_or_else(|| {
+        invalid(format!("{}: the socket path must end in a UTF-8 file name", socket_path.display()))
+    })?;
     let dir = match socket_path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
         _ => PathBuf::from("."),
@@ -213,11 +176,7 @@ fn split_socket_path(socket_path: &Path) -> Result<(PathBuf, String), SocketErro
 /// not exist is created with mode 0700 (and fixed to exactly that, whatever
 /// the umask).
 fn open_private_dir(dir_path: &Path) -> Result<OwnedFd, SocketError> {
-    let created = match std::fs::DirBuilder::new()
-        .recursive(false)
-        .mode(PRIVATE_DIR_MODE)
-        .create(dir_path)
-    {
+    let created = match std::fs::DirBuilder::new().recursive(false).mode(PRIVATE_DIR_MODE).create(dir_path) {
         Ok(()) => true,
         Err(error) if error.kind() == io::ErrorKind::AlreadyExists => false,
         Err(error) if error.kind() == io::ErrorKind::NotFound => {
@@ -225,17 +184,11 @@ fn open_private_dir(dir_path: &Path) -> Result<OwnedFd, SocketError> {
                 .recursive(true)
                 .mode(PRIVATE_DIR_MODE)
                 .create(dir_path)
-                .map_err(|source| SocketError::CreateDir {
-                    dir: dir_path.to_path_buf(),
-                    source,
-                })?;
+                .map_err(|source| SocketError::CreateDir { dir: dir_path.to_path_buf(), source })?;
             true
         }
         Err(source) => {
-            return Err(SocketError::CreateDir {
-                dir: dir_path.to_path_buf(),
-                source,
-            });
+            return Err(SocketError::CreateDir { dir: dir_path.to_path_buf(), source });
         }
     };
     let dir = rustix::fs::open(
@@ -244,39 +197,23 @@ fn open_private_dir(dir_path: &Path) -> Result<OwnedFd, SocketError> {
         Mode::empty(),
     )
     .map_err(|errno| match errno {
-        Errno::LOOP | Errno::NOTDIR if is_symlink(dir_path) => SocketError::DirIsSymlink {
-            dir: dir_path.to_path_buf(),
-        },
-        errno => SocketError::OpenDir {
-            dir: dir_path.to_path_buf(),
-            source: errno.into(),
-        },
+        Errno::LOOP | Errno::NOTDIR if is_symlink(dir_path) => {
+            SocketError::DirIsSymlink { dir: dir_path.to_path_buf() }
+        }
+        errno => SocketError::OpenDir { dir: dir_path.to_path_buf(), source: errno.into() },
     })?;
-    let stat = rustix::fs::fstat(&dir).map_err(|errno| SocketError::OpenDir {
-        dir: dir_path.to_path_buf(),
-        source: errno.into(),
-    })?;
+    let stat = rustix::fs::fstat(&dir)
+        .map_err(|errno| SocketError::OpenDir { dir: dir_path.to_path_buf(), source: errno.into() })?;
     let uid = rustix::process::geteuid().as_raw();
     if stat.st_uid != uid {
-        return Err(SocketError::DirNotOwned {
-            dir: dir_path.to_path_buf(),
-            owner: stat.st_uid,
-            uid,
-        });
+        return Err(SocketError::DirNotOwned { dir: dir_path.to_path_buf(), owner: stat.st_uid, uid });
     }
     let mode = stat.st_mode & 0o7777;
     if created && mode != PRIVATE_DIR_MODE {
-        rustix::fs::fchmod(&dir, Mode::from_raw_mode(PRIVATE_DIR_MODE)).map_err(|errno| {
-            SocketError::CreateDir {
-                dir: dir_path.to_path_buf(),
-                source: errno.into(),
-            }
-        })?;
+        rustix::fs::fchmod(&dir, Mode::from_raw_mode(PRIVATE_DIR_MODE))
+            .map_err(|errno| SocketError::CreateDir { dir: dir_path.to_path_buf(), source: errno.into() })?;
     } else if mode & 0o022 != 0 {
-        return Err(SocketError::DirWritableByOthers {
-            dir: dir_path.to_path_buf(),
-            mode,
-        });
+        return Err(SocketError::DirWritableByOthers { dir: dir_path.to_path_buf(), mode });
     }
     Ok(dir)
 }
@@ -294,10 +231,7 @@ fn lock_pid_file(
     lock_path: &Path,
     socket_path: &Path,
 ) -> Result<File, SocketError> {
-    let lock_error = |errno: Errno| SocketError::Lock {
-        path: lock_path.to_path_buf(),
-        source: errno.into(),
-    };
+    let lock_error = |errno: Errno| SocketError::Lock { path: lock_path.to_path_buf(), source: errno.into() };
     for _ in 0..16 {
         let fd = rustix::fs::openat(
             dir,
@@ -327,10 +261,8 @@ fn lock_pid_file(
         rustix::fs::fchmod(&fd, Mode::from_raw_mode(LOCK_FILE_MODE)).map_err(lock_error)?;
         rustix::fs::ftruncate(&fd, 0).map_err(lock_error)?;
         let mut file = File::from(fd);
-        writeln!(file, "{}", std::process::id()).map_err(|source| SocketError::Lock {
-            path: lock_path.to_path_buf(),
-            source,
-        })?;
+        writeln!(file, "{}", std::process::id())
+            .map_err(|source| SocketError::Lock { path: lock_path.to_path_buf(), source })?;
         return Ok(file);
     }
     Err(SocketError::Lock {
@@ -345,38 +277,23 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     fn mode(path: &Path) -> u32 {
-        std::fs::symlink_metadata(path)
-            .unwrap()
-            .permissions()
-            .mode()
-            & 0o7777
+        std::fs::symlink_metadata(path).unwrap().permissions().mode() & 0o7777
     }
 
     #[tokio::test]
     async fn creates_private_dir_lock_and_socket() {
         let temp = tempfile::tempdir().unwrap();
         let socket_path = temp.path().join("run").join("s.sock");
-        let bound = SocketGuard::acquire(&socket_path)
-            .unwrap()
-            .bind(0o600)
-            .unwrap();
+        let bound = SocketGuard::acquire(&socket_path).unwrap().bind(0o600).unwrap();
         assert_eq!(mode(&temp.path().join("run")), 0o700);
         assert_eq!(mode(&socket_path), 0o600);
         let lock_path = bound.guard.lock_path();
         assert_eq!(mode(&lock_path), 0o600);
-        assert_eq!(
-            std::fs::read_to_string(&lock_path).unwrap().trim(),
-            std::process::id().to_string()
-        );
+        assert_eq!(std::fs::read_to_string(&lock_path).unwrap().trim(), std::process::id().to_string());
 
         let second = SocketGuard::acquire(&socket_path).unwrap_err();
         assert!(second.is_already_running(), "{second}");
-        assert!(
-            second
-                .to_string()
-                .contains(&format!("(pid {})", std::process::id())),
-            "{second}"
-        );
+        assert!(second.to_string().contains(&format!("(pid {})", std::process::id())), "{second}");
 
         drop(bound);
         assert!(!socket_path.exists());
@@ -396,18 +313,8 @@ mod tests {
 
         std::os::unix::fs::symlink(&victim, &socket_path).unwrap();
         let error = SocketGuard::acquire(&socket_path).unwrap_err();
-        assert!(
-            error
-                .to_string()
-                .contains("is a symbolic link, not a socket"),
-            "{error}"
-        );
-        assert!(
-            std::fs::symlink_metadata(&socket_path)
-                .unwrap()
-                .file_type()
-                .is_symlink()
-        );
+        assert!(error.to_string().contains("is a symbolic link, not a socket"), "{error}");
+        assert!(std::fs::symlink_metadata(&socket_path).unwrap().file_type().is_symlink());
         std::fs::remove_file(&socket_path).unwrap();
 
         std::fs::write(&socket_path, "data").unwrap();
@@ -428,10 +335,7 @@ mod tests {
     fn refuses_unsafe_directories() {
         let temp = tempfile::tempdir().unwrap();
         let real = temp.path().join("real");
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&real)
-            .unwrap();
+        std::fs::DirBuilder::new().mode(0o700).create(&real).unwrap();
         let link = temp.path().join("link");
         std::os::unix::fs::symlink(&real, &link).unwrap();
         let error = SocketGuard::acquire(&link.join("s.sock")).unwrap_err();
@@ -452,10 +356,7 @@ mod tests {
         // A socket file with no listener behind it: what kill -9 leaves.
         drop(std::os::unix::net::UnixListener::bind(&socket_path).unwrap());
         assert!(socket_path.exists());
-        let bound = SocketGuard::acquire(&socket_path)
-            .unwrap()
-            .bind(0o600)
-            .unwrap();
+        let bound = SocketGuard::acquire(&socket_path).unwrap().bind(0o600).unwrap();
         drop(bound);
 
         // A live listener that does not hold our lock is still refused.

@@ -14,17 +14,14 @@ use crate::flags::CallFlags;
 const DESCRIPTION_WIDTH: usize = 100;
 
 pub(crate) async fn list_tools(endpoint: &Endpoint, json: bool) -> Result<ExitCode, Failure> {
-    let session = mcpsock_client::connect(endpoint)
-        .await
-        .map_err(Failure::client)?;
+    let session = mcpsock_client::connect(endpoint).await.map_err(Failure::client)?;
     let tools = session
         .list_all_tools()
         .await
         .map_err(|error| Failure::internal(anyhow!("listing tools failed: {error}")))?;
     let _ = session.cancel().await;
     if json {
-        let text = serde_json::to_string_pretty(&tools)
-            .map_err(|error| Failure::internal(error.into()))?;
+        let text = serde_json::to_string_pretty(&tools).map_err(|error| Failure::internal(error.into()))?;
         println!("{text}");
     } else {
         print!("{}", tools_table(&tools));
@@ -36,21 +33,10 @@ fn tools_table(tools: &[Tool]) -> String {
     if tools.is_empty() {
         return "no tools: the daemon serves no running upstream (see its log or /health)\n".into();
     }
-    let width = tools
-        .iter()
-        .map(|tool| tool.name.len())
-        .max()
-        .unwrap_or(0)
-        .max("TOOL".len());
+    let width = tools.iter().map(|tool| tool.name.len()).max().unwrap_or(0).max("TOOL".len());
     let mut table = format!("{:width$}  DESCRIPTION\n", "TOOL");
     for tool in tools {
-        let description = tool
-            .description
-            .as_deref()
-            .unwrap_or("")
-            .lines()
-            .next()
-            .unwrap_or("");
+        let description = tool.description.as_deref().unwrap_or("").lines().next().unwrap_or("");
         let description = match description.char_indices().nth(DESCRIPTION_WIDTH) {
             Some((cut, _)) => format!("{}…", &description[..cut]),
             None => description.to_string(),
@@ -61,9 +47,7 @@ fn tools_table(tools: &[Tool]) -> String {
 }
 
 pub(crate) async fn call_tool(endpoint: &Endpoint, flags: &CallFlags) -> Result<ExitCode, Failure> {
-    let session = mcpsock_client::connect(endpoint)
-        .await
-        .map_err(Failure::client)?;
+    let session = mcpsock_client::connect(endpoint).await.map_err(Failure::client)?;
     let tools = session
         .list_all_tools()
         .await
@@ -72,10 +56,7 @@ pub(crate) async fn call_tool(endpoint: &Endpoint, flags: &CallFlags) -> Result<
         let _ = session.cancel().await;
         return Err(Failure::new(
             Code::Usage,
-            anyhow!(
-                "the daemon offers no tool named {:?}; run `mcpsock tools` to see the names",
-                flags.tool
-            ),
+            anyhow!("the daemon offers no tool named {:?}; run `mcpsock tools` to see the names", flags.tool),
         ));
     };
     let arguments = build_arguments(flags.json.as_deref(), &flags.args, &tool.input_schema)
@@ -84,12 +65,10 @@ pub(crate) async fn call_tool(endpoint: &Endpoint, flags: &CallFlags) -> Result<
     request.arguments = Some(arguments);
     let result = session.call_tool(request).await;
     let _ = session.cancel().await;
-    let result = result.map_err(|error| {
-        Failure::new(Code::ToolError, anyhow!("{} failed: {error}", flags.tool))
-    })?;
+    let result =
+        result.map_err(|error| Failure::new(Code::ToolError, anyhow!("{} failed: {error}", flags.tool)))?;
     if flags.raw {
-        let text = serde_json::to_string_pretty(&result)
-            .map_err(|error| Failure::internal(error.into()))?;
+        let text = serde_json::to_string_pretty(&result).map_err(|error| Failure::internal(error.into()))?;
         println!("{text}");
     } else {
         for content in &result.content {
@@ -109,24 +88,16 @@ pub(crate) async fn call_tool(endpoint: &Endpoint, flags: &CallFlags) -> Result<
 /// Builds the arguments object from `--json` and `--arg KEY=VALUE` pairs.
 /// A value is taken as a string when the schema says the property is one,
 /// otherwise as JSON when it parses, otherwise as a string.
-fn build_arguments(
-    json: Option<&str>,
-    pairs: &[String],
-    schema: &JsonObject,
-) -> anyhow::Result<JsonObject> {
+fn build_arguments(json: Option<&str>, pairs: &[String], schema: &JsonObject) -> anyhow::Result<JsonObject> {
     let mut arguments = match json {
-        Some(text) => {
-            match serde_json::from_str::<Value>(text).context("--json is not valid JSON")? {
-                Value::Object(object) => object,
-                _ => anyhow::bail!("--json must be a JSON object, like '{{\"key\": \"value\"}}'"),
-            }
-        }
+        Some(text) => match serde_json::from_str::<Value>(text).context("--json is not valid JSON")? {
+            Value::Object(object) => object,
+            _ => anyhow::bail!("--json must be a JSON object, like '{{\"key\": \"value\"}}'"),
+        },
         None => JsonObject::new(),
     };
     for pair in pairs {
-        let (key, raw) = pair
-            .split_once('=')
-            .ok_or_else(|| anyhow!("--arg {pair:?} is not KEY=VALUE"))?;
+        let (key, raw) = pair.split_once('=').ok_or_else(|| anyhow!("--arg {pair:?} is not KEY=VALUE"))?;
         let value = if property_is_string(schema, key) {
             Value::String(raw.to_string())
         } else {
@@ -176,17 +147,9 @@ mod tests {
     fn arguments_follow_the_schema() {
         check(None, &["text=5", "n=5"], json!({"text": "5", "n": 5}));
         check(None, &["maybe=true"], json!({"maybe": "true"}));
-        check(
-            None,
-            &["other=[1,2]", "word=hello"],
-            json!({"other": [1, 2], "word": "hello"}),
-        );
+        check(None, &["other=[1,2]", "word=hello"], json!({"other": [1, 2], "word": "hello"}));
         check(None, &["text=a=b"], json!({"text": "a=b"}));
-        check(
-            Some(r#"{"n": 1, "text": "x"}"#),
-            &["n=2"],
-            json!({"n": 2, "text": "x"}),
-        );
+        check(Some(r#"{"n": 1, "text": "x"}"#), &["n=2"], json!({"n": 2, "text": "x"}));
     }
 
     #[test]
@@ -194,15 +157,9 @@ mod tests {
         let error = build_arguments(None, &["novalue".into()], &schema()).unwrap_err();
         assert!(error.to_string().contains("is not KEY=VALUE"), "{error}");
         let error = build_arguments(Some("[1]"), &[], &schema()).unwrap_err();
-        assert!(
-            error.to_string().contains("must be a JSON object"),
-            "{error}"
-        );
+        assert!(error.to_string().contains("must be a JSON object"), "{error}");
         let error = build_arguments(Some("{"), &[], &schema()).unwrap_err();
-        assert!(
-            format!("{error:#}").contains("--json is not valid JSON"),
-            "{error:#}"
-        );
+        assert!(format!("{error:#}").contains("--json is not valid JSON"), "{error:#}");
     }
 
     #[test]
@@ -211,9 +168,6 @@ mod tests {
             Tool::new(name, description, std::sync::Arc::new(JsonObject::new()))
         };
         let table = tools_table(&[tool("demo__echo", "Echo.\nMore."), tool("t__x", "")]);
-        assert_eq!(
-            table,
-            "TOOL        DESCRIPTION\ndemo__echo  Echo.\nt__x        \n"
-        );
+        assert_eq!(table, "TOOL        DESCRIPTION\ndemo__echo  Echo.\nt__x        \n");
     }
 }

@@ -30,10 +30,7 @@ pub(crate) struct Failure {
 
 impl Failure {
     pub(crate) fn new(code: Code, error: impl Into<anyhow::Error>) -> Self {
-        Self {
-            error: error.into(),
-            code,
-        }
+        Self { error: error.into(), code }
     }
 
     pub(crate) fn internal(error: anyhow::Error) -> Self {

@@ -48,12 +48,8 @@ fn init_logging(flags: &Flags) {
 
 fn run(flags: Flags) -> Result<ExitCode, Failure> {
     let runtime = match flags.command {
-        Command::Serve(_) => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build(),
-        _ => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build(),
+        Command::Serve(_) => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
+        _ => tokio::runtime::Builder::new_current_thread().enable_all().build(),
     }
     .map_err(|error| {
         Failure::internal(anyhow::Error::new(error).context("cannot start the async runtime"))
@@ -71,9 +67,7 @@ fn run(flags: Flags) -> Result<ExitCode, Failure> {
             }
             Command::Bridge(bridge) => {
                 let endpoint = resolve_endpoint(&bridge.target)?;
-                mcpsock_client::bridge(&endpoint)
-                    .await
-                    .map_err(Failure::client)?;
+                mcpsock_client::bridge(&endpoint).await.map_err(Failure::client)?;
                 Ok(ExitCode::SUCCESS)
             }
         }
@@ -90,17 +84,12 @@ async fn run_serve(flags: ServeFlags) -> Result<ExitCode, Failure> {
             "no config file found: serving no upstream servers; write one in the mcpServers format there or pass --config"
         );
     }
-    let socket_path =
-        mcpsock_config::socket_path(flags.socket.as_deref(), &env, config.socket.as_deref());
+    let socket_path = mcpsock_config::socket_path(flags.socket.as_deref(), &env, config.socket.as_deref());
     mcpsock_config::check_socket_path(&socket_path)
         .map_err(|message| Failure::config(anyhow::Error::msg(message)))?;
-    let shutdown = mcpsock_daemon::shutdown_signal()
-        .await
-        .map_err(Failure::internal)?;
+    let shutdown = mcpsock_daemon::shutdown_signal().await.map_err(Failure::internal)?;
     let options = mcpsock_daemon::DaemonOptions::new(config, socket_path);
-    mcpsock_daemon::run(options, shutdown)
-        .await
-        .map_err(Failure::daemon)?;
+    mcpsock_daemon::run(options, shutdown).await.map_err(Failure::daemon)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -114,17 +103,10 @@ fn resolve_endpoint(target: &flags::TargetFlags) -> Result<Endpoint, Failure> {
         && std::env::var_os("MCPSOCK_SOCKET").is_none();
     let config_socket = if needs_config {
         let location = mcpsock_config::config_location(target.config.as_deref(), &env);
-        Config::load(&location.path, location.explicit)
-            .map_err(Failure::config)?
-            .socket
+        Config::load(&location.path, location.explicit).map_err(Failure::config)?.socket
     } else {
         None
     };
-    Endpoint::resolve(
-        target.endpoint.as_deref(),
-        target.socket.as_deref(),
-        &env,
-        config_socket.as_deref(),
-    )
-    .map_err(Failure::client)
+    Endpoint::resolve(target.endpoint.as_deref(), target.socket.as_deref(), &env, config_socket.as_deref())
+        .map_err(Failure::client)
 }

@@ -1,0 +1,7 @@
+//! Integration tests of the `mcpsock` binary with real processes, real
+//! sockets and a real upstream MCP server (the workspace's demo server).
+//! Each test has its own directory, config and socket.
+
+mod serve;
+mod socket;
+mod support;

@@ -1,0 +1,279 @@
+//! The socket's security facts, as an attacker on the same machine would
+//! probe them (see SECURITY-TESTS.md 1, 2, 4-10).
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::process::{Command, Stdio};
+
+use rustix::process::Signal;
+use serde_json::json;
+
+use crate::support::*;
+
+/// Connects to `socket` as uid/gid 65534 `attempts` times and reports what
+/// happened: `connect-error <ERRNO>`, or `closed <n> answered <m>`.
+const PEER_PROBE: &str = r#"
+import errno, socket, sys
+path, attempts = sys.argv[1], int(sys.argv[2])
+closed = answered = 0
+for _ in range(attempts):
+    s = socket.socket(socket.AF_UNIX)
+    try:
+        s.connect(path)
+    except OSError as e:
+        print("connect-error", errno.errorcode.get(e.errno, e.errno))
+        sys.exit(0)
+    try:
+        s.sendall(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        data = s.recv(100)
+    except OSError:
+        data = b""
+    if data:
+        answered += 1
+    else:
+        closed += 1
+    s.close()
+print("closed", closed, "answered", answered)
+"#;
+
+fn probe_as_nobody(socket: &std::path::Path, attempts: u32) -> String {
+    let output = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3", "-c", PEER_PROBE])
+        .arg(socket)
+        .arg(attempts.to_string())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "probe failed: {}", stderr(&output));
+    stdout(&output).trim().to_string()
+}
+
+fn open_up(path: &std::path::Path) {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+#[test]
+fn modes_are_exact_whatever_the_umask() {
+    for umask in ["000", "077"] {
+        let sandbox = Sandbox::new();
+        let config = sandbox.demo_config();
+        let daemon = Daemon::start_with(&sandbox, &config, &sandbox.socket(), |command| {
+            let program = command.get_program().to_owned();
+            let args: Vec<_> = command.get_args().map(ToOwned::to_owned).collect();
+            let mut wrapped = Command::new("/bin/sh");
+            wrapped.arg("-c").arg(format!("umask {umask}; exec \"$0\" \"$@\"")).arg(program).args(args);
+            sandbox.isolate(&mut wrapped);
+            wrapped.stdout(Stdio::null()).stderr(Stdio::null());
+            *command = wrapped;
+        });
+        let socket = sandbox.socket();
+        assert_eq!(mode(socket.parent().unwrap()), 0o700, "umask {umask}: directory");
+        assert_eq!(mode(&socket), 0o600, "umask {umask}: socket");
+        assert_eq!(mode(&socket.with_file_name("mcpsock.sock.pid")), 0o600, "umask {umask}: pid file");
+        let uid = rustix::process::geteuid().as_raw();
+        for path in [socket.parent().unwrap().to_path_buf(), socket.clone()] {
+            assert_eq!(std::fs::metadata(&path).unwrap().uid(), uid);
+        }
+        assert!(daemon.stop().success());
+    }
+}
+
+#[test]
+fn other_users_are_refused_by_the_filesystem() {
+    let sandbox = Sandbox::new();
+    open_up(sandbox.path());
+    let daemon = Daemon::start(&sandbox, &sandbox.demo_config());
+    assert_eq!(probe_as_nobody(&sandbox.socket(), 1), "connect-error EACCES");
+    assert_eq!(daemon.health()["rejected_connections"], 0, "nothing reached the listener");
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn other_users_are_rejected_by_peer_credentials_and_the_listener_survives() {
+    let sandbox = Sandbox::new();
+    open_up(sandbox.path());
+    let run = sandbox.path().join("run");
+    std::fs::create_dir(&run).unwrap();
+    open_up(&run);
+    // A test-only loosening: the directory and socket let anyone connect,
+    // so only the peer-credential check stands between them and the daemon.
+    let config = sandbox
+        .write_config(&json!({"mcpServers": {"demo": {"command": demo_server()}}, "socket_mode": "0666"}));
+    let daemon = Daemon::start(&sandbox, &config);
+    assert_eq!(mode(&sandbox.socket()), 0o666);
+    assert_eq!(probe_as_nobody(&sandbox.socket(), 500), "closed 500 answered 0");
+    assert_eq!(daemon.health()["rejected_connections"], 500);
+    let log = daemon.log_text();
+    assert!(log.contains("rejected a connection from a user that is not allowed"), "{log}");
+    assert!(log.contains("uid=65534") && log.contains("pid="), "the log names uid and pid: {log}");
+    // Still serving: a fresh authorised connection answers.
+    assert_eq!(http_get(&sandbox.socket(), "/health").unwrap().0, 200);
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn a_second_instance_is_refused_and_the_first_keeps_serving() {
+    let sandbox = Sandbox::new();
+    let config = sandbox.demo_config();
+    let daemon = Daemon::start(&sandbox, &config);
+    let inode = std::fs::metadata(sandbox.socket()).unwrap().ino();
+    let started = std::time::Instant::now();
+    let second = sandbox.run(&[
+        "serve",
+        "--config",
+        config.to_str().unwrap(),
+        "--socket",
+        sandbox.socket().to_str().unwrap(),
+    ]);
+    assert!(started.elapsed() < std::time::Duration::from_secs(1), "refused quickly");
+    assert_eq!(second.status.code(), Some(3));
+    let message = stderr(&second);
+    assert!(
+        message.contains("already running") && message.contains(&format!("(pid {})", daemon.pid())),
+        "{message}"
+    );
+    assert_eq!(std::fs::metadata(sandbox.socket()).unwrap().ino(), inode, "the socket was not touched");
+    assert_eq!(daemon.health()["status"], "ok");
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn a_stale_socket_after_kill_9_is_recovered() {
+    let sandbox = Sandbox::new();
+    let config = sandbox.demo_config();
+    let mut first = Daemon::start(&sandbox, &config);
+    first.signal(Signal::KILL);
+    first.wait_exit();
+    assert!(sandbox.socket().exists(), "kill -9 leaves the socket behind");
+    let second = Daemon::start(&sandbox, &config);
+    assert!(second.log_text().contains("removed a stale socket"), "{}", second.log_text());
+    assert_eq!(second.health()["status"], "ok");
+    assert!(second.stop().success());
+}
+
+#[test]
+fn of_ten_concurrent_starts_exactly_one_runs() {
+    let sandbox = Sandbox::new();
+    let config = sandbox.demo_config();
+    let socket = sandbox.socket();
+    let mut children: Vec<_> = (0..10)
+        .map(|_| {
+            let mut command = sandbox.command(&[
+                "serve",
+                "--config",
+                config.to_str().unwrap(),
+                "--socket",
+                socket.to_str().unwrap(),
+            ]);
+            command.stdout(Stdio::null()).stderr(Stdio::piped());
+            command.spawn().unwrap()
+        })
+        .collect();
+    let mut refused = 0;
+    wait_until("nine of ten starts are refused", || {
+        refused =
+            children.iter_mut().map(|child| child.try_wait().unwrap().is_some()).filter(|&done| done).count();
+        refused >= 9
+    });
+    let mut winner = None;
+    for mut child in children {
+        match child.try_wait().unwrap() {
+            Some(status) => {
+                assert_eq!(status.code(), Some(3));
+                let output = child.wait_with_output().unwrap();
+                assert!(stderr(&output).contains("already running"), "{}", stderr(&output));
+            }
+            None => {
+                assert!(winner.is_none(), "two instances run at once");
+                winner = Some(child);
+            }
+        }
+    }
+    let child = winner.expect("one instance runs");
+    let mut daemon = Daemon { child, socket: socket.clone(), log: sandbox.path().join("none") };
+    wait_until("the winner serves", || http_get(&socket, "/health").is_ok_and(|(status, _)| status == 200));
+    daemon.signal(Signal::TERM);
+    assert!(daemon.wait_exit().success());
+}
+
+#[test]
+fn whatever_is_not_a_socket_at_the_path_is_refused_and_left_alone() {
+    let sandbox = Sandbox::new();
+    let config = sandbox.demo_config();
+    let run = sandbox.path().join("run");
+    std::fs::create_dir(&run).unwrap();
+    std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let socket = sandbox.socket();
+    let victim = sandbox.path().join("victim");
+    std::fs::write(&victim, "precious").unwrap();
+    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    let serve = || {
+        sandbox.run(&["serve", "--config", config.to_str().unwrap(), "--socket", socket.to_str().unwrap()])
+    };
+    let check = |what: &str| {
+        let output = serve();
+        assert_eq!(output.status.code(), Some(4), "{what}: {}", stderr(&output));
+        assert!(
+            stderr(&output).contains(&format!("is {what}, not a socket; it was left untouched")),
+            "{}",
+            stderr(&output)
+        );
+        assert!(std::fs::symlink_metadata(&socket).is_ok(), "{what} was not deleted");
+        assert!(!socket.with_file_name("mcpsock.sock.pid").exists(), "no pid file is left behind");
+    };
+
+    std::os::unix::fs::symlink(&victim, &socket).unwrap();
+    check("a symbolic link");
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+    assert_eq!(mode(&victim), 0o600);
+    std::fs::remove_file(&socket).unwrap();
+
+    std::fs::write(&socket, "data").unwrap();
+    check("a regular file");
+    assert_eq!(std::fs::read_to_string(&socket).unwrap(), "data");
+    std::fs::remove_file(&socket).unwrap();
+
+    assert!(Command::new("mkfifo").arg(&socket).status().unwrap().success());
+    check("a FIFO");
+    std::fs::remove_file(&socket).unwrap();
+
+    std::fs::create_dir(&socket).unwrap();
+    check("a directory");
+}
+
+#[test]
+fn unsafe_socket_directories_are_refused() {
+    let sandbox = Sandbox::new();
+    let config = sandbox.demo_config();
+    let serve = |dir: &std::path::Path| {
+        let socket = dir.join("s.sock");
+        sandbox.run(&["serve", "--config", config.to_str().unwrap(), "--socket", socket.to_str().unwrap()])
+    };
+
+    let open = sandbox.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let output = serve(&open);
+    assert_eq!(output.status.code(), Some(4));
+    assert!(
+        stderr(&output).contains("has mode 0777, so other users can write to it; run `chmod 700"),
+        "{}",
+        stderr(&output)
+    );
+    assert_eq!(mode(&open), 0o777, "an existing directory is never changed");
+
+    let foreign = sandbox.path().join("foreign");
+    std::fs::create_dir(&foreign).unwrap();
+    std::os::unix::fs::chown(&foreign, Some(65534), Some(65534)).unwrap();
+    let output = serve(&foreign);
+    assert_eq!(output.status.code(), Some(4));
+    assert!(stderr(&output).contains("belongs to uid 65534"), "{}", stderr(&output));
+
+    let real = sandbox.path().join("real");
+    std::fs::create_dir(&real).unwrap();
+    let link = sandbox.path().join("link");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let output = serve(&link);
+    assert_eq!(output.status.code(), Some(4));
+    assert!(stderr(&output).contains("is a symbolic link; refusing to use it"), "{}", stderr(&output));
+    assert!(std::fs::read_dir(&real).unwrap().next().is_none(), "nothing was created through the link");
+}

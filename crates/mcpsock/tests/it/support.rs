@@ -1,0 +1,255 @@
+//! Test harness: a private sandbox per test, a daemon started and stopped
+//! as a user would, and polling waits instead of sleeps.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use rustix::process::{Pid, Signal};
+use serde_json::Value;
+
+/// How long any one condition may take before a test fails.
+pub(crate) const TIMEOUT: Duration = Duration::from_secs(30);
+
+pub(crate) fn mcpsock() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_mcpsock"))
+}
+
+/// The demo MCP server, built beside `mcpsock` by a workspace build.
+pub(crate) fn demo_server() -> PathBuf {
+    let path = mcpsock().with_file_name("mcpsock-demo-server");
+    assert!(path.exists(), "{} is missing: run the tests with --workspace", path.display());
+    path
+}
+
+/// Polls `condition` until it holds, failing the test after [`TIMEOUT`].
+#[track_caller]
+pub(crate) fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + TIMEOUT;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A temporary directory for one test, short enough for socket paths.
+pub(crate) struct Sandbox {
+    dir: tempfile::TempDir,
+}
+
+impl Sandbox {
+    pub(crate) fn new() -> Self {
+        let dir = tempfile::Builder::new().prefix("ms").tempdir_in("/tmp").unwrap();
+        Self { dir }
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The socket path tests use unless they need another.
+    pub(crate) fn socket(&self) -> PathBuf {
+        self.path().join("run").join("mcpsock.sock")
+    }
+
+    pub(crate) fn write_config(&self, config: &Value) -> PathBuf {
+        let path = self.path().join("config.json");
+        std::fs::write(&path, serde_json::to_vec_pretty(config).unwrap()).unwrap();
+        path
+    }
+
+    /// A config with the demo server as its one upstream.
+    pub(crate) fn demo_config(&self) -> PathBuf {
+        self.write_config(&serde_json::json!({"mcpServers": {"demo": {"command": demo_server()}}}))
+    }
+
+    /// `mcpsock ARGS` with an environment that points only into the sandbox.
+    pub(crate) fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(mcpsock());
+        command.args(args);
+        self.isolate(&mut command);
+        command
+    }
+
+    pub(crate) fn isolate(&self, command: &mut Command) {
+        for key in ["MCPSOCK_CONFIG", "MCPSOCK_SOCKET", "MCPSOCK_ENDPOINT", "MCPSOCK_LOG", "RUST_LOG"] {
+            command.env_remove(key);
+        }
+        command
+            .env("XDG_RUNTIME_DIR", self.path().join("xdg-runtime"))
+            .env("XDG_CONFIG_HOME", self.path().join("xdg-config"))
+            .env("XDG_DATA_HOME", self.path().join("xdg-data"))
+            .stdin(Stdio::null());
+    }
+
+    /// Runs `mcpsock ARGS` to completion.
+    pub(crate) fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().unwrap()
+    }
+
+    /// `mcpsock ARGS --socket <sandbox socket>`: a client command aimed at
+    /// this sandbox's daemon.
+    pub(crate) fn client(&self, args: &[&str]) -> Output {
+        let socket = self.socket();
+        let mut all = args.to_vec();
+        all.extend(["--socket", socket.to_str().unwrap()]);
+        self.run(&all)
+    }
+}
+
+pub(crate) fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+pub(crate) fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// A running `mcpsock serve`.
+pub(crate) struct Daemon {
+    pub(crate) child: Child,
+    pub(crate) socket: PathBuf,
+    pub(crate) log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts `mcpsock serve` on the sandbox socket and waits until it
+    /// answers `/health`.
+    pub(crate) fn start(sandbox: &Sandbox, config: &Path) -> Self {
+        Self::start_with(sandbox, config, &sandbox.socket(), |_| {})
+    }
+
+    pub(crate) fn start_with(
+        sandbox: &Sandbox,
+        config: &Path,
+        socket: &Path,
+        adjust: impl FnOnce(&mut Command),
+    ) -> Self {
+        let log = sandbox.path().join(format!("daemon-{}.log", std::process::id()));
+        let log = unique(log);
+        let mut command = sandbox.command(&[
+            "serve",
+            "--config",
+            config.to_str().unwrap(),
+            "--socket",
+            socket.to_str().unwrap(),
+        ]);
+        command.stdout(Stdio::null()).stderr(std::fs::File::create(&log).unwrap());
+        adjust(&mut command);
+        let child = command.spawn().unwrap();
+        let mut daemon = Self { child, socket: socket.to_path_buf(), log };
+        daemon.wait_ready();
+        daemon
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("the daemon exited ({status}) before it was ready; log:\n{}", self.log_text());
+            }
+            if http_get(&self.socket, "/health").is_ok_and(|(status, _)| status == 200) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the daemon did not become ready; log:\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub(crate) fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub(crate) fn health(&self) -> Value {
+        let (status, body) = http_get(&self.socket, "/health").unwrap();
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    pub(crate) fn signal(&self, signal: Signal) {
+        rustix::process::kill_process(pid(self.pid()), signal).unwrap();
+    }
+
+    /// Waits for the daemon to exit, failing the test after [`TIMEOUT`].
+    pub(crate) fn wait_exit(&mut self) -> ExitStatus {
+        let mut status = None;
+        wait_until("the daemon exits", || {
+            status = self.child.try_wait().unwrap();
+            status.is_some()
+        });
+        status.unwrap()
+    }
+
+    /// SIGTERM, then the exit status.
+    pub(crate) fn stop(mut self) -> ExitStatus {
+        self.signal(Signal::TERM);
+        self.wait_exit()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn unique(path: PathBuf) -> PathBuf {
+    let mut candidate = path.clone();
+    let mut n = 0;
+    while candidate.exists() {
+        n += 1;
+        candidate = path.with_extension(format!("{n}.log"));
+    }
+    candidate
+}
+
+pub(crate) fn pid(raw: u32) -> Pid {
+    Pid::from_raw(raw as i32).unwrap()
+}
+
+pub(crate) fn process_exists(raw: u32) -> bool {
+    // A zombie still has a /proc entry; only a live process counts.
+    std::fs::read_to_string(format!("/proc/{raw}/stat"))
+        .is_ok_and(|stat| stat.rsplit(')').next().is_some_and(|rest| !rest.trim_start().starts_with('Z')))
+}
+
+/// `(pid, ppid, pgid)` of every live process.
+pub(crate) fn processes() -> Vec<(u32, u32, u32)> {
+    let mut all = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        let Some(rest) = stat.rsplit(')').next() else { continue };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        if fields.first() == Some(&"Z") {
+            continue;
+        }
+        let (Some(ppid), Some(pgid)) = (fields.get(1), fields.get(2)) else { continue };
+        all.push((pid, ppid.parse().unwrap_or(0), pgid.parse().unwrap_or(0)));
+    }
+    all
+}
+
+/// A minimal HTTP/1.1 GET over the Unix socket: `(status, body)`.
+pub(crate) fn http_get(socket: &Path, path: &str) -> std::io::Result<(u16, String)> {
+    let mut stream = UnixStream::connect(socket)?;
+    stream.set_read_timeout(Some(TIMEOUT))?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response.split(' ').nth(1).and_then(|code| code.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default();
+    Ok((status, body))
+}
+
+pub(crate) fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::symlink_metadata(path).unwrap().permissions().mode() & 0o7777
+}

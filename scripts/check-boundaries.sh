@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Guards the crate boundaries ARCHITECTURE.md promises: an edge that must not
+# exist fails the build.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+fail=0
+forbid() { # forbid CRATE DEPENDENCY: CRATE must not depend on DEPENDENCY, even indirectly
+    if cargo tree --locked -p "$1" -e normal --prefix none --format '{p}' 2>/dev/null | grep -q "^$2 "; then
+        echo "boundary broken: $1 depends on $2" >&2
+        fail=1
+    fi
+}
+
+# The client side stays light: no daemon, gateway or listener code.
+forbid mcpsock-client mcpsock-daemon
+forbid mcpsock-client mcpsock-gateway
+forbid mcpsock-client mcpsock-transport
+forbid mcpsock-client axum
+# The gateway and the transport do not know each other; the daemon joins them.
+forbid mcpsock-gateway mcpsock-transport
+forbid mcpsock-transport mcpsock-gateway
+forbid mcpsock-gateway axum
+forbid mcpsock-gateway hyper
+# Wire types stay free of behaviour and IO.
+forbid mcpsock-api tokio
+
+exit "$fail"

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The one test command: formatting, lints, crate boundaries, the Rust test
+# suite (unit and integration, with real processes and sockets), then the
+# Python suite with real third-party MCP clients and servers.
+#
+# Idempotent and self-installing: everything the tests need beyond the Rust
+# toolchain and python3 is installed by scripts/test-deps.sh on first use.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "rustfmt"
+cargo fmt --all --check
+
+step "clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "crate boundaries"
+bash scripts/check-boundaries.sh
+
+step "Rust tests"
+if cargo nextest --version >/dev/null 2>&1; then
+    cargo nextest run --workspace --locked --no-fail-fast
+else
+    cargo test --workspace --locked --no-fail-fast
+fi
+
+step "Python tests (real MCP clients and servers)"
+python="$(bash scripts/test-deps.sh | tail -n 1)"
+# The Rust tests built the debug binaries the Python suite drives.
+MCPSOCK_BIN="$PWD/target/debug/mcpsock" "$python" -m pytest tests/python -q -p no:cacheprovider
