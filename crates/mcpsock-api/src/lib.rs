@@ -88,3 +88,45 @@ mod tests {
         assert_eq!(back, health);
     }
 }
+
+/// Result of `mcpsock bench`, as `--json` prints it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BenchReport {
+    /// What was measured: an endpoint URL or `stdio:<command>`.
+    pub target: String,
+    pub tool: String,
+    /// `legacy` (sessions via `initialize`) or `2026-07-28` (stateless).
+    pub era: String,
+    pub connections: usize,
+    /// Requests completed in the measured window (after warm-up).
+    pub requests: u64,
+    pub errors: u64,
+    pub seconds: f64,
+    pub requests_per_second: f64,
+    pub latency_us: LatencySummary,
+    /// Resource use of the processes named with `--server-pid`.
+    pub server: Option<ServerUsage>,
+    /// The first error seen, to tell what went wrong.
+    pub first_error: Option<String>,
+}
+
+/// Latency percentiles in microseconds.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LatencySummary {
+    pub p50: u64,
+    pub p90: u64,
+    pub p99: u64,
+    pub max: u64,
+    pub mean: u64,
+}
+
+/// CPU and memory of the measured server processes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ServerUsage {
+    pub pids: Vec<u32>,
+    /// User plus system CPU time spent in the measured window.
+    pub cpu_seconds: f64,
+    pub cpu_us_per_request: f64,
+    /// Sum of the processes' peak resident set sizes (VmHWM), in KiB.
+    pub peak_rss_kib: u64,
+}

@@ -4,6 +4,7 @@
 //! This crate is the light side of mcpsock: it never depends on the daemon,
 //! gateway or storage crates.
 
+pub mod bench;
 mod bridge;
 mod endpoint;
 mod error;

@@ -88,7 +88,11 @@ pub(crate) async fn call_tool(endpoint: &Endpoint, flags: &CallFlags) -> Result<
 /// Builds the arguments object from `--json` and `--arg KEY=VALUE` pairs.
 /// A value is taken as a string when the schema says the property is one,
 /// otherwise as JSON when it parses, otherwise as a string.
-fn build_arguments(json: Option<&str>, pairs: &[String], schema: &JsonObject) -> anyhow::Result<JsonObject> {
+pub(crate) fn build_arguments(
+    json: Option<&str>,
+    pairs: &[String],
+    schema: &JsonObject,
+) -> anyhow::Result<JsonObject> {
     let mut arguments = match json {
         Some(text) => match serde_json::from_str::<Value>(text).context("--json is not valid JSON")? {
             Value::Object(object) => object,

@@ -42,6 +42,10 @@ pub(crate) enum Command {
     /// Relay MCP between stdin/stdout and the daemon, for clients that can
     /// only start a command: {"command": "mcpsock", "args": ["bridge"]}.
     Bridge(BridgeFlags),
+    /// Load-test an MCP endpoint (this daemon, another server, or a stdio
+    /// command with --stdio): calls one tool over N keep-alive connections
+    /// and reports requests/s, latency percentiles and server CPU/memory.
+    Bench(BenchFlags),
 }
 
 #[derive(Debug, Args)]
@@ -99,4 +103,47 @@ pub(crate) struct CallFlags {
 pub(crate) struct BridgeFlags {
     #[command(flatten)]
     pub(crate) target: TargetFlags,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct BenchFlags {
+    #[command(flatten)]
+    pub(crate) target: TargetFlags,
+    /// Start COMMAND (after --) and call it over stdio instead of an endpoint
+    #[arg(long, requires = "command")]
+    pub(crate) stdio: bool,
+    /// The tool to call, e.g. demo__echo
+    #[arg(long, short = 't')]
+    pub(crate) tool: String,
+    /// A tool argument as KEY=VALUE (VALUE is JSON when it parses). Repeatable.
+    #[arg(long = "arg", short = 'a', value_name = "KEY=VALUE")]
+    pub(crate) args: Vec<String>,
+    /// All tool arguments as one JSON object
+    #[arg(long, value_name = "JSON")]
+    pub(crate) args_json: Option<String>,
+    /// Keep-alive connections (stdio: requests in flight)
+    #[arg(long, short = 'c', default_value_t = 1)]
+    pub(crate) connections: usize,
+    /// How long to measure, after the warm-up
+    #[arg(long, short = 'd', default_value = "10s", value_parser = humantime::parse_duration, conflicts_with = "requests")]
+    pub(crate) duration: std::time::Duration,
+    /// Measure this many requests instead of a duration
+    #[arg(long, short = 'n')]
+    pub(crate) requests: Option<u64>,
+    /// Unmeasured calls before the measurement starts
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub(crate) warmup: std::time::Duration,
+    /// Protocol era: legacy (initialize and sessions) or 2026-07-28 (stateless)
+    #[arg(long, default_value = "legacy", value_parser = ["legacy", "2026-07-28"])]
+    pub(crate) era: String,
+    /// Server process whose CPU time and peak RSS to report. Repeatable
+    /// (e.g. a daemon and its upstream).
+    #[arg(long, value_name = "PID")]
+    pub(crate) server_pid: Vec<u32>,
+    /// Print the report as JSON
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// With --stdio: the server command and its arguments
+    #[arg(last = true, value_name = "COMMAND")]
+    pub(crate) command: Vec<String>,
 }

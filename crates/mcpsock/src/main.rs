@@ -5,6 +5,7 @@
 // The binary is where output belongs.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod bench;
 mod call;
 mod exit;
 mod flags;
@@ -64,6 +65,14 @@ fn run(flags: Flags) -> Result<ExitCode, Failure> {
             Command::Call(call) => {
                 let endpoint = resolve_endpoint(&call.target)?;
                 call::call_tool(&endpoint, &call).await
+            }
+            Command::Bench(bench) => {
+                let target = if bench.stdio {
+                    mcpsock_client::bench::BenchTarget::Stdio(bench.command.clone())
+                } else {
+                    mcpsock_client::bench::BenchTarget::Endpoint(resolve_endpoint(&bench.target)?)
+                };
+                bench::run(target, &bench).await
             }
             Command::Bridge(bridge) => {
                 let endpoint = resolve_endpoint(&bridge.target)?;
