@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use axum::extract::{Request, State};
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::get;
 use axum::{Json, Router};
 use http::Method;
@@ -15,6 +15,9 @@ use http_body_util::BodyExt;
 use mcpsock_api::{HEALTH_PATH, Health, HealthStatus, MCP_PATH, UpstreamHealth};
 use mcpsock_gateway::{Gateway, UpstreamState};
 use mcpsock_transport::ListenerStats;
+use rmcp::ServerHandler;
+
+use crate::HealthReporter;
 use rmcp::transport::StreamableHttpServerConfig;
 use rmcp::transport::StreamableHttpService;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
@@ -75,15 +78,9 @@ async fn track_in_flight(State(in_flight): State<Arc<InFlight>>, request: Reques
     })
 }
 
-#[derive(Clone)]
-struct HealthState {
-    gateway: Gateway,
-    stats: Arc<ListenerStats>,
-}
-
-async fn health(State(state): State<HealthState>) -> impl IntoResponse {
-    let upstreams: Vec<UpstreamHealth> = state
-        .gateway
+/// `/health` of the gateway daemon: every upstream's state.
+pub(crate) fn gateway_health(gateway: &Gateway, rejected_connections: u64) -> Health {
+    let upstreams: Vec<UpstreamHealth> = gateway
         .report()
         .into_iter()
         .map(|report| UpstreamHealth {
@@ -98,39 +95,40 @@ async fn health(State(state): State<HealthState>) -> impl IntoResponse {
             error: report.error,
         })
         .collect();
-    let status = if upstreams.iter().all(|upstream| upstream.state == mcpsock_api::UpstreamState::Running) {
-        HealthStatus::Ok
-    } else {
-        HealthStatus::Degraded
-    };
-    Json(Health {
-        status,
+    let all_running = upstreams.iter().all(|upstream| upstream.state == mcpsock_api::UpstreamState::Running);
+    Health {
+        status: if all_running { HealthStatus::Ok } else { HealthStatus::Degraded },
         admin_protocol: mcpsock_api::ADMIN_PROTOCOL_VERSION,
         upstreams,
-        rejected_connections: state.stats.rejected(),
-    })
+        rejected_connections,
+    }
 }
 
 /// The router served on every listener.
-pub(crate) fn router(
-    gateway: Gateway,
+pub(crate) fn router<S>(
+    factory: impl Fn() -> S + Send + Sync + 'static,
+    health: HealthReporter,
     stats: Arc<ListenerStats>,
     streams_token: CancellationToken,
     in_flight: Arc<InFlight>,
-) -> Router {
+) -> Router
+where
+    S: ServerHandler + Send + 'static,
+{
     // Browsers have no business on a local socket: any request that carries
     // an Origin header is refused.
     let config = StreamableHttpServerConfig::default()
         .with_cancellation_token(streams_token)
         .enforce_origin_validation();
-    let session_gateway = gateway.clone();
-    let mcp = StreamableHttpService::new(
-        move || Ok(session_gateway.clone()),
-        Arc::new(LocalSessionManager::default()),
-        config,
-    );
+    let mcp =
+        StreamableHttpService::new(move || Ok(factory()), Arc::new(LocalSessionManager::default()), config);
+    let health = get(move || {
+        let health = health.clone();
+        let stats = stats.clone();
+        async move { Json(health(stats.rejected())) }
+    });
     Router::new()
-        .route(HEALTH_PATH, get(health).with_state(HealthState { gateway, stats }))
+        .route(HEALTH_PATH, health)
         .route_service(MCP_PATH, mcp)
         .layer(axum::middleware::from_fn_with_state(in_flight, track_in_flight))
 }

@@ -7,22 +7,17 @@
 //! something to serve. Shutdown runs the same steps backwards.
 
 mod http;
+mod server;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use mcpsock_config::Config;
 use mcpsock_gateway::{Gateway, GatewayOptions, UpstreamSpec};
-use mcpsock_transport::{ListenerStats, PeerPolicy, SocketGuard, serve_unix};
-use tokio_util::sync::CancellationToken;
 
-pub use mcpsock_transport::SocketError;
-
-/// How long open connections get to close after in-flight requests are done
-/// and streams were told to end.
-const CONNECTION_CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+pub use mcpsock_transport::{PeerPolicy, SocketError, SocketGuard};
+pub use server::{HealthReporter, ListenOptions, LockedSocket};
 
 /// Everything the daemon needs to run, validated by the caller.
 #[derive(Debug)]
@@ -49,8 +44,9 @@ impl DaemonOptions {
 /// groups are stopped, and the socket and PID file are removed.
 pub async fn run(options: DaemonOptions, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let DaemonOptions { config, socket_path, socket_mode, peer_policy } = options;
-    mcpsock_config::check_socket_path(&socket_path).map_err(anyhow::Error::msg)?;
-    let guard = SocketGuard::acquire(&socket_path)?;
+    let listen =
+        ListenOptions { socket_path, socket_mode, peer_policy, shutdown_grace: config.shutdown_grace };
+    let locked = LockedSocket::acquire(listen)?;
 
     let specs = config
         .servers
@@ -68,41 +64,14 @@ pub async fn run(options: DaemonOptions, shutdown: impl Future<Output = ()>) -> 
         .stop_grace(config.shutdown_grace);
     let gateway = Gateway::start(specs, gateway_options).await;
 
-    let bound = match guard.bind(socket_mode) {
-        Ok(bound) => bound,
-        Err(error) => {
-            gateway.shutdown().await;
-            return Err(error.into());
-        }
-    };
-    let streams_token = CancellationToken::new();
-    let in_flight = Arc::new(http::InFlight::default());
-    let stats = Arc::new(ListenerStats::default());
-    let router = http::router(gateway.clone(), stats.clone(), streams_token.clone(), in_flight.clone());
-    let stop = CancellationToken::new();
-    let force = CancellationToken::new();
-    let server =
-        tokio::spawn(serve_unix(bound.listener, peer_policy, router, stats, stop.clone(), force.clone()));
-    tracing::info!(socket = %socket_path.display(), upstreams = config.servers.len(), "mcpsock is serving");
-
-    shutdown.await;
-    tracing::info!("shutting down");
-    stop.cancel();
-    if tokio::time::timeout(config.shutdown_grace, in_flight.wait_idle()).await.is_err() {
-        tracing::warn!(
-            active = in_flight.active(),
-            "requests still running after the {:?} grace period are cancelled",
-            config.shutdown_grace
-        );
-    }
-    streams_token.cancel();
-    let mut server = server;
-    if tokio::time::timeout(CONNECTION_CLOSE_TIMEOUT, &mut server).await.is_err() {
-        force.cancel();
-        server.await.context("the listener task failed")?;
-    }
+    let health_gateway = gateway.clone();
+    let health: HealthReporter = Arc::new(move |rejected| http::gateway_health(&health_gateway, rejected));
+    let session_gateway = gateway.clone();
+    let served = locked.serve(move || session_gateway.clone(), health, shutdown).await;
+    // Upstreams stop before the lock is released, so a new instance never
+    // overlaps with the old one's children.
     gateway.shutdown().await;
-    drop(bound.guard);
+    drop(served?);
     tracing::info!("stopped");
     Ok(())
 }
