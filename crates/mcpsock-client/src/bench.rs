@@ -27,6 +27,9 @@ pub enum Era {
     Legacy,
     /// Stateless requests carrying their own protocol metadata.
     Stateless,
+    /// Plain HTTP POSTs of the same body, checked only for a 2xx status:
+    /// for measuring a server that does not speak MCP (the HTTP floor).
+    Plain,
 }
 
 impl Era {
@@ -34,6 +37,7 @@ impl Era {
         match self {
             Self::Legacy => "legacy",
             Self::Stateless => http::STATELESS_VERSION,
+            Self::Plain => "none",
         }
     }
 }

@@ -17,7 +17,7 @@ use mcpsock_config::Config;
 use mcpsock_gateway::{Gateway, GatewayOptions, UpstreamSpec};
 
 pub use mcpsock_transport::{PeerPolicy, SocketError, SocketGuard};
-pub use server::{HealthReporter, ListenOptions, LockedSocket};
+pub use server::{HealthReporter, ListenOptions, LockedSocket, Serving};
 
 /// Everything the daemon needs to run, validated by the caller.
 #[derive(Debug)]
@@ -67,7 +67,10 @@ pub async fn run(options: DaemonOptions, shutdown: impl Future<Output = ()>) -> 
     let health_gateway = gateway.clone();
     let health: HealthReporter = Arc::new(move |rejected| http::gateway_health(&health_gateway, rejected));
     let session_gateway = gateway.clone();
-    let served = locked.serve(move || session_gateway.clone(), health, shutdown).await;
+    let served = match locked.bind(move || session_gateway.clone(), health) {
+        Ok(serving) => serving.run_until(shutdown).await,
+        Err(error) => Err(error.into()),
+    };
     // Upstreams stop before the lock is released, so a new instance never
     // overlaps with the old one's children.
     gateway.shutdown().await;

@@ -64,17 +64,14 @@ impl LockedSocket {
         Ok(Self { guard, options })
     }
 
-    /// Binds and serves MCP at `/mcp` (a fresh handler from `factory` for
-    /// each session) and `/health`, until `shutdown` resolves. Then it stops
-    /// accepting, lets in-flight requests finish within the grace period,
-    /// ends open streams and closes connections. The returned guard still
-    /// holds the lock; dropping it removes the socket and PID file.
-    pub async fn serve<S>(
+    /// Binds and starts serving MCP at `/mcp` (a fresh handler from
+    /// `factory` for each session) and `/health`. When this returns, the
+    /// socket accepts connections: the daemon is ready.
+    pub fn bind<S>(
         self,
         factory: impl Fn() -> S + Send + Sync + 'static,
         health: HealthReporter,
-        shutdown: impl Future<Output = ()>,
-    ) -> anyhow::Result<SocketGuard>
+    ) -> Result<Serving, SocketError>
     where
         S: ServerHandler + Send + 'static,
     {
@@ -86,16 +83,38 @@ impl LockedSocket {
         let router = http::router(factory, health, stats.clone(), streams_token.clone(), in_flight.clone());
         let stop = CancellationToken::new();
         let force = CancellationToken::new();
-        let mut server = tokio::spawn(serve_unix(
+        let server = tokio::spawn(serve_unix(
             bound.listener,
-            options.peer_policy,
+            options.peer_policy.clone(),
             router,
             stats,
             stop.clone(),
             force.clone(),
         ));
         tracing::info!(socket = %options.socket_path.display(), "mcpsock is serving");
+        Ok(Serving { guard: bound.guard, options, server, stop, force, streams_token, in_flight })
+    }
+}
 
+/// A socket being served.
+#[derive(Debug)]
+pub struct Serving {
+    guard: SocketGuard,
+    options: ListenOptions,
+    server: tokio::task::JoinHandle<()>,
+    stop: CancellationToken,
+    force: CancellationToken,
+    streams_token: CancellationToken,
+    in_flight: Arc<http::InFlight>,
+}
+
+impl Serving {
+    /// Serves until `shutdown` resolves. Then it stops accepting, lets
+    /// in-flight requests finish within the grace period, ends open streams
+    /// and closes connections. The returned guard still holds the lock;
+    /// dropping it removes the socket and PID file.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<SocketGuard> {
+        let Self { guard, options, mut server, stop, force, streams_token, in_flight } = self;
         shutdown.await;
         tracing::info!("shutting down");
         stop.cancel();
@@ -111,6 +130,6 @@ impl LockedSocket {
             force.cancel();
             server.await.context("the listener task failed")?;
         }
-        Ok(bound.guard)
+        Ok(guard)
     }
 }

@@ -28,7 +28,11 @@ pub(crate) async fn run(target: BenchTarget, flags: &BenchFlags) -> Result<ExitC
         None => StopAfter::Duration(flags.duration),
     };
     options.warmup = flags.warmup;
-    options.era = if flags.era == "legacy" { Era::Legacy } else { Era::Stateless };
+    options.era = match flags.era.as_str() {
+        "legacy" => Era::Legacy,
+        "none" => Era::Plain,
+        _ => Era::Stateless,
+    };
     options.server_pids = flags.server_pid.clone();
 
     let progress = Arc::new(Progress::default());

@@ -133,8 +133,10 @@ pub(crate) struct BenchFlags {
     /// Unmeasured calls before the measurement starts
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     pub(crate) warmup: std::time::Duration,
-    /// Protocol era: legacy (initialize and sessions) or 2026-07-28 (stateless)
-    #[arg(long, default_value = "legacy", value_parser = ["legacy", "2026-07-28"])]
+    /// Protocol era: legacy (initialize and sessions), 2026-07-28 (stateless),
+    /// or none (plain HTTP POSTs checked only for a 2xx status, to measure a
+    /// server that does not speak MCP)
+    #[arg(long, default_value = "legacy", value_parser = ["legacy", "2026-07-28", "none"])]
     pub(crate) era: String,
     /// Server process whose CPU time and peak RSS to report. Repeatable
     /// (e.g. a daemon and its upstream).
