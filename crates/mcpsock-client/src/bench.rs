@@ -256,6 +256,33 @@ pub async fn run(options: BenchOptions, progress: Arc<Progress>) -> Result<Bench
     })
 }
 
+/// Opens `count` legacy sessions (`initialize` and `initialized`) over
+/// `connections` connections and leaves them open on the server, for
+/// measuring what an idle session costs. Returns how many were opened.
+pub async fn open_sessions(endpoint: &Endpoint, count: u64, connections: usize) -> Result<u64, ClientError> {
+    let remaining = Arc::new(AtomicU64::new(count));
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..connections.max(1) {
+        let mut lane = http::HttpLane::open_plain(endpoint).await?;
+        let remaining = remaining.clone();
+        let endpoint = endpoint.clone();
+        workers.spawn(async move {
+            let mut opened = 0u64;
+            while remaining.fetch_update(Ordering::AcqRel, Ordering::Acquire, |left| left.checked_sub(1)).is_ok() {
+                lane.initialize().await.map_err(|message| ClientError::Protocol { endpoint: endpoint.clone(), message })?;
+                lane.forget_session();
+                opened += 1;
+            }
+            Ok::<u64, ClientError>(opened)
+        });
+    }
+    let mut opened = 0;
+    while let Some(result) = workers.join_next().await {
+        opened += result.unwrap_or(Ok(0))?;
+    }
+    Ok(opened)
+}
+
 fn summarize(latencies: &mut [u32]) -> LatencySummary {
     if latencies.is_empty() {
         return LatencySummary::default();

@@ -12,6 +12,9 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use crate::{ClientError, Endpoint};
 
+/// How long the bridge waits for the daemon-side session to close on exit.
+const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Relays MCP messages between this process's stdin/stdout and the daemon
 /// until stdin closes (a normal end) or the daemon goes away (an error).
 pub async fn bridge(endpoint: &Endpoint) -> Result<(), ClientError> {
@@ -56,6 +59,10 @@ pub async fn bridge(endpoint: &Endpoint) -> Result<(), ClientError> {
             }
         }
     };
-    let _ = Transport::<RoleClient>::close(&mut daemon).await;
+    // Closing ends the daemon-side session. rmcp's transport cannot close
+    // while it still waits for the client's `initialized` (a client that hung
+    // up right after `initialize`), so the close is bounded; dropping the
+    // transport then stops its worker.
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, Transport::<RoleClient>::close(&mut daemon)).await;
     outcome
 }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::anyhow;
 use mcpsock_api::BenchReport;
+use mcpsock_client::Endpoint;
 use mcpsock_client::bench::{BenchOptions, BenchTarget, Era, Progress, StopAfter};
 use rmcp::model::JsonObject;
 
@@ -15,12 +16,18 @@ use crate::exit::{Code, Failure};
 use crate::flags::BenchFlags;
 
 pub(crate) async fn run(target: BenchTarget, flags: &BenchFlags) -> Result<ExitCode, Failure> {
+    if let (Some(count), BenchTarget::Endpoint(endpoint)) = (flags.open_sessions, &target) {
+        return open_sessions(endpoint, count, flags).await;
+    }
+    let Some(tool) = flags.tool.clone() else {
+        return Err(Failure::new(Code::Usage, anyhow!("--tool is required")));
+    };
     let arguments = crate::call::build_arguments(flags.args_json.as_deref(), &flags.args, &JsonObject::new())
         .map_err(|error| Failure::new(Code::Usage, error))?;
     if flags.connections == 0 {
         return Err(Failure::new(Code::Usage, anyhow!("--connections must be at least 1")));
     }
-    let mut options = BenchOptions::new(target, flags.tool.clone());
+    let mut options = BenchOptions::new(target, tool);
     options.arguments = arguments;
     options.connections = flags.connections;
     options.stop_after = match flags.requests {
@@ -59,6 +66,39 @@ pub(crate) async fn run(target: BenchTarget, flags: &BenchFlags) -> Result<ExitC
         )));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn open_sessions(endpoint: &Endpoint, count: u64, flags: &BenchFlags) -> Result<ExitCode, Failure> {
+    let rss_before: u64 = flags.server_pid.iter().filter_map(|&pid| resident_kib(pid)).sum();
+    let started = Instant::now();
+    let opened = mcpsock_client::bench::open_sessions(endpoint, count, flags.connections)
+        .await
+        .map_err(Failure::client)?;
+    let seconds = started.elapsed().as_secs_f64();
+    let rss_after: u64 = flags.server_pid.iter().filter_map(|&pid| resident_kib(pid)).sum();
+    let report = serde_json::json!({
+        "target": endpoint.to_string(),
+        "sessions": opened,
+        "seconds": seconds,
+        "server_rss_kib_before": rss_before,
+        "server_rss_kib_after": rss_after,
+        "kib_per_session": if opened == 0 { 0.0 } else { (rss_after as f64 - rss_before as f64) / opened as f64 },
+    });
+    if flags.json {
+        println!("{report:#}");
+    } else {
+        println!(
+            "opened {opened} idle sessions in {seconds:.2} s; server RSS {rss_before} KiB -> {rss_after} KiB ({:.1} KiB per session)",
+            report["kib_per_session"].as_f64().unwrap_or_default()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Current resident set size (VmRSS) of a process, in KiB.
+fn resident_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find(|line| line.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()
 }
 
 async fn show_progress(progress: Arc<Progress>) {

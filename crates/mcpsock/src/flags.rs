@@ -113,8 +113,12 @@ pub(crate) struct BenchFlags {
     #[arg(long, requires = "command")]
     pub(crate) stdio: bool,
     /// The tool to call, e.g. demo__echo
-    #[arg(long, short = 't')]
-    pub(crate) tool: String,
+    #[arg(long, short = 't', required_unless_present = "open_sessions")]
+    pub(crate) tool: Option<String>,
+    /// Instead of calling a tool: open N legacy sessions, leave them idle,
+    /// and report the server's memory (with --server-pid)
+    #[arg(long, value_name = "N", conflicts_with_all = ["stdio", "tool"])]
+    pub(crate) open_sessions: Option<u64>,
     /// A tool argument as KEY=VALUE (VALUE is JSON when it parses). Repeatable.
     #[arg(long = "arg", short = 'a', value_name = "KEY=VALUE")]
     pub(crate) args: Vec<String>,

@@ -31,16 +31,8 @@ pub(super) struct HttpLane {
 impl HttpLane {
     pub(super) async fn connect(endpoint: &Endpoint, era: Era, params: &Value) -> Result<Self, ClientError> {
         let protocol = |message: String| ClientError::Protocol { endpoint: endpoint.clone(), message };
-        let (sender, path, host) = open(endpoint).await?;
-        let mut lane = Self {
-            sender,
-            path,
-            host,
-            headers: Vec::new(),
-            body_prefix: String::new(),
-            body_suffix: String::new(),
-            plain: era == Era::Plain,
-        };
+        let mut lane = Self::open_plain(endpoint).await?;
+        lane.plain = era == Era::Plain;
         let params = match era {
             Era::Plain => params.clone(),
             Era::Legacy => {
@@ -69,7 +61,26 @@ impl HttpLane {
         Ok(lane)
     }
 
-    async fn initialize(&mut self) -> Result<(), String> {
+    /// A connection with no session and no headers yet.
+    pub(super) async fn open_plain(endpoint: &Endpoint) -> Result<Self, ClientError> {
+        let (sender, path, host) = open(endpoint).await?;
+        Ok(Self {
+            sender,
+            path,
+            host,
+            headers: Vec::new(),
+            body_prefix: String::new(),
+            body_suffix: String::new(),
+            plain: false,
+        })
+    }
+
+    /// Drops the session headers so the next `initialize` opens a new one.
+    pub(super) fn forget_session(&mut self) {
+        self.headers.clear();
+    }
+
+    pub(super) async fn initialize(&mut self) -> Result<(), String> {
         let body = serde_json::json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
             "protocolVersion": LEGACY_VERSION,
             "capabilities": {},

@@ -261,6 +261,31 @@ fn bridge_relays_a_stdio_session_and_exits_with_stdin() {
 }
 
 #[test]
+fn bridge_exits_when_its_client_hangs_up_right_after_initialize() {
+    let sandbox = Sandbox::new();
+    let daemon = Daemon::start(&sandbox, &sandbox.demo_config());
+    let socket = sandbox.socket();
+    let mut bridge = sandbox.command(&["bridge", "--socket", socket.to_str().unwrap()]);
+    bridge.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut bridge = bridge.spawn().unwrap();
+    let mut stdin = bridge.stdin.take().unwrap();
+    let initialize = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "test", "version": "1"}}});
+    writeln!(stdin, "{initialize}").unwrap();
+    let mut lines = BufReader::new(bridge.stdout.take().unwrap()).lines();
+    let answer: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(answer["id"], 1);
+    drop(stdin);
+    let mut status = None;
+    wait_until("the bridge exits", || {
+        status = bridge.try_wait().unwrap();
+        status.is_some()
+    });
+    assert!(status.unwrap().success());
+    assert!(daemon.stop().success());
+}
+
+#[test]
 fn client_commands_without_a_daemon_say_so() {
     let sandbox = Sandbox::new();
     for args in [&["bridge"][..], &["tools"], &["call", "demo__echo"]] {

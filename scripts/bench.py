@@ -1,0 +1,396 @@
+#!/usr/bin/env python3
+"""Runs mcpsock's benchmark matrix and writes BENCHMARKS.md.
+
+Every figure in BENCHMARKS.md comes from this script, run as
+
+    cargo build --release --workspace && python3 scripts/bench.py
+
+In one run it measures, with the same load generator (`mcpsock bench`), the
+server pinned to core 0 and the load generator to core 1:
+
+- the HTTP floor: a raw hyper server (bench/hyper-hello);
+- the nearest peer: a plain rmcp StreamableHttpService echo (bench/rmcp-echo),
+  in session mode (SSE) and stateless with JSON replies;
+- mcpsock serving the same echo handler in-process (bench-rmcp-echo --mcpsock,
+  i.e. mcpsock_daemon::LockedSocket, the daemon's serving path);
+- the gateway path: `mcpsock serve` fronting the Rust stdio demo server;
+- the same demo server called directly over stdio (gateway overhead);
+
+over UDS (and TCP where the server has a TCP listener) at 1, 16 and 64
+connections, each `--runs` times; then memory and start-up figures. Results
+are medians with the min-max spread of the runs, and ratios to the baselines.
+Python standard library only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RELEASE = REPO / "target" / "release"
+MCPSOCK = RELEASE / "mcpsock"
+SERVER_CORE = "0"
+CLIENT_CORE = "1"
+
+
+def pinned(core: str, argv: list[str]) -> list[str]:
+    return ["taskset", "-c", core, *argv] if shutil.which("taskset") else argv
+
+
+def wait_for(what: str, predicate, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            sys.exit(f"bench: timed out waiting until {what}")
+        time.sleep(0.01)
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def tree_pids(root: int) -> list[int]:
+    """root and all its descendants."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    pids, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        pids.append(pid)
+        todo.extend(children.get(pid, []))
+    return pids
+
+
+class Server:
+    """A benchmark server process, pinned to the server core."""
+
+    def __init__(self, argv: list[str], workdir: Path, ready_socket: Path | None = None):
+        self.log = open(workdir / f"server-{time.monotonic_ns()}.log", "w")
+        self.process = subprocess.Popen(
+            pinned(SERVER_CORE, argv), stdout=subprocess.PIPE, stderr=self.log, text=True
+        )
+        self.address = None
+        if ready_socket is None:
+            line = self.process.stdout.readline().strip()
+            if not line.startswith("listening "):
+                sys.exit(f"bench: {argv[0]} did not start: {line!r}")
+            self.address = line.removeprefix("listening ")
+        else:
+            wait_for(f"{ready_socket} exists", ready_socket.exists)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.log.close()
+
+
+def bench(endpoint: list[str], tool: str, era: str, connections: int, seconds: float, pids: list[int]) -> dict:
+    argv = [
+        str(MCPSOCK), "bench", *endpoint, "--tool", tool, "--arg", "text=hello",
+        "--connections", str(connections), "--duration", f"{seconds}s", "--warmup", "1s",
+        "--era", era, "--json", *[arg for pid in pids for arg in ("--server-pid", str(pid))],
+    ]
+    result = subprocess.run(pinned(CLIENT_CORE, argv), capture_output=True, text=True)
+    if result.returncode != 0:
+        sys.exit(f"bench: {' '.join(argv)} failed:\n{result.stderr}")
+    return json.loads(result.stdout)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per run (default 5)")
+    parser.add_argument("--runs", type=int, default=3, help="runs per cell (default 3)")
+    parser.add_argument("--connections", default="1,16,64", help="connection counts (default 1,16,64)")
+    parser.add_argument("--out", default=str(REPO / "BENCHMARKS.md"), help="where to write the report")
+    parser.add_argument("--raw", default=str(REPO / "target" / "bench" / "results.json"), help="raw results")
+    args = parser.parse_args()
+    for binary in ["mcpsock", "mcpsock-demo-server", "bench-hyper-hello", "bench-rmcp-echo"]:
+        if not (RELEASE / binary).exists():
+            sys.exit(f"bench: {RELEASE / binary} is missing: run `cargo build --release --workspace` first")
+    # 10 000 sessions or 64 connections need more descriptors than the default.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
+
+    connection_counts = [int(n) for n in args.connections.split(",")]
+    work = Path(tempfile.mkdtemp(prefix="msbench", dir="/tmp"))
+    results: list[dict] = []
+    demo = RELEASE / "mcpsock-demo-server"
+
+    def cell(name: str, transport: str, start, endpoint_of, tool: str, era: str, with_upstreams: bool = False):
+        for connections in connection_counts:
+            for run in range(args.runs):
+                server, extra = start()
+                pids = tree_pids(server.pid) if with_upstreams else [server.pid]
+                report = bench(endpoint_of(server), tool, era, connections, args.seconds, pids)
+                server.stop()
+                for pid in extra:
+                    pid.stop()
+                report.update(name=name, transport=transport, run=run)
+                results.append(report)
+                print(
+                    f"{name:28} {transport:4} c={connections:<3} run {run + 1}: "
+                    f"{report['requests_per_second']:9.0f} req/s  p50 {report['latency_us']['p50']:5} µs  "
+                    f"cpu {report['server']['cpu_us_per_request'] if report.get('server') else 0:6.1f} µs/req",
+                    flush=True,
+                )
+
+    def unix_server(argv_tail: list[str], binary: str):
+        def start():
+            socket = work / f"s{time.monotonic_ns()}" / "b.sock"
+            socket.parent.mkdir(mode=0o700)
+            return Server([str(RELEASE / binary), "--unix", str(socket), *argv_tail], work), []
+        return start
+
+    def tcp_server(argv_tail: list[str], binary: str):
+        def start():
+            return Server([str(RELEASE / binary), "--tcp", "127.0.0.1:0", *argv_tail], work), []
+        return start
+
+    unix_endpoint = lambda server: ["--endpoint", f"unix://{server.address}"]
+    tcp_endpoint = lambda server: ["--endpoint", f"http://{server.address}/mcp"]
+
+    def gateway():
+        directory = work / f"g{time.monotonic_ns()}"
+        directory.mkdir(mode=0o700)
+        config = directory / "config.json"
+        config.write_text(json.dumps({"mcpServers": {"demo": {"command": str(demo)}}}))
+        socket = directory / "run" / "mcpsock.sock"
+        server = Server([str(MCPSOCK), "serve", "--config", str(config), "--socket", str(socket)], work, socket)
+        server.address = str(socket)
+        return server, []
+
+    cell("floor: raw hyper", "uds", unix_server([], "bench-hyper-hello"), unix_endpoint, "echo", "none")
+    cell("floor: raw hyper", "tcp", tcp_server([], "bench-hyper-hello"), tcp_endpoint, "echo", "none")
+    cell("rmcp session (SSE)", "uds", unix_server([], "bench-rmcp-echo"), unix_endpoint, "echo", "legacy")
+    cell("rmcp session (SSE)", "tcp", tcp_server([], "bench-rmcp-echo"), tcp_endpoint, "echo", "legacy")
+    cell("rmcp stateless (JSON)", "uds", unix_server(["--stateless", "--json-response"], "bench-rmcp-echo"),
+         unix_endpoint, "echo", "2026-07-28")
+    cell("mcpsock in-process, legacy", "uds", unix_server(["--mcpsock"], "bench-rmcp-echo"), unix_endpoint, "echo",
+         "legacy")
+    cell("mcpsock in-process, 2026", "uds", unix_server(["--mcpsock"], "bench-rmcp-echo"), unix_endpoint, "echo",
+         "2026-07-28")
+    cell("mcpsock gateway → stdio", "uds", gateway, unix_endpoint, "demo__echo", "legacy", with_upstreams=True)
+
+    # The same upstream without the gateway: the load generator starts it.
+    for connections in connection_counts:
+        for run in range(args.runs):
+            argv = [str(MCPSOCK), "bench", "--stdio", "--tool", "echo", "--arg", "text=hello", "--connections",
+                    str(connections), "--duration", f"{args.seconds}s", "--warmup", "1s", "--json", "--", str(demo)]
+            out = subprocess.run(pinned(CLIENT_CORE, argv), capture_output=True, text=True, check=True)
+            report = json.loads(out.stdout)
+            report.update(name="direct stdio (no gateway)", transport="pipe", run=run)
+            results.append(report)
+            print(f"{'direct stdio (no gateway)':28} pipe c={connections:<3} run {run + 1}: "
+                  f"{report['requests_per_second']:9.0f} req/s  p50 {report['latency_us']['p50']:5} µs", flush=True)
+
+    memory = measure_memory(gateway, work)
+    Path(args.raw).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.raw).write_text(json.dumps({"results": results, "memory": memory}, indent=1))
+    Path(args.out).write_text(render(results, memory, args))
+    shutil.rmtree(work, ignore_errors=True)
+    print(f"wrote {args.out}")
+
+
+def measure_memory(gateway, work: Path) -> dict:
+    memory: dict = {}
+    starts, rss = [], []
+    for _ in range(5):
+        began = time.monotonic()
+        server, _ = gateway()
+        socket = Path(server.address)
+        wait_for("health answers", lambda: subprocess.run(
+            [str(MCPSOCK), "tools", "--socket", str(socket)], capture_output=True).returncode == 0)
+        starts.append((time.monotonic() - began) * 1000)
+        rss.append(rss_kib(server.pid))
+        server.stop()
+    memory["serve_to_ready_ms"] = starts
+    memory["idle_daemon_rss_kib"] = rss
+
+    for count in (1000, 10000):
+        server, _ = gateway()
+        out = subprocess.run(
+            [str(MCPSOCK), "bench", "--socket", server.address, "--open-sessions", str(count), "--connections", "4",
+             "--server-pid", str(server.pid), "--json"], capture_output=True, text=True, check=True)
+        memory[f"sessions_{count}"] = json.loads(out.stdout)
+        server.stop()
+
+    # How long `mcpsock bridge` takes from start to its first answer.
+    server, _ = gateway()
+    bridge_ms = []
+    initialize = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "b", "version": "1"}}})
+    for _ in range(10):
+        began = time.monotonic()
+        bridge = subprocess.Popen([str(MCPSOCK), "bridge", "--socket", server.address], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, text=True)
+        bridge.stdin.write(initialize + "\n")
+        bridge.stdin.flush()
+        bridge.stdout.readline()
+        bridge_ms.append((time.monotonic() - began) * 1000)
+        bridge.stdin.close()
+        bridge.wait(timeout=10)
+    memory["bridge_first_answer_ms"] = bridge_ms
+    server.stop()
+    return memory
+
+
+def median_spread(values: list[float]) -> tuple[float, float, float]:
+    return statistics.median(values), min(values), max(values)
+
+
+def render(results: list[dict], memory: dict, args) -> str:
+    cells: dict[tuple, list[dict]] = {}
+    for report in results:
+        cells.setdefault((report["name"], report["transport"], report["connections"]), []).append(report)
+
+    def median(name, transport, connections, key):
+        reports = cells.get((name, transport, connections))
+        if not reports:
+            return None
+        return statistics.median(key(report) for report in reports)
+
+    rps = lambda report: report["requests_per_second"]
+    p50 = lambda report: report["latency_us"]["p50"]
+    cpu = lambda report: report["server"]["cpu_us_per_request"] if report.get("server") else None
+
+    lines = [
+        "# Benchmarks",
+        "",
+        "Every figure here was produced by one run of",
+        "",
+        "```sh",
+        "cargo build --release --workspace && python3 scripts/bench.py"
+        + (f" --seconds {args.seconds:g}" if args.seconds != 5 else "")
+        + (f" --runs {args.runs}" if args.runs != 3 else ""),
+        "```",
+        "",
+        f"on {datetime.date.today()}, {platform.machine()}, {os.cpu_count()} cores, Linux {platform.release()}. "
+        f"Each cell: {args.runs} runs of {args.seconds:g} s after a 1 s warm-up; the server pinned to core "
+        f"{SERVER_CORE}, the load generator (`mcpsock bench`, keep-alive connections, `tools/call` of an echo "
+        f"tool, every response's id and result checked) to core {CLIENT_CORE}. Figures are medians; the range "
+        "in brackets is the min-max of the runs. CPU is server CPU time (user+system, from /proc) per request; "
+        "for the gateway it includes the upstream process.",
+        "",
+        "Ratios compare with the baselines measured in the same run: **floor** is a raw hyper server answering "
+        "every request with a fixed body (the physical limit of HTTP on this box), **rmcp** is a plain rmcp "
+        "`StreamableHttpService` serving the same echo tool in session mode.",
+        "",
+    ]
+    names = []
+    for report in results:
+        if (report["name"], report["transport"]) not in names:
+            names.append((report["name"], report["transport"]))
+    connection_counts = sorted({report["connections"] for report in results})
+    for connections in connection_counts:
+        lines += [f"## {connections} connection{'s' if connections > 1 else ''}", "",
+                  "| server | transport | req/s [range] | p50 µs | p99 µs | CPU µs/req | × floor req/s | × rmcp req/s |",
+                  "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for name, transport in names:
+            reports = cells.get((name, transport, connections))
+            if not reports:
+                continue
+            value, low, high = median_spread([rps(r) for r in reports])
+            p99 = statistics.median(r["latency_us"]["p99"] for r in reports)
+            cpus = [cpu(r) for r in reports if cpu(r) is not None]
+            floor = median("floor: raw hyper", transport if transport != "pipe" else "uds", connections, rps)
+            rmcp = median("rmcp session (SSE)", transport if transport != "pipe" else "uds", connections, rps)
+            lines.append(
+                f"| {name} | {transport} | {value:,.0f} [{low:,.0f}–{high:,.0f}] | "
+                f"{statistics.median(p50(r) for r in reports):,.0f} | {p99:,.0f} | "
+                f"{statistics.median(cpus):.1f} | " if cpus else
+                f"| {name} | {transport} | {value:,.0f} [{low:,.0f}–{high:,.0f}] | "
+                f"{statistics.median(p50(r) for r in reports):,.0f} | {p99:,.0f} | – | "
+            )
+            lines[-1] += f"{value / floor:.2f} | " if floor else "– | "
+            lines[-1] += f"{value / rmcp:.2f} |" if rmcp else "– |"
+        lines.append("")
+
+    # Ratios the targets are stated in.
+    def ratio(a, b):
+        return f"{a / b:.2f}" if a and b else "–"
+
+    floor16 = median("floor: raw hyper", "uds", 16, rps)
+    mine16 = median("mcpsock in-process, legacy", "uds", 16, rps)
+    gateway16 = median("mcpsock gateway → stdio", "uds", 16, rps)
+    rmcp16 = median("rmcp session (SSE)", "uds", 16, rps)
+    floor_p50 = median("floor: raw hyper", "uds", 1, p50)
+    mine_p50 = median("mcpsock in-process, legacy", "uds", 1, p50)
+    gateway_p50 = median("mcpsock gateway → stdio", "uds", 1, p50)
+    direct_p50 = median("direct stdio (no gateway)", "pipe", 1, p50)
+    floor_cpu = median("floor: raw hyper", "uds", 16, cpu)
+    mine_cpu = median("mcpsock in-process, legacy", "uds", 16, cpu)
+    rmcp_tcp16 = median("rmcp session (SSE)", "tcp", 16, rps)
+    rmcp_tcp_p50 = median("rmcp session (SSE)", "tcp", 1, p50)
+    rmcp_uds_p50 = median("rmcp session (SSE)", "uds", 1, p50)
+    lines += [
+        "## Against the targets", "",
+        "| target | measured |",
+        "| --- | --- |",
+        f"| mcpsock in-process echo, UDS, 16 conns: ≥ 0.5 × floor req/s | {ratio(mine16, floor16)} × |",
+        f"| same: ≤ 2 × floor CPU per request | {ratio(mine_cpu, floor_cpu)} × |",
+        f"| mcpsock in-process echo, UDS, 1 conn: p50 ≤ 1.3 × floor p50 | {ratio(mine_p50, floor_p50)} × |",
+        f"| gateway → Rust stdio echo, UDS, 16 conns: ≥ 1.0 × plain rmcp req/s | {ratio(gateway16, rmcp16)} × |",
+        f"| gateway overhead at p50, 1 conn (gateway p50 − direct stdio p50) ≤ 50 µs | "
+        f"{(gateway_p50 - direct_p50):.0f} µs |" if gateway_p50 and direct_p50 else "| gateway overhead | – |",
+        f"| UDS vs TCP (plain rmcp, 16 conns req/s; 1 conn p50) | {ratio(rmcp16, rmcp_tcp16)} × req/s; "
+        f"p50 {rmcp_uds_p50:.0f} µs vs {rmcp_tcp_p50:.0f} µs |" if rmcp_tcp_p50 else "| UDS vs TCP | – |",
+        "",
+    ]
+
+    ready = median_spread(memory["serve_to_ready_ms"])
+    idle = median_spread(memory["idle_daemon_rss_kib"])
+    bridge = median_spread(memory["bridge_first_answer_ms"])
+    lines += [
+        "## Memory and start-up", "",
+        "| figure | median [range] |",
+        "| --- | --- |",
+        f"| idle daemon RSS (`mcpsock serve` with the demo upstream; daemon only) | {idle[0] / 1024:.1f} MiB "
+        f"[{idle[1] / 1024:.1f}–{idle[2] / 1024:.1f}] |",
+        f"| `mcpsock serve` to a ready socket (answering `mcpsock tools`) | {ready[0]:.0f} ms "
+        f"[{ready[1]:.0f}–{ready[2]:.0f}] |",
+        f"| `mcpsock bridge` start to its first answer (initialize) | {bridge[0]:.1f} ms "
+        f"[{bridge[1]:.1f}–{bridge[2]:.1f}] |",
+    ]
+    for count in (1000, 10000):
+        sessions = memory[f"sessions_{count}"]
+        lines.append(
+            f"| daemon RSS with {count:,} idle legacy sessions | {sessions['server_rss_kib_after'] / 1024:.1f} MiB "
+            f"({sessions['kib_per_session']:.1f} KiB per session) |")
+    lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
