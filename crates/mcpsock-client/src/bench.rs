@@ -268,8 +268,13 @@ pub async fn open_sessions(endpoint: &Endpoint, count: u64, connections: usize) 
         let endpoint = endpoint.clone();
         workers.spawn(async move {
             let mut opened = 0u64;
-            while remaining.fetch_update(Ordering::AcqRel, Ordering::Acquire, |left| left.checked_sub(1)).is_ok() {
-                lane.initialize().await.map_err(|message| ClientError::Protocol { endpoint: endpoint.clone(), message })?;
+            while remaining
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |left| left.checked_sub(1))
+                .is_ok()
+            {
+                lane.initialize()
+                    .await
+                    .map_err(|message| ClientError::Protocol { endpoint: endpoint.clone(), message })?;
                 lane.forget_session();
                 opened += 1;
             }
