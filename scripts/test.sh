@@ -19,6 +19,11 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "crate boundaries"
 bash scripts/check-boundaries.sh
 
+step "build"
+# The integration tests and the Python suite run the built binaries,
+# including the demo server of another package, so build them all first.
+cargo build --workspace --locked
+
 step "Rust tests"
 if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --workspace --locked --no-fail-fast

@@ -48,11 +48,39 @@ pub enum ConfigError {
     Parse { path: PathBuf, line: usize, column: usize, message: String },
     #[error("{}: {message}", path.display())]
     Invalid { path: PathBuf, message: String },
+    #[error("refusing config file {}: {message}", path.display())]
+    Unsafe { path: PathBuf, message: String },
+}
+
+/// The config names programs to run: whoever can write it can run code as
+/// this user. Refuse a file another user owns or can write.
+fn check_file_is_private(file: &std::fs::File, path: &Path) -> Result<(), ConfigError> {
+    use std::os::unix::fs::MetadataExt;
+    let metadata =
+        file.metadata().map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+    let uid = rustix::process::geteuid().as_raw();
+    let unsafe_file = |message: String| ConfigError::Unsafe { path: path.to_path_buf(), message };
+    if metadata.uid() != uid {
+        return Err(unsafe_file(format!(
+            "it belongs to uid {}, not to this user (uid {uid}); whoever owns it could make mcpsock run any program",
+            metadata.uid()
+        )));
+    }
+    let mode = metadata.mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        return Err(unsafe_file(format!(
+            "its mode {mode:04o} lets other users change it and so run programs as you; run `chmod go-w {}`",
+            path.display()
+        )));
+    }
+    Ok(())
 }
 
 /// Default separator between server name and tool name.
 pub(crate) const DEFAULT_TOOL_SEPARATOR: &str = "__";
 const DEFAULT_SOCKET_MODE: u32 = 0o600;
+const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+const DEFAULT_MAX_SESSIONS_PER_PRINCIPAL: usize = 1000;
 const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 const DEFAULT_INIT_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -74,6 +102,20 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// How long an upstream may take to start and answer `initialize`.
     pub init_timeout: Duration,
+    /// Extra users admitted on the Unix socket (the daemon's own always is).
+    pub allow_uids: Vec<u32>,
+    /// Groups whose members (by primary gid) are admitted on the socket.
+    pub allow_gids: Vec<u32>,
+    /// Admit root on the socket even when the daemon runs as another user.
+    pub allow_root: bool,
+    /// Loopback TCP address to serve on as well (`listen`).
+    pub listen: Option<String>,
+    /// API key for TCP clients (`api_key`); `MCPSOCK_API_KEY` overrides it.
+    pub api_key: Option<Secret>,
+    /// Most connections open at once, over all listeners.
+    pub max_connections: usize,
+    /// Most sessions one principal (a uid, or the API key) may hold.
+    pub max_sessions_per_principal: usize,
 }
 
 impl Default for Config {
@@ -86,6 +128,13 @@ impl Default for Config {
             tool_separator: DEFAULT_TOOL_SEPARATOR.into(),
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             init_timeout: DEFAULT_INIT_TIMEOUT,
+            allow_uids: Vec::new(),
+            allow_gids: Vec::new(),
+            allow_root: false,
+            listen: None,
+            api_key: None,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_sessions_per_principal: DEFAULT_MAX_SESSIONS_PER_PRINCIPAL,
         }
     }
 }
@@ -119,6 +168,20 @@ struct RawConfig {
     shutdown_grace: Option<Duration>,
     #[serde(default, deserialize_with = "duration")]
     init_timeout: Option<Duration>,
+    #[serde(default)]
+    allow_uids: Vec<u32>,
+    #[serde(default)]
+    allow_gids: Vec<u32>,
+    #[serde(default)]
+    allow_root: bool,
+    #[serde(default)]
+    listen: Option<String>,
+    #[serde(default)]
+    api_key: Option<Secret>,
+    #[serde(default)]
+    max_connections: Option<usize>,
+    #[serde(default)]
+    max_sessions_per_principal: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -163,8 +226,8 @@ impl Config {
     /// Reads and validates a config file. A missing file is an error only
     /// when `must_exist` (the user named it); otherwise the defaults apply.
     pub fn load(path: &Path, must_exist: bool) -> Result<Self, ConfigError> {
-        let text = match std::fs::read_to_string(path) {
-            Ok(text) => text,
+        let file = match std::fs::File::open(path) {
+            Ok(file) => file,
             Err(error) if error.kind() == io::ErrorKind::NotFound => {
                 return if must_exist {
                     Err(ConfigError::NotFound { path: path.to_path_buf() })
@@ -172,10 +235,11 @@ impl Config {
                     Ok(Self::default())
                 };
             }
-            Err(source) => {
-                return Err(ConfigError::Read { path: path.to_path_buf(), source });
-            }
+            Err(source) => return Err(ConfigError::Read { path: path.to_path_buf(), source }),
         };
+        check_file_is_private(&file, path)?;
+        let text = io::read_to_string(file)
+            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
         Self::parse(&text, path)
     }
 
@@ -208,6 +272,16 @@ impl Config {
                 ))
             })?,
         };
+
+        let positive = |value: Option<usize>, key: &str| match value {
+            Some(0) => Err(invalid(format!("{key} must be at least 1"))),
+            other => Ok(other),
+        };
+        if raw.api_key.as_ref().is_some_and(|key| key.expose().len() < 16) {
+            return Err(invalid(
+                "api_key must be at least 16 characters; leave it out to have one generated".into(),
+            ));
+        }
 
         let config_dir = path.parent().unwrap_or(Path::new("."));
         let mut servers = Vec::with_capacity(raw.mcp_servers.len());
@@ -268,6 +342,18 @@ impl Config {
             tool_separator,
             shutdown_grace: raw.shutdown_grace.unwrap_or(defaults.shutdown_grace),
             init_timeout: raw.init_timeout.unwrap_or(defaults.init_timeout),
+            allow_uids: raw.allow_uids,
+            allow_gids: raw.allow_gids,
+            allow_root: raw.allow_root,
+            listen: raw.listen,
+            api_key: raw.api_key,
+            max_connections: positive(raw.max_connections, "max_connections")?
+                .unwrap_or(defaults.max_connections),
+            max_sessions_per_principal: positive(
+                raw.max_sessions_per_principal,
+                "max_sessions_per_principal",
+            )?
+            .unwrap_or(defaults.max_sessions_per_principal),
         })
     }
 }
@@ -380,6 +466,25 @@ mod tests {
         let debug = format!("{config:?}");
         assert!(!debug.contains("hunter2"), "{debug}");
         assert!(debug.contains("<redacted>"), "{debug}");
+    }
+
+    #[test]
+    fn files_others_can_write_or_own_are_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        std::fs::write(&path, "{}").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(Config::load(&path, true).is_ok());
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let error = Config::load(&path, true).unwrap_err().to_string();
+        assert!(error.contains("its mode 0666 lets other users change it"), "{error}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        if rustix::process::geteuid().is_root() {
+            std::os::unix::fs::chown(&path, Some(65534), None).unwrap();
+            let error = Config::load(&path, true).unwrap_err().to_string();
+            assert!(error.contains("it belongs to uid 65534"), "{error}");
+        }
     }
 
     #[test]

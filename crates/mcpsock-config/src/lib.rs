@@ -12,5 +12,6 @@ mod paths;
 
 pub use file::{Config, ConfigError, Secret, ServerConfig};
 pub use paths::{
-    ConfigLocation, Env, ProcessEnv, SOCKET_PATH_MAX, check_socket_path, config_location, socket_path,
+    ConfigLocation, Env, ProcessEnv, SOCKET_PATH_MAX, check_socket_path, config_location, data_dir,
+    parse_listen, socket_path,
 };

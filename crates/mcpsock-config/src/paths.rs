@@ -82,6 +82,33 @@ pub fn socket_path(flag: Option<&Path>, env: &dyn Env, from_config: Option<&Path
     dir.join("mcpsock.sock")
 }
 
+/// mcpsock's data directory (state database, generated API key):
+/// `$XDG_DATA_HOME/mcpsock`, else `$HOME/.local/share/mcpsock`.
+pub fn data_dir(env: &dyn Env) -> PathBuf {
+    env.var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| env.var_os("HOME").map(|home| PathBuf::from(home).join(".local").join("share")))
+        .unwrap_or_else(|| PathBuf::from(format!("/tmp/mcpsock-{}-data", env.uid())))
+        .join("mcpsock")
+}
+
+/// Parses a TCP listen address (`127.0.0.1:8765`, `[::1]:8765`,
+/// `localhost:8765`). Anything but loopback is refused unless
+/// `allow_non_loopback` (the `--dangerously-bind-non-loopback` flag).
+pub fn parse_listen(text: &str, allow_non_loopback: bool) -> Result<std::net::SocketAddr, String> {
+    let address: std::net::SocketAddr = match text.strip_prefix("localhost:") {
+        Some(port) => format!("127.0.0.1:{port}").parse(),
+        None => text.parse(),
+    }
+    .map_err(|_| format!("listen address {text:?} is not IP:PORT; write e.g. 127.0.0.1:8765"))?;
+    if !address.ip().is_loopback() && !allow_non_loopback {
+        return Err(format!(
+            "listen address {address} is not a loopback address, so other machines could reach it; use 127.0.0.1:PORT, or pass --dangerously-bind-non-loopback if you really mean it"
+        ));
+    }
+    Ok(address)
+}
+
 /// Checks that `path` can name a filesystem Unix socket. Abstract addresses
 /// (`@name` or a leading NUL) are refused: no file permission applies to them.
 /// The message says what to do.
@@ -160,6 +187,29 @@ mod tests {
         assert_eq!(xdg, ConfigLocation { path: "/xdg/mcpsock/config.json".into(), explicit: false });
         let home = config_location(None, &env(&vars[2..]));
         assert_eq!(home.path, PathBuf::from("/home/u/.config/mcpsock/config.json"));
+    }
+
+    #[test]
+    fn listen_addresses() {
+        let ok = |text: &str| parse_listen(text, false).unwrap().to_string();
+        assert_eq!(ok("127.0.0.1:8765"), "127.0.0.1:8765");
+        assert_eq!(ok("localhost:9"), "127.0.0.1:9");
+        assert_eq!(ok("[::1]:9"), "[::1]:9");
+        assert_eq!(ok("127.1.2.3:9"), "127.1.2.3:9");
+        for refused in ["0.0.0.0:9", "[::]:9", "192.168.1.10:9", "10.0.0.1:9"] {
+            let error = parse_listen(refused, false).unwrap_err();
+            assert!(error.contains("--dangerously-bind-non-loopback"), "{refused}: {error}");
+            assert!(parse_listen(refused, true).is_ok(), "{refused}");
+        }
+        for invalid in ["0", "8765", "localhost", "example.com:80", ""] {
+            assert!(parse_listen(invalid, true).unwrap_err().contains("is not IP:PORT"), "{invalid}");
+        }
+    }
+
+    #[test]
+    fn data_dir_precedence() {
+        assert_eq!(data_dir(&env(&[("XDG_DATA_HOME", "/d"), ("HOME", "/h")])), PathBuf::from("/d/mcpsock"));
+        assert_eq!(data_dir(&env(&[("HOME", "/h")])), PathBuf::from("/h/.local/share/mcpsock"));
     }
 
     #[test]

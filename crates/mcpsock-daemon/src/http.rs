@@ -18,9 +18,10 @@ use mcpsock_transport::ListenerStats;
 use rmcp::ServerHandler;
 
 use crate::HealthReporter;
+use crate::access::{Access, guard_access};
+use crate::sessions::{BoundSessions, guard_sessions};
 use rmcp::transport::StreamableHttpServerConfig;
 use rmcp::transport::StreamableHttpService;
-use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -104,24 +105,34 @@ pub(crate) fn gateway_health(gateway: &Gateway, rejected_connections: u64) -> He
     }
 }
 
+/// The request-level guards and the state they share.
+pub(crate) struct Guards {
+    pub(crate) access: Arc<Access>,
+    pub(crate) sessions: Arc<BoundSessions>,
+    pub(crate) stats: Arc<ListenerStats>,
+    pub(crate) in_flight: Arc<InFlight>,
+}
+
 /// The router served on every listener.
 pub(crate) fn router<S>(
     factory: impl Fn() -> S + Send + Sync + 'static,
     health: HealthReporter,
-    stats: Arc<ListenerStats>,
+    guards: Guards,
     streams_token: CancellationToken,
-    in_flight: Arc<InFlight>,
 ) -> Router
 where
     S: ServerHandler + Send + 'static,
 {
-    // Browsers have no business on a local socket: any request that carries
-    // an Origin header is refused.
+    let Guards { access, sessions, stats, in_flight } = guards;
+    // Origin is refused before rmcp sees a request (see `access`); rmcp's
+    // own Origin check stays on as a second line.
     let config = StreamableHttpServerConfig::default()
         .with_cancellation_token(streams_token)
         .enforce_origin_validation();
-    let mcp =
-        StreamableHttpService::new(move || Ok(factory()), Arc::new(LocalSessionManager::default()), config);
+    let mcp = StreamableHttpService::new(move || Ok(factory()), sessions.clone(), config);
+    let mcp = Router::new()
+        .route_service(MCP_PATH, mcp)
+        .layer(axum::middleware::from_fn_with_state(sessions, guard_sessions));
     let health = get(move || {
         let health = health.clone();
         let stats = stats.clone();
@@ -129,6 +140,7 @@ where
     });
     Router::new()
         .route(HEALTH_PATH, health)
-        .route_service(MCP_PATH, mcp)
+        .merge(mcp)
         .layer(axum::middleware::from_fn_with_state(in_flight, track_in_flight))
+        .layer(axum::middleware::from_fn_with_state(access, guard_access))
 }

@@ -6,8 +6,11 @@
 //! upstreams are started next, and the socket is bound last, when there is
 //! something to serve. Shutdown runs the same steps backwards.
 
+mod access;
+pub mod api_key;
 mod http;
 mod server;
+mod sessions;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -30,12 +33,20 @@ pub struct DaemonOptions {
     pub socket_mode: u32,
     /// Which local users may connect.
     pub peer_policy: PeerPolicy,
+    /// Loopback TCP listener and its API key, when TCP is on.
+    pub tcp: Option<(std::net::SocketAddr, mcpsock_config::Secret)>,
 }
 
 impl DaemonOptions {
     pub fn new(config: Config, socket_path: PathBuf) -> Self {
+        let mut peer_policy = PeerPolicy::own_user();
+        peer_policy.allow_uids.extend(&config.allow_uids);
+        if config.allow_root {
+            peer_policy.allow_uids.push(0);
+        }
+        peer_policy.allow_gids.extend(&config.allow_gids);
         let socket_mode = config.socket_mode;
-        Self { config, socket_path, socket_mode, peer_policy: PeerPolicy::own_user() }
+        Self { config, socket_path, socket_mode, peer_policy, tcp: None }
     }
 }
 
@@ -43,9 +54,14 @@ impl DaemonOptions {
 /// in-flight requests get the configured grace period, upstream process
 /// groups are stopped, and the socket and PID file are removed.
 pub async fn run(options: DaemonOptions, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let DaemonOptions { config, socket_path, socket_mode, peer_policy } = options;
-    let listen =
-        ListenOptions { socket_path, socket_mode, peer_policy, shutdown_grace: config.shutdown_grace };
+    let DaemonOptions { config, socket_path, socket_mode, peer_policy, tcp } = options;
+    let mut listen = ListenOptions::new(socket_path);
+    listen.socket_mode = socket_mode;
+    listen.peer_policy = peer_policy;
+    listen.shutdown_grace = config.shutdown_grace;
+    listen.tcp = tcp;
+    listen.max_connections = config.max_connections;
+    listen.max_sessions_per_principal = config.max_sessions_per_principal;
     let locked = LockedSocket::acquire(listen)?;
 
     let specs = config

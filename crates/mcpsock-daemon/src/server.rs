@@ -8,11 +8,15 @@ use std::time::Duration;
 
 use anyhow::Context;
 use mcpsock_api::Health;
-use mcpsock_transport::{ListenerStats, PeerPolicy, SocketError, SocketGuard, serve_unix};
+use mcpsock_config::Secret;
+use mcpsock_transport::{Listener, ListenerStats, PeerPolicy, SocketError, SocketGuard};
 use rmcp::ServerHandler;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use crate::access::Access;
 use crate::http;
+use crate::sessions::BoundSessions;
 
 /// How long open connections get to close after in-flight requests are done
 /// and streams were told to end.
@@ -33,6 +37,12 @@ pub struct ListenOptions {
     pub peer_policy: PeerPolicy,
     /// How long in-flight requests may take to finish on shutdown.
     pub shutdown_grace: Duration,
+    /// Loopback TCP listener and the API key its clients must present.
+    pub tcp: Option<(std::net::SocketAddr, Secret)>,
+    /// Most connections open at once, over all listeners.
+    pub max_connections: usize,
+    /// Most sessions one principal may hold.
+    pub max_sessions_per_principal: usize,
 }
 
 impl ListenOptions {
@@ -43,6 +53,9 @@ impl ListenOptions {
             socket_mode: 0o600,
             peer_policy: PeerPolicy::own_user(),
             shutdown_grace: Duration::from_secs(5),
+            tcp: None,
+            max_connections: 1024,
+            max_sessions_per_principal: 1000,
         }
     }
 }
@@ -77,22 +90,61 @@ impl LockedSocket {
     {
         let Self { guard, options } = self;
         let bound = guard.bind(options.socket_mode)?;
+        let tcp = match &options.tcp {
+            Some((address, key)) => {
+                let listener = mcpsock_transport::bind_tcp(*address)?;
+                let local = listener
+                    .local_addr()
+                    .map_err(|source| SocketError::BindTcp { address: *address, source })?;
+                Some((listener, local, key.clone()))
+            }
+            None => None,
+        };
         let streams_token = CancellationToken::new();
         let in_flight = Arc::new(http::InFlight::default());
         let stats = Arc::new(ListenerStats::default());
-        let router = http::router(factory, health, stats.clone(), streams_token.clone(), in_flight.clone());
+        let access = Arc::new(Access::new(tcp.as_ref().map(|(_, local, key)| (*local, key.clone()))));
+        let sessions = Arc::new(BoundSessions::new(options.max_sessions_per_principal));
+        let router = http::router(
+            factory,
+            health,
+            http::Guards { access, sessions, stats: stats.clone(), in_flight: in_flight.clone() },
+            streams_token.clone(),
+        );
         let stop = CancellationToken::new();
         let force = CancellationToken::new();
-        let server = tokio::spawn(serve_unix(
-            bound.listener,
-            options.peer_policy.clone(),
-            router,
-            stats,
+        let connections = Arc::new(Semaphore::new(options.max_connections));
+        let mut servers = vec![tokio::spawn(mcpsock_transport::serve(
+            Listener::Unix(bound.listener, options.peer_policy.clone()),
+            router.clone(),
+            connections.clone(),
+            stats.clone(),
             stop.clone(),
             force.clone(),
-        ));
+        ))];
+        let tcp_address = tcp.as_ref().map(|(_, local, _)| *local);
+        if let Some((listener, local, _)) = tcp {
+            tracing::info!(address = %local, "serving loopback TCP (API key required)");
+            servers.push(tokio::spawn(mcpsock_transport::serve(
+                Listener::Tcp(listener),
+                router,
+                connections,
+                stats,
+                stop.clone(),
+                force.clone(),
+            )));
+        }
         tracing::info!(socket = %options.socket_path.display(), "mcpsock is serving");
-        Ok(Serving { guard: bound.guard, options, server, stop, force, streams_token, in_flight })
+        Ok(Serving {
+            guard: bound.guard,
+            options,
+            servers,
+            tcp_address,
+            stop,
+            force,
+            streams_token,
+            in_flight,
+        })
     }
 }
 
@@ -101,7 +153,8 @@ impl LockedSocket {
 pub struct Serving {
     guard: SocketGuard,
     options: ListenOptions,
-    server: tokio::task::JoinHandle<()>,
+    servers: Vec<tokio::task::JoinHandle<()>>,
+    tcp_address: Option<std::net::SocketAddr>,
     stop: CancellationToken,
     force: CancellationToken,
     streams_token: CancellationToken,
@@ -109,12 +162,17 @@ pub struct Serving {
 }
 
 impl Serving {
+    /// The bound TCP address, when TCP is on (useful with port 0).
+    pub fn tcp_address(&self) -> Option<std::net::SocketAddr> {
+        self.tcp_address
+    }
+
     /// Serves until `shutdown` resolves. Then it stops accepting, lets
     /// in-flight requests finish within the grace period, ends open streams
     /// and closes connections. The returned guard still holds the lock;
     /// dropping it removes the socket and PID file.
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<SocketGuard> {
-        let Self { guard, options, mut server, stop, force, streams_token, in_flight } = self;
+        let Self { guard, options, servers, stop, force, streams_token, in_flight, .. } = self;
         shutdown.await;
         tracing::info!("shutting down");
         stop.cancel();
@@ -126,9 +184,16 @@ impl Serving {
             );
         }
         streams_token.cancel();
-        if tokio::time::timeout(CONNECTION_CLOSE_TIMEOUT, &mut server).await.is_err() {
-            force.cancel();
-            server.await.context("the listener task failed")?;
+        let mut all = futures::future::join_all(servers);
+        let joined = match tokio::time::timeout(CONNECTION_CLOSE_TIMEOUT, &mut all).await {
+            Ok(joined) => joined,
+            Err(_) => {
+                force.cancel();
+                all.await
+            }
+        };
+        for result in joined {
+            result.context("a listener task failed")?;
         }
         Ok(guard)
     }

@@ -36,6 +36,12 @@ pub enum SocketError {
         #[source]
         source: io::Error,
     },
+    #[error("cannot listen on {address}")]
+    BindTcp {
+        address: std::net::SocketAddr,
+        #[source]
+        source: io::Error,
+    },
     #[error("cannot create the socket {}", path.display())]
     Bind {
         path: PathBuf,

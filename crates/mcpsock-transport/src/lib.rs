@@ -12,5 +12,5 @@ mod serve;
 mod socket;
 
 pub use error::SocketError;
-pub use serve::{ListenerStats, Peer, PeerPolicy, serve_unix};
-pub use socket::{BoundSocket, SocketGuard};
+pub use serve::{Listener, ListenerStats, Peer, PeerPolicy, serve};
+pub use socket::{BoundSocket, SocketGuard, bind_tcp};

@@ -10,7 +10,10 @@ use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::UnixListener;
+use std::net::SocketAddr;
+
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
@@ -21,6 +24,8 @@ use tower::ServiceExt;
 pub enum Peer {
     /// A local process on the Unix socket, as the kernel reports it.
     Unix { uid: u32, gid: u32, pid: Option<i32> },
+    /// A TCP client; who it is, only its API key can say.
+    Tcp { address: SocketAddr },
 }
 
 /// Which local users may talk to the socket. A peer is admitted when its
@@ -48,6 +53,7 @@ impl PeerPolicy {
 pub struct ListenerStats {
     accepted: AtomicU64,
     rejected: AtomicU64,
+    over_capacity: AtomicU64,
 }
 
 impl ListenerStats {
@@ -55,25 +61,86 @@ impl ListenerStats {
         self.accepted.load(Ordering::Relaxed)
     }
 
+    /// Unix connections refused because of their peer's credentials.
     pub fn rejected(&self) -> u64 {
         self.rejected.load(Ordering::Relaxed)
+    }
+
+    /// Connections closed because the connection limit was reached.
+    pub fn over_capacity(&self) -> u64 {
+        self.over_capacity.load(Ordering::Relaxed)
     }
 }
 
 /// How long a client may take to send a request's headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A listening socket and what admits a connection on it.
+#[derive(Debug)]
+pub enum Listener {
+    /// The Unix socket: peers are checked by their kernel credentials.
+    Unix(UnixListener, PeerPolicy),
+    /// Loopback TCP: any peer may connect; requests prove themselves with
+    /// the API key, which the router checks.
+    Tcp(TcpListener),
+}
+
+impl Listener {
+    /// Accepts the next connection and says who is on the other end, or why
+    /// it was refused (`Ok(None)`: refused and already logged).
+    async fn accept(&self, stats: &ListenerStats) -> std::io::Result<Option<(Connection, Peer)>> {
+        match self {
+            Self::Unix(listener, policy) => {
+                let (stream, _) = listener.accept().await?;
+                let cred = match stream.peer_cred() {
+                    Ok(cred) => cred,
+                    Err(error) => {
+                        stats.rejected.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(%error, "rejected a connection whose credentials could not be read");
+                        return Ok(None);
+                    }
+                };
+                let (uid, gid, pid) = (cred.uid(), cred.gid(), cred.pid());
+                if !policy.admits(uid, gid) {
+                    stats.rejected.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        uid,
+                        gid,
+                        pid = pid.unwrap_or(-1),
+                        "rejected a connection from a user that is not allowed"
+                    );
+                    return Ok(None);
+                }
+                Ok(Some((Connection::Unix(stream), Peer::Unix { uid, gid, pid })))
+            }
+            Self::Tcp(listener) => {
+                let (stream, address) = listener.accept().await?;
+                // Small request/response pairs: Nagle's algorithm would only
+                // add delay.
+                let _ = stream.set_nodelay(true);
+                Ok(Some((Connection::Tcp(stream), Peer::Tcp { address })))
+            }
+        }
+    }
+}
+
+enum Connection {
+    Unix(UnixStream),
+    Tcp(TcpStream),
+}
+
 /// Serves `router` on `listener` until `stop` is cancelled, then lets every
 /// open connection finish its current request and close. Resolves when all
 /// connections are closed or `force` is cancelled, whichever comes first.
 ///
-/// Each connection's peer is checked against `policy` before a single byte
-/// is read; a rejected peer is logged, counted and closed, and the loop goes
-/// on accepting.
-pub async fn serve_unix(
-    listener: UnixListener,
-    policy: PeerPolicy,
+/// A Unix peer is checked against the listener's policy before a single
+/// byte is read; a rejected peer is logged, counted and closed, and the loop
+/// goes on accepting. Each open connection holds a permit of `connections`;
+/// when none is left, new connections are closed at once.
+pub async fn serve(
+    listener: Listener,
     router: Router,
+    connections: Arc<Semaphore>,
     stats: Arc<ListenerStats>,
     stop: CancellationToken,
     force: CancellationToken,
@@ -82,38 +149,26 @@ pub async fn serve_unix(
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
     loop {
-        let stream = tokio::select! {
+        let accepted = tokio::select! {
             () = stop.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(error) => {
-                    // Out of file descriptors or a similar passing condition:
-                    // keep the listener, wait a moment, try again.
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            accepted = listener.accept(&stats) => accepted,
         };
-        let peer = match stream.peer_cred() {
-            Ok(cred) => Peer::Unix { uid: cred.uid(), gid: cred.gid(), pid: cred.pid() },
+        let (connection, peer) = match accepted {
+            Ok(Some(accepted)) => accepted,
+            Ok(None) => continue,
             Err(error) => {
-                stats.rejected.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(%error, "rejected a connection whose credentials could not be read");
+                // Out of file descriptors or a similar passing condition:
+                // keep the listener, wait a moment, try again.
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
-        let Peer::Unix { uid, gid, pid } = peer;
-        if !policy.admits(uid, gid) {
-            stats.rejected.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(
-                uid,
-                gid,
-                pid = pid.unwrap_or(-1),
-                "rejected a connection from a user that is not allowed"
-            );
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            stats.over_capacity.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(?peer, "closed a connection: the connection limit is reached");
             continue;
-        }
+        };
         stats.accepted.fetch_add(1, Ordering::Relaxed);
         let router = router.clone();
         let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
@@ -123,19 +178,32 @@ pub async fn serve_unix(
                 Ok::<_, Infallible>(router.oneshot(request).await.unwrap_or_else(|never| match never {}))
             }
         });
-        let connection = http.serve_connection(TokioIo::new(stream), service);
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%error, "connection ended with an error");
+        match connection {
+            Connection::Unix(stream) => {
+                spawn_connection(graceful.watch(http.serve_connection(TokioIo::new(stream), service)), permit)
             }
-        });
+            Connection::Tcp(stream) => {
+                spawn_connection(graceful.watch(http.serve_connection(TokioIo::new(stream), service)), permit)
+            }
+        }
     }
     drop(listener);
     tokio::select! {
         () = graceful.shutdown() => {}
         () = force.cancelled() => tracing::debug!("closing the remaining connections"),
     }
+}
+
+fn spawn_connection<E: std::fmt::Display>(
+    connection: impl Future<Output = Result<(), E>> + Send + 'static,
+    permit: OwnedSemaphorePermit,
+) {
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(%error, "connection ended with an error");
+        }
+        drop(permit);
+    });
 }
 
 #[cfg(test)]

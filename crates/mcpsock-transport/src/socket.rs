@@ -159,6 +159,15 @@ impl Drop for SocketGuard {
     }
 }
 
+/// Binds a TCP listener (the caller has checked the address is loopback or
+/// that the user insisted otherwise). Must be called inside a tokio runtime.
+pub fn bind_tcp(address: std::net::SocketAddr) -> Result<tokio::net::TcpListener, SocketError> {
+    let bind_error = |source: io::Error| SocketError::BindTcp { address, source };
+    let listener = std::net::TcpListener::bind(address).map_err(bind_error)?;
+    listener.set_nonblocking(true).map_err(bind_error)?;
+    tokio::net::TcpListener::from_std(listener).map_err(bind_error)
+}
+
 fn split_socket_path(socket_path: &Path) -> Result<(PathBuf, String), SocketError> {
     let invalid = |message: String| SocketError::InvalidPath(message);
     let name = socket_path.file_name().and_then(|name| name.to_str()).ok_or_else(|| {

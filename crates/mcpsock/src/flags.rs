@@ -19,6 +19,9 @@ Environment:
   MCPSOCK_CONFIG    config file (default $XDG_CONFIG_HOME/mcpsock/config.json)
   MCPSOCK_SOCKET    socket path (default $XDG_RUNTIME_DIR/mcpsock/mcpsock.sock)
   MCPSOCK_ENDPOINT  where client commands find the daemon (unix:///path)
+  MCPSOCK_LISTEN    loopback TCP address to serve on as well
+  MCPSOCK_API_KEY   the key TCP clients must send (default: generated into
+                    $XDG_DATA_HOME/mcpsock/api-key)
   MCPSOCK_LOG       log filter, e.g. debug or mcpsock_gateway=trace";
 
 /// One MCP daemon per user, shared by every MCP client on the machine over a
@@ -56,6 +59,13 @@ pub(crate) struct ServeFlags {
     /// Socket path [env: MCPSOCK_SOCKET] [default: $XDG_RUNTIME_DIR/mcpsock/mcpsock.sock]
     #[arg(long, short = 's', value_name = "PATH")]
     pub(crate) socket: Option<PathBuf>,
+    /// Also serve on this loopback TCP address, e.g. 127.0.0.1:8765; TCP
+    /// clients must send the API key [env: MCPSOCK_LISTEN]
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) listen: Option<String>,
+    /// Allow --listen on an address other machines can reach
+    #[arg(long)]
+    pub(crate) dangerously_bind_non_loopback: bool,
 }
 
 /// Where client commands find the daemon.

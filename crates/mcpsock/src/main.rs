@@ -96,10 +96,38 @@ async fn run_serve(flags: ServeFlags) -> Result<ExitCode, Failure> {
     let socket_path = mcpsock_config::socket_path(flags.socket.as_deref(), &env, config.socket.as_deref());
     mcpsock_config::check_socket_path(&socket_path)
         .map_err(|message| Failure::config(anyhow::Error::msg(message)))?;
+    let listen =
+        flags.listen.clone().or_else(|| env_string("MCPSOCK_LISTEN")).or_else(|| config.listen.clone());
+    let tcp = match listen {
+        Some(text) => {
+            let address = mcpsock_config::parse_listen(&text, flags.dangerously_bind_non_loopback)
+                .map_err(|message| Failure::config(anyhow::Error::msg(message)))?;
+            let key = match env_string("MCPSOCK_API_KEY")
+                .or_else(|| config.api_key.as_ref().map(|key| key.expose().to_string()))
+            {
+                Some(key) if key.len() < 16 => {
+                    return Err(Failure::config(anyhow::anyhow!(
+                        "the API key must be at least 16 characters long"
+                    )));
+                }
+                Some(key) => mcpsock_config::Secret::new(key),
+                None => mcpsock_daemon::api_key::load_or_create_key(&mcpsock_config::data_dir(&env))
+                    .map_err(|error| Failure::new(exit::Code::Socket, error))?,
+            };
+            Some((address, key))
+        }
+        None => None,
+    };
     let shutdown = mcpsock_daemon::shutdown_signal().await.map_err(Failure::internal)?;
-    let options = mcpsock_daemon::DaemonOptions::new(config, socket_path);
+    let mut options = mcpsock_daemon::DaemonOptions::new(config, socket_path);
+    options.tcp = tcp;
     mcpsock_daemon::run(options, shutdown).await.map_err(Failure::daemon)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// A non-empty environment variable.
+fn env_string(key: &str) -> Option<String> {
+    std::env::var(key).ok().filter(|value| !value.is_empty())
 }
 
 /// Finds the daemon: `--endpoint` > `--socket` > `MCPSOCK_ENDPOINT` >

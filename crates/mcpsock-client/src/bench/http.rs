@@ -61,14 +61,20 @@ impl HttpLane {
         Ok(lane)
     }
 
-    /// A connection with no session and no headers yet.
+    /// A connection with no session yet. Over TCP it carries the API key
+    /// from `MCPSOCK_API_KEY`, when set.
     pub(super) async fn open_plain(endpoint: &Endpoint) -> Result<Self, ClientError> {
         let (sender, path, host) = open(endpoint).await?;
+        let key = std::env::var("MCPSOCK_API_KEY").ok().filter(|key| !key.is_empty());
+        let authorization = match (endpoint, key) {
+            (Endpoint::Http(_), Some(key)) => HeaderValue::from_str(&format!("Bearer {key}")).ok(),
+            _ => None,
+        };
         Ok(Self {
             sender,
             path,
             host,
-            headers: Vec::new(),
+            headers: authorization.into_iter().map(|value| ("authorization", value)).collect(),
             body_prefix: String::new(),
             body_suffix: String::new(),
             plain: false,
@@ -77,7 +83,7 @@ impl HttpLane {
 
     /// Drops the session headers so the next `initialize` opens a new one.
     pub(super) fn forget_session(&mut self) {
-        self.headers.clear();
+        self.headers.retain(|(name, _)| *name == "authorization");
     }
 
     pub(super) async fn initialize(&mut self) -> Result<(), String> {

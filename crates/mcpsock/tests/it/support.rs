@@ -20,7 +20,11 @@ pub(crate) fn mcpsock() -> PathBuf {
 /// The demo MCP server, built beside `mcpsock` by a workspace build.
 pub(crate) fn demo_server() -> PathBuf {
     let path = mcpsock().with_file_name("mcpsock-demo-server");
-    assert!(path.exists(), "{} is missing: run the tests with --workspace", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace` first (scripts/test.sh does)",
+        path.display()
+    );
     path
 }
 

@@ -1,0 +1,126 @@
+//! Who may send a request, decided from the connection's `Peer` tag and
+//! the request's headers, before anything else runs.
+//!
+//! - Any request with an `Origin` header is refused (403): browsers have no
+//!   business on a local MCP endpoint, and no CORS grant is ever made.
+//! - Unix-socket requests were admitted by peer credentials at accept.
+//! - TCP requests must name a loopback `Host` with our port (403 otherwise,
+//!   against DNS rebinding) and carry the API key in `Authorization: Bearer`
+//!   or `X-API-Key` (401 otherwise), compared in constant time. A key in the
+//!   query string is not looked at.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use http::{HeaderMap, StatusCode, header};
+use mcpsock_config::Secret;
+use mcpsock_transport::Peer;
+use subtle::ConstantTimeEq;
+
+/// The request policy of one daemon.
+#[derive(Debug)]
+pub(crate) struct Access {
+    api_key: Option<Secret>,
+    tcp_hosts: Vec<String>,
+}
+
+impl Access {
+    /// `tcp` is the bound TCP address and its key, when TCP is on.
+    pub(crate) fn new(tcp: Option<(SocketAddr, Secret)>) -> Self {
+        match tcp {
+            None => Self { api_key: None, tcp_hosts: Vec::new() },
+            Some((address, key)) => {
+                let port = address.port();
+                let mut tcp_hosts =
+                    vec![format!("127.0.0.1:{port}"), format!("localhost:{port}"), format!("[::1]:{port}")];
+                tcp_hosts.push(address.to_string());
+                Self { api_key: Some(key), tcp_hosts }
+            }
+        }
+    }
+
+    fn key_matches(&self, headers: &HeaderMap) -> bool {
+        let Some(expected) = &self.api_key else { return false };
+        let bearer = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, key)| key.trim());
+        let header_key = headers.get("x-api-key").and_then(|value| value.to_str().ok()).map(str::trim);
+        [bearer, header_key]
+            .into_iter()
+            .flatten()
+            .any(|presented| bool::from(presented.as_bytes().ct_eq(expected.expose().as_bytes())))
+    }
+}
+
+fn refuse(status: StatusCode, message: &'static str) -> Response {
+    let mut response = (status, axum::Json(serde_json::json!({"error": message}))).into_response();
+    if status == StatusCode::UNAUTHORIZED {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer realm=\"mcpsock\""));
+    }
+    response
+}
+
+pub(crate) async fn guard_access(
+    State(access): State<Arc<Access>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if request.headers().contains_key(header::ORIGIN) {
+        return refuse(StatusCode::FORBIDDEN, "requests from web pages (with an Origin header) are refused");
+    }
+    match request.extensions().get::<Peer>() {
+        Some(Peer::Unix { .. }) => {}
+        Some(Peer::Tcp { .. }) => {
+            let host = request.headers().get(header::HOST).and_then(|value| value.to_str().ok());
+            if !host
+                .is_some_and(|host| access.tcp_hosts.iter().any(|allowed| allowed.eq_ignore_ascii_case(host)))
+            {
+                return refuse(StatusCode::FORBIDDEN, "the Host header must name this loopback listener");
+            }
+            if !access.key_matches(request.headers()) {
+                return refuse(
+                    StatusCode::UNAUTHORIZED,
+                    "an API key is required: send it in Authorization: Bearer or X-API-Key",
+                );
+            }
+        }
+        _ => return refuse(StatusCode::FORBIDDEN, "unknown connection"),
+    }
+    next.run(request).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(name, value)| (http::HeaderName::from_static(name), value.parse().unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn keys_only_from_the_two_headers() {
+        let access = Access::new(Some(("127.0.0.1:9".parse().unwrap(), Secret::new("0123456789abcdef"))));
+        let check = |pairs: &[(&'static str, &'static str)], expected: bool| {
+            assert_eq!(access.key_matches(&headers(pairs)), expected, "{pairs:?}");
+        };
+        check(&[("authorization", "Bearer 0123456789abcdef")], true);
+        check(&[("authorization", "bearer 0123456789abcdef")], true);
+        check(&[("x-api-key", "0123456789abcdef")], true);
+        check(&[("authorization", "Basic 0123456789abcdef")], false);
+        check(&[("authorization", "Bearer 0123456789abcdeF")], false);
+        check(&[("x-api-key", "0123456789abcde")], false);
+        check(&[], false);
+        assert!(!Access::new(None).key_matches(&headers(&[("x-api-key", "0123456789abcdef")])));
+    }
+}
