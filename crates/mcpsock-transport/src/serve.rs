@@ -74,6 +74,9 @@ impl ListenerStats {
 
 /// How long a client may take to send a request's headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest request head (request line and headers) accepted; a larger one is
+/// answered 431. Bodies are streamed and bounded separately.
+const MAX_HEAD_BYTES: usize = 32 * 1024;
 
 /// A listening socket and what admits a connection on it.
 #[derive(Debug)]
@@ -147,7 +150,7 @@ pub async fn serve(
 ) {
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+    http.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).max_buf_size(MAX_HEAD_BYTES);
     loop {
         let accepted = tokio::select! {
             () = stop.cancelled() => break,

@@ -257,3 +257,66 @@ pub(crate) fn mode(path: &Path) -> u32 {
     use std::os::unix::fs::PermissionsExt;
     std::fs::symlink_metadata(path).unwrap().permissions().mode() & 0o7777
 }
+
+/// Where a raw request goes.
+pub(crate) enum Target<'a> {
+    Unix(&'a Path),
+    Tcp(std::net::SocketAddr),
+}
+
+/// An HTTP response read to the end.
+#[derive(Debug)]
+pub(crate) struct RawResponse {
+    pub(crate) status: u16,
+    pub(crate) head: String,
+    pub(crate) body: String,
+}
+
+impl RawResponse {
+    pub(crate) fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().skip(1).find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            key.trim().eq_ignore_ascii_case(name).then(|| value.trim().to_string())
+        })
+    }
+}
+
+/// Sends `head` (request line and headers, without the blank line) and
+/// `body` on a fresh connection with `Connection: close`, and reads the
+/// whole response. A connection closed without an answer is status 0.
+pub(crate) fn raw_request(target: Target<'_>, head: &str, body: &[u8]) -> RawResponse {
+    let request = format!("{head}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n", body.len());
+    let mut bytes = request.into_bytes();
+    bytes.extend_from_slice(body);
+    let response = match target {
+        Target::Unix(path) => exchange(UnixStream::connect(path).unwrap(), &bytes),
+        Target::Tcp(address) => exchange(std::net::TcpStream::connect(address).unwrap(), &bytes),
+    };
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split(' ').nth(1).and_then(|code| code.parse().ok()).unwrap_or(0);
+    RawResponse { status, head: head.to_string(), body: body.to_string() }
+}
+
+fn exchange(mut stream: impl Read + Write, request: &[u8]) -> Vec<u8> {
+    // The server may answer and close before it read everything (413).
+    let _ = stream.write_all(request);
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    response
+}
+
+/// The JSON-RPC `initialize` request of a legacy client.
+pub(crate) const INITIALIZE: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#;
+
+/// The MCP request headers after the request line.
+pub(crate) const MCP_HEADERS: &str =
+    "Content-Type: application/json\r\nAccept: application/json, text/event-stream";
+
+/// The TCP address the daemon logged it serves on.
+pub(crate) fn tcp_address(daemon: &Daemon) -> std::net::SocketAddr {
+    let log = daemon.log_text();
+    let line = log.lines().find(|line| line.contains("serving loopback TCP")).expect("the daemon serves TCP");
+    let address = line.split("address=").nth(1).unwrap().split_whitespace().next().unwrap();
+    address.parse().unwrap()
+}
