@@ -84,7 +84,7 @@ fn sec16_tcp_requires_the_key_in_a_header_and_never_logs_it() {
     let call = post(Target::Tcp(address), &host, "", INITIALIZE);
     assert_eq!(call.status, 401, "MCP over TCP needs the key too");
     assert!(daemon.stop().success());
-    let log = std::fs::read_to_string(&daemon_log(&sandbox)).unwrap();
+    let log = std::fs::read_to_string(daemon_log(&sandbox)).unwrap();
     assert!(!log.contains(KEY), "the key never reaches the log");
 }
 
