@@ -80,6 +80,7 @@ fn check_file_is_private(file: &std::fs::File, path: &Path) -> Result<(), Config
 pub(crate) const DEFAULT_TOOL_SEPARATOR: &str = "__";
 const DEFAULT_SOCKET_MODE: u32 = 0o600;
 const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_MAX_SESSIONS_PER_PRINCIPAL: usize = 1000;
 const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 const DEFAULT_INIT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -116,6 +117,8 @@ pub struct Config {
     pub max_connections: usize,
     /// Most sessions one principal (a uid, or the API key) may hold.
     pub max_sessions_per_principal: usize,
+    /// How long a client may take to send a request head (`header_timeout`).
+    pub header_timeout: Duration,
 }
 
 impl Default for Config {
@@ -135,6 +138,7 @@ impl Default for Config {
             api_key: None,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_sessions_per_principal: DEFAULT_MAX_SESSIONS_PER_PRINCIPAL,
+            header_timeout: DEFAULT_HEADER_TIMEOUT,
         }
     }
 }
@@ -182,6 +186,8 @@ struct RawConfig {
     max_connections: Option<usize>,
     #[serde(default)]
     max_sessions_per_principal: Option<usize>,
+    #[serde(default, deserialize_with = "duration")]
+    header_timeout: Option<Duration>,
 }
 
 #[derive(Deserialize)]
@@ -354,6 +360,7 @@ impl Config {
                 "max_sessions_per_principal",
             )?
             .unwrap_or(defaults.max_sessions_per_principal),
+            header_timeout: raw.header_timeout.unwrap_or(defaults.header_timeout),
         })
     }
 }

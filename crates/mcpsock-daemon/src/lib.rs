@@ -62,6 +62,7 @@ pub async fn run(options: DaemonOptions, shutdown: impl Future<Output = ()>) -> 
     listen.tcp = tcp;
     listen.max_connections = config.max_connections;
     listen.max_sessions_per_principal = config.max_sessions_per_principal;
+    listen.header_timeout = config.header_timeout;
     let locked = LockedSocket::acquire(listen)?;
 
     let specs = config

@@ -9,9 +9,8 @@ use std::time::Duration;
 use anyhow::Context;
 use mcpsock_api::Health;
 use mcpsock_config::Secret;
-use mcpsock_transport::{Listener, ListenerStats, PeerPolicy, SocketError, SocketGuard};
+use mcpsock_transport::{Connections, Listener, ListenerStats, PeerPolicy, SocketError, SocketGuard};
 use rmcp::ServerHandler;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::access::Access;
@@ -43,6 +42,8 @@ pub struct ListenOptions {
     pub max_connections: usize,
     /// Most sessions one principal may hold.
     pub max_sessions_per_principal: usize,
+    /// How long a client may take to send a request head.
+    pub header_timeout: Duration,
 }
 
 impl ListenOptions {
@@ -56,6 +57,7 @@ impl ListenOptions {
             tcp: None,
             max_connections: 1024,
             max_sessions_per_principal: 1000,
+            header_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -89,6 +91,7 @@ impl LockedSocket {
         S: ServerHandler + Send + 'static,
     {
         let Self { guard, options } = self;
+        raise_descriptor_limit();
         let bound = guard.bind(options.socket_mode)?;
         let tcp = match &options.tcp {
             Some((address, key)) => {
@@ -113,7 +116,7 @@ impl LockedSocket {
         );
         let stop = CancellationToken::new();
         let force = CancellationToken::new();
-        let connections = Arc::new(Semaphore::new(options.max_connections));
+        let connections = Arc::new(Connections::new(options.max_connections, options.header_timeout));
         let mut servers = vec![tokio::spawn(mcpsock_transport::serve(
             Listener::Unix(bound.listener, options.peer_policy.clone()),
             router.clone(),
@@ -145,6 +148,20 @@ impl LockedSocket {
             streams_token,
             in_flight,
         })
+    }
+}
+
+/// Lifts the soft limit on open descriptors to the hard limit: a daemon
+/// whose connection cap is above the common default soft limit (1024) would
+/// otherwise fail accepts before it reaches its own cap.
+fn raise_descriptor_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        limit.current = limit.maximum;
+        if let Err(error) = setrlimit(Resource::Nofile, limit) {
+            tracing::debug!(%error, "could not raise the descriptor limit");
+        }
     }
 }
 

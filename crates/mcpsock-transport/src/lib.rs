@@ -12,5 +12,5 @@ mod serve;
 mod socket;
 
 pub use error::SocketError;
-pub use serve::{Listener, ListenerStats, Peer, PeerPolicy, serve};
+pub use serve::{Connections, Listener, ListenerStats, Peer, PeerPolicy, serve};
 pub use socket::{BoundSocket, SocketGuard, bind_tcp};

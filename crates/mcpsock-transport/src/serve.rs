@@ -1,20 +1,22 @@
 //! Accepting connections, checking who is on the other end, and serving
 //! the router on them.
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use std::net::SocketAddr;
 
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
 /// Who is on the other end of a connection. Every request carries one in
@@ -72,8 +74,6 @@ impl ListenerStats {
     }
 }
 
-/// How long a client may take to send a request's headers.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest request head (request line and headers) accepted; a larger one is
 /// answered 431. Bodies are streamed and bounded separately.
 const MAX_HEAD_BYTES: usize = 32 * 1024;
@@ -132,25 +132,86 @@ enum Connection {
     Tcp(TcpStream),
 }
 
+/// How long a new connection waits for a slot after the oldest open
+/// connection was asked to close.
+const EVICTION_WAIT: Duration = Duration::from_millis(250);
+
+/// The open connections of a daemon, shared by all its listeners: their cap
+/// and how long a client may take to send a request head.
+///
+/// When the cap is reached, the oldest open connection is asked to close
+/// gracefully (an idle keep-alive connection closes at once, a busy one after
+/// its current response), so that idle connections cannot lock new clients
+/// out. A new connection that still finds no slot is closed.
+#[derive(Debug)]
+pub struct Connections {
+    header_timeout: Duration,
+    permits: Arc<Semaphore>,
+    open: Mutex<VecDeque<Arc<OpenConnection>>>,
+}
+
+#[derive(Debug)]
+struct OpenConnection {
+    close: CancellationToken,
+    done: AtomicBool,
+}
+
+impl Connections {
+    pub fn new(max_connections: usize, header_timeout: Duration) -> Self {
+        Self { header_timeout, permits: Arc::new(Semaphore::new(max_connections)), open: Mutex::default() }
+    }
+
+    fn open(&self) -> std::sync::MutexGuard<'_, VecDeque<Arc<OpenConnection>>> {
+        self.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    async fn admit(&self) -> Option<OwnedSemaphorePermit> {
+        if let Ok(permit) = self.permits.clone().try_acquire_owned() {
+            return Some(permit);
+        }
+        self.close_oldest();
+        tokio::time::timeout(EVICTION_WAIT, self.permits.clone().acquire_owned()).await.ok()?.ok()
+    }
+
+    fn close_oldest(&self) {
+        let mut open = self.open();
+        while let Some(oldest) = open.pop_front() {
+            if !oldest.done.load(Ordering::Acquire) && !oldest.close.is_cancelled() {
+                oldest.close.cancel();
+                return;
+            }
+        }
+    }
+
+    fn register(&self, close: CancellationToken) -> Arc<OpenConnection> {
+        let connection = Arc::new(OpenConnection { close, done: AtomicBool::new(false) });
+        let mut open = self.open();
+        open.retain(|connection| !connection.done.load(Ordering::Acquire));
+        open.push_back(connection.clone());
+        connection
+    }
+}
+
 /// Serves `router` on `listener` until `stop` is cancelled, then lets every
 /// open connection finish its current request and close. Resolves when all
 /// connections are closed or `force` is cancelled, whichever comes first.
 ///
 /// A Unix peer is checked against the listener's policy before a single
 /// byte is read; a rejected peer is logged, counted and closed, and the loop
-/// goes on accepting. Each open connection holds a permit of `connections`;
-/// when none is left, new connections are closed at once.
+/// goes on accepting. Each open connection holds a slot of `connections`.
 pub async fn serve(
     listener: Listener,
     router: Router,
-    connections: Arc<Semaphore>,
+    connections: Arc<Connections>,
     stats: Arc<ListenerStats>,
     stop: CancellationToken,
     force: CancellationToken,
 ) {
-    let graceful = GracefulShutdown::new();
+    let tracker = TaskTracker::new();
     let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).max_buf_size(MAX_HEAD_BYTES);
+    http.timer(TokioTimer::new())
+        .header_read_timeout(connections.header_timeout)
+        .max_buf_size(MAX_HEAD_BYTES);
     loop {
         let accepted = tokio::select! {
             () = stop.cancelled() => break,
@@ -167,7 +228,7 @@ pub async fn serve(
                 continue;
             }
         };
-        let Ok(permit) = connections.clone().try_acquire_owned() else {
+        let Some(permit) = connections.admit().await else {
             stats.over_capacity.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(?peer, "closed a connection: the connection limit is reached");
             continue;
@@ -181,32 +242,56 @@ pub async fn serve(
                 Ok::<_, Infallible>(router.oneshot(request).await.unwrap_or_else(|never| match never {}))
             }
         });
+        let open = connections.register(stop.child_token());
         match connection {
-            Connection::Unix(stream) => {
-                spawn_connection(graceful.watch(http.serve_connection(TokioIo::new(stream), service)), permit)
-            }
-            Connection::Tcp(stream) => {
-                spawn_connection(graceful.watch(http.serve_connection(TokioIo::new(stream), service)), permit)
-            }
-        }
+            Connection::Unix(stream) => tracker.spawn(run_connection(
+                http.serve_connection(TokioIo::new(stream), service),
+                open,
+                permit,
+            )),
+            Connection::Tcp(stream) => tracker.spawn(run_connection(
+                http.serve_connection(TokioIo::new(stream), service),
+                open,
+                permit,
+            )),
+        };
     }
     drop(listener);
+    tracker.close();
     tokio::select! {
-        () = graceful.shutdown() => {}
+        () = tracker.wait() => {}
         () = force.cancelled() => tracing::debug!("closing the remaining connections"),
     }
 }
 
-fn spawn_connection<E: std::fmt::Display>(
-    connection: impl Future<Output = Result<(), E>> + Send + 'static,
+/// Drives one connection until it ends, or until it is told to close (by
+/// shutdown or by the connection limit), then closes it gracefully.
+async fn run_connection<I, S, B>(
+    connection: hyper::server::conn::http1::Connection<I, S>,
+    open: Arc<OpenConnection>,
     permit: OwnedSemaphorePermit,
-) {
-    tokio::spawn(async move {
-        if let Err(error) = connection.await {
-            tracing::debug!(%error, "connection ended with an error");
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<Incoming, ResBody = B> + Send,
+    S::Future: Send,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut connection = std::pin::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        () = open.close.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
         }
-        drop(permit);
-    });
+    };
+    if let Err(error) = result {
+        tracing::debug!(%error, "connection ended with an error");
+    }
+    open.done.store(true, Ordering::Release);
+    drop(permit);
 }
 
 #[cfg(test)]

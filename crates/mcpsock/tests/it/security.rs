@@ -369,3 +369,61 @@ fn sec39_a_config_file_others_can_write_is_refused() {
     assert!(stderr(&output).contains("belongs to uid 65534"), "{}", stderr(&output));
     assert!(!sandbox.socket().exists());
 }
+
+/// Lets this test process hold thousands of connections.
+fn raise_descriptor_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    limit.current = limit.maximum;
+    setrlimit(Resource::Nofile, limit).unwrap();
+}
+
+fn open_descriptors(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
+}
+
+#[test]
+fn sec27_slowloris_connections_are_closed_at_the_header_timeout() {
+    use std::io::{Read, Write};
+    raise_descriptor_limit();
+    let sandbox = Sandbox::new();
+    let config =
+        sandbox.write_config(&json!({"mcpServers": {}, "header_timeout": "1s", "max_connections": 2000}));
+    let daemon = Daemon::start(&sandbox, &config);
+    let socket = sandbox.socket();
+    let mut slow: Vec<std::os::unix::net::UnixStream> = (0..1000)
+        .map(|_| {
+            let mut stream = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+            stream.write_all(b"GET /health HTTP/1.1\r\nHost: loc").unwrap();
+            stream
+        })
+        .collect();
+    // Still serving while they dangle.
+    assert_eq!(http_get(&socket, "/health").unwrap().0, 200);
+    // Each is closed once its head is late; none got an answer.
+    for stream in &mut slow {
+        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer);
+        assert!(!String::from_utf8_lossy(&answer).contains("200 OK"), "a partial request was answered");
+    }
+    assert_eq!(http_get(&socket, "/health").unwrap().0, 200);
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn sec28_idle_connections_are_capped_and_new_clients_still_get_in() {
+    raise_descriptor_limit();
+    let sandbox = Sandbox::new();
+    let config = sandbox.write_config(&json!({"mcpServers": {}, "max_connections": 64}));
+    let daemon = Daemon::start(&sandbox, &config);
+    let socket = sandbox.socket();
+    let baseline = open_descriptors(daemon.pid());
+    let idle: Vec<_> = (0..5000).map(|_| std::os::unix::net::UnixStream::connect(&socket).unwrap()).collect();
+    // A new client still gets in: the oldest idle connection makes room.
+    assert_eq!(http_get(&socket, "/health").unwrap().0, 200);
+    let open = open_descriptors(daemon.pid());
+    assert!(open <= baseline + 64 + 1, "descriptors stay under the cap: {open} open, {baseline} at rest");
+    drop(idle);
+    assert!(daemon.stop().success());
+}

@@ -112,7 +112,7 @@ fn two_clients_share_one_upstream_process() {
 }
 
 #[test]
-fn sigterm_stops_upstream_groups_and_removes_socket_and_pid_file() {
+fn sec14_sec36_sigterm_stops_upstream_groups_and_removes_socket_and_pid_file() {
     let sandbox = Sandbox::new();
     // The upstream leaves a long-lived grandchild in its process group.
     let script = format!("sleep 600 & exec {}", demo_server().display());
@@ -153,7 +153,7 @@ fn sigint_is_a_clean_stop_too() {
 }
 
 #[test]
-fn upstreams_get_a_cleared_environment_and_literal_arguments() {
+fn sec31_sec32_sec39_upstreams_get_a_cleared_environment_and_literal_arguments() {
     let sandbox = Sandbox::new();
     let env_dump = sandbox.path().join("env.txt");
     let script = format!("env > {}; exec \"$0\" \"$@\"", env_dump.display());
@@ -185,7 +185,7 @@ fn upstreams_get_a_cleared_environment_and_literal_arguments() {
 /// Bad input: one actionable message, the documented exit code, and
 /// nothing left behind.
 #[test]
-fn bad_config_is_refused_with_a_clear_message() {
+fn sec11_sec12_bad_config_is_refused_with_a_clear_message() {
     let long_socket = format!("/tmp/{}/s.sock", "d".repeat(120));
     let cases: &[(&str, &str, &str)] = &[
         ("{\"mcpServers\": {", "", "config.json:1:16: EOF while parsing"),

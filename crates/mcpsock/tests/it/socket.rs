@@ -36,8 +36,14 @@ print("closed", closed, "answered", answered)
 "#;
 
 fn probe_as_nobody(socket: &std::path::Path, attempts: u32) -> String {
+    probe_as(&["--reuid=65534", "--regid=65534", "--clear-groups"], socket, attempts)
+}
+
+/// Runs the probe under `setpriv IDENTITY`.
+fn probe_as(identity: &[&str], socket: &std::path::Path, attempts: u32) -> String {
     let output = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3", "-c", PEER_PROBE])
+        .args(identity)
+        .args(["/usr/bin/python3", "-c", PEER_PROBE])
         .arg(socket)
         .arg(attempts.to_string())
         .output()
@@ -51,7 +57,7 @@ fn open_up(path: &std::path::Path) {
 }
 
 #[test]
-fn modes_are_exact_whatever_the_umask() {
+fn sec10_modes_are_exact_whatever_the_umask() {
     for umask in ["000", "077"] {
         let sandbox = Sandbox::new();
         let config = sandbox.demo_config();
@@ -77,7 +83,7 @@ fn modes_are_exact_whatever_the_umask() {
 }
 
 #[test]
-fn other_users_are_refused_by_the_filesystem() {
+fn sec01_other_users_are_refused_by_the_filesystem() {
     let sandbox = Sandbox::new();
     open_up(sandbox.path());
     let daemon = Daemon::start(&sandbox, &sandbox.demo_config());
@@ -87,7 +93,7 @@ fn other_users_are_refused_by_the_filesystem() {
 }
 
 #[test]
-fn other_users_are_rejected_by_peer_credentials_and_the_listener_survives() {
+fn sec02_other_users_are_rejected_by_peer_credentials_and_the_listener_survives() {
     let sandbox = Sandbox::new();
     open_up(sandbox.path());
     let run = sandbox.path().join("run");
@@ -110,7 +116,34 @@ fn other_users_are_rejected_by_peer_credentials_and_the_listener_survives() {
 }
 
 #[test]
-fn a_second_instance_is_refused_and_the_first_keeps_serving() {
+fn sec03_allowed_groups_admit_by_primary_gid_only() {
+    let sandbox = Sandbox::new();
+    open_up(sandbox.path());
+    let run = sandbox.path().join("run");
+    std::fs::create_dir(&run).unwrap();
+    open_up(&run);
+    let config = sandbox.write_config(&json!({
+        "mcpServers": {}, "socket_mode": "0666", "allow_gids": [65534],
+    }));
+    let daemon = Daemon::start(&sandbox, &config);
+    let socket = sandbox.socket();
+    // Primary gid allowed: admitted, and answered.
+    assert_eq!(
+        probe_as(&["--reuid=65534", "--regid=65534", "--clear-groups"], &socket, 1),
+        "closed 0 answered 1"
+    );
+    // The allowed group only as a supplementary group: SO_PEERCRED reports the
+    // primary gid alone, so the peer is refused (the documented behaviour).
+    assert_eq!(
+        probe_as(&["--reuid=65534", "--regid=65533", "--groups=65534"], &socket, 1),
+        "closed 1 answered 0"
+    );
+    assert_eq!(daemon.health()["rejected_connections"], 1);
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn sec07_a_second_instance_is_refused_and_the_first_keeps_serving() {
     let sandbox = Sandbox::new();
     let config = sandbox.demo_config();
     let daemon = Daemon::start(&sandbox, &config);
@@ -136,7 +169,7 @@ fn a_second_instance_is_refused_and_the_first_keeps_serving() {
 }
 
 #[test]
-fn a_stale_socket_after_kill_9_is_recovered() {
+fn sec08_a_stale_socket_after_kill_9_is_recovered() {
     let sandbox = Sandbox::new();
     let config = sandbox.demo_config();
     let mut first = Daemon::start(&sandbox, &config);
@@ -150,7 +183,7 @@ fn a_stale_socket_after_kill_9_is_recovered() {
 }
 
 #[test]
-fn of_ten_concurrent_starts_exactly_one_runs() {
+fn sec09_of_ten_concurrent_starts_exactly_one_runs() {
     let sandbox = Sandbox::new();
     let config = sandbox.demo_config();
     let socket = sandbox.socket();
@@ -195,7 +228,7 @@ fn of_ten_concurrent_starts_exactly_one_runs() {
 }
 
 #[test]
-fn whatever_is_not_a_socket_at_the_path_is_refused_and_left_alone() {
+fn sec04_sec06_whatever_is_not_a_socket_at_the_path_is_refused_and_left_alone() {
     let sandbox = Sandbox::new();
     let config = sandbox.demo_config();
     let run = sandbox.path().join("run");
@@ -241,7 +274,7 @@ fn whatever_is_not_a_socket_at_the_path_is_refused_and_left_alone() {
 }
 
 #[test]
-fn unsafe_socket_directories_are_refused() {
+fn sec05_unsafe_socket_directories_are_refused() {
     let sandbox = Sandbox::new();
     let config = sandbox.demo_config();
     let serve = |dir: &std::path::Path| {
