@@ -19,7 +19,7 @@ use anyhow::Context;
 use mcpsock_config::Config;
 use mcpsock_gateway::{Gateway, GatewayOptions, UpstreamSpec};
 
-pub use mcpsock_transport::{PeerPolicy, SocketError, SocketGuard};
+pub use mcpsock_transport::{PeerPolicy, SocketError, SocketGuard, SystemdEnv};
 pub use server::{HealthReporter, ListenOptions, LockedSocket, Serving};
 
 /// Everything the daemon needs to run, validated by the caller.
@@ -35,6 +35,8 @@ pub struct DaemonOptions {
     pub peer_policy: PeerPolicy,
     /// Loopback TCP listener and its API key, when TCP is on.
     pub tcp: Option<(std::net::SocketAddr, mcpsock_config::Secret)>,
+    /// Socket activation and readiness notices, when run by systemd.
+    pub systemd: SystemdEnv,
 }
 
 impl DaemonOptions {
@@ -46,7 +48,7 @@ impl DaemonOptions {
         }
         peer_policy.allow_gids.extend(&config.allow_gids);
         let socket_mode = config.socket_mode;
-        Self { config, socket_path, socket_mode, peer_policy, tcp: None }
+        Self { config, socket_path, socket_mode, peer_policy, tcp: None, systemd: SystemdEnv::default() }
     }
 }
 
@@ -54,7 +56,7 @@ impl DaemonOptions {
 /// in-flight requests get the configured grace period, upstream process
 /// groups are stopped, and the socket and PID file are removed.
 pub async fn run(options: DaemonOptions, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let DaemonOptions { config, socket_path, socket_mode, peer_policy, tcp } = options;
+    let DaemonOptions { config, socket_path, socket_mode, peer_policy, tcp, systemd } = options;
     let mut listen = ListenOptions::new(socket_path);
     listen.socket_mode = socket_mode;
     listen.peer_policy = peer_policy;
@@ -63,7 +65,13 @@ pub async fn run(options: DaemonOptions, shutdown: impl Future<Output = ()>) -> 
     listen.max_connections = config.max_connections;
     listen.max_sessions_per_principal = config.max_sessions_per_principal;
     listen.header_timeout = config.header_timeout;
-    let locked = LockedSocket::acquire(listen)?;
+    let locked = match systemd.activated_listener()? {
+        Some(listener) => {
+            tracing::info!("serving the socket passed by systemd");
+            LockedSocket::activated(listener, listen)
+        }
+        None => LockedSocket::acquire(listen)?,
+    };
 
     let specs = config
         .servers
@@ -84,10 +92,19 @@ pub async fn run(options: DaemonOptions, shutdown: impl Future<Output = ()>) -> 
     let health_gateway = gateway.clone();
     let health: HealthReporter = Arc::new(move |rejected| http::gateway_health(&health_gateway, rejected));
     let session_gateway = gateway.clone();
-    let served = match locked.bind(move || session_gateway.clone(), health) {
-        Ok(serving) => serving.run_until(shutdown).await,
-        Err(error) => Err(error.into()),
+    let serving = match locked.bind(move || session_gateway.clone(), health) {
+        Ok(serving) => serving,
+        Err(error) => {
+            gateway.shutdown().await;
+            return Err(error.into());
+        }
     };
+    systemd.notify("READY=1");
+    let shutdown = async {
+        shutdown.await;
+        systemd.notify("STOPPING=1");
+    };
+    let served = serving.run_until(shutdown).await;
     // Upstreams stop before the lock is released, so a new instance never
     // overlaps with the old one's children.
     gateway.shutdown().await;

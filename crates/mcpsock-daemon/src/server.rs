@@ -63,11 +63,19 @@ impl ListenOptions {
 }
 
 /// A socket path whose directory is verified and whose instance lock is
-/// held, not yet bound.
+/// held, not yet bound; or a listening socket passed by systemd.
 #[derive(Debug)]
 pub struct LockedSocket {
-    guard: SocketGuard,
+    source: Source,
     options: ListenOptions,
+}
+
+#[derive(Debug)]
+enum Source {
+    Path(SocketGuard),
+    /// Socket activation: systemd owns the socket file and the single
+    /// instance; mcpsock neither binds nor unlinks.
+    Activated(std::os::unix::net::UnixListener),
 }
 
 impl LockedSocket {
@@ -76,7 +84,12 @@ impl LockedSocket {
     pub fn acquire(options: ListenOptions) -> Result<Self, SocketError> {
         mcpsock_config::check_socket_path(&options.socket_path).map_err(SocketError::InvalidPath)?;
         let guard = SocketGuard::acquire(&options.socket_path)?;
-        Ok(Self { guard, options })
+        Ok(Self { source: Source::Path(guard), options })
+    }
+
+    /// Serves a listening socket passed by systemd socket activation.
+    pub fn activated(listener: std::os::unix::net::UnixListener, options: ListenOptions) -> Self {
+        Self { source: Source::Activated(listener), options }
     }
 
     /// Binds and starts serving MCP at `/mcp` (a fresh handler from
@@ -90,9 +103,19 @@ impl LockedSocket {
     where
         S: ServerHandler + Send + 'static,
     {
-        let Self { guard, options } = self;
+        let Self { source, options } = self;
         raise_descriptor_limit();
-        let bound = guard.bind(options.socket_mode)?;
+        let (unix_listener, guard) = match source {
+            Source::Path(guard) => {
+                let bound = guard.bind(options.socket_mode)?;
+                (bound.listener, Some(bound.guard))
+            }
+            Source::Activated(listener) => {
+                let listener = tokio::net::UnixListener::from_std(listener)
+                    .map_err(|source| SocketError::Bind { path: options.socket_path.clone(), source })?;
+                (listener, None)
+            }
+        };
         let tcp = match &options.tcp {
             Some((address, key)) => {
                 let listener = mcpsock_transport::bind_tcp(*address)?;
@@ -118,7 +141,7 @@ impl LockedSocket {
         let force = CancellationToken::new();
         let connections = Arc::new(Connections::new(options.max_connections, options.header_timeout));
         let mut servers = vec![tokio::spawn(mcpsock_transport::serve(
-            Listener::Unix(bound.listener, options.peer_policy.clone()),
+            Listener::Unix(unix_listener, options.peer_policy.clone()),
             router.clone(),
             connections.clone(),
             stats.clone(),
@@ -138,16 +161,7 @@ impl LockedSocket {
             )));
         }
         tracing::info!(socket = %options.socket_path.display(), "mcpsock is serving");
-        Ok(Serving {
-            guard: bound.guard,
-            options,
-            servers,
-            tcp_address,
-            stop,
-            force,
-            streams_token,
-            in_flight,
-        })
+        Ok(Serving { guard, options, servers, tcp_address, stop, force, streams_token, in_flight })
     }
 }
 
@@ -168,7 +182,7 @@ fn raise_descriptor_limit() {
 /// A socket being served.
 #[derive(Debug)]
 pub struct Serving {
-    guard: SocketGuard,
+    guard: Option<SocketGuard>,
     options: ListenOptions,
     servers: Vec<tokio::task::JoinHandle<()>>,
     tcp_address: Option<std::net::SocketAddr>,
@@ -186,9 +200,10 @@ impl Serving {
 
     /// Serves until `shutdown` resolves. Then it stops accepting, lets
     /// in-flight requests finish within the grace period, ends open streams
-    /// and closes connections. The returned guard still holds the lock;
-    /// dropping it removes the socket and PID file.
-    pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<SocketGuard> {
+    /// and closes connections. The returned guard (none for an activated
+    /// socket) still holds the lock; dropping it removes the socket and PID
+    /// file.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<Option<SocketGuard>> {
         let Self { guard, options, servers, stop, force, streams_token, in_flight, .. } = self;
         shutdown.await;
         tracing::info!("shutting down");

@@ -10,7 +10,9 @@
 mod error;
 mod serve;
 mod socket;
+mod systemd;
 
 pub use error::SocketError;
 pub use serve::{Connections, Listener, ListenerStats, Peer, PeerPolicy, serve};
 pub use socket::{BoundSocket, SocketGuard, bind_tcp};
+pub use systemd::SystemdEnv;

@@ -121,6 +121,7 @@ async fn run_serve(flags: ServeFlags) -> Result<ExitCode, Failure> {
     let shutdown = mcpsock_daemon::shutdown_signal().await.map_err(Failure::internal)?;
     let mut options = mcpsock_daemon::DaemonOptions::new(config, socket_path);
     options.tcp = tcp;
+    options.systemd = mcpsock_daemon::SystemdEnv::from_process();
     mcpsock_daemon::run(options, shutdown).await.map_err(Failure::daemon)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -310,3 +310,101 @@ fn sec05_unsafe_socket_directories_are_refused() {
     assert!(stderr(&output).contains("is a symbolic link; refusing to use it"), "{}", stderr(&output));
     assert!(std::fs::read_dir(&real).unwrap().next().is_none(), "nothing was created through the link");
 }
+
+/// Binds and listens on `argv[1]`, puts the listener on fd 3 and execs the
+/// rest of the argument list as systemd would: with `LISTEN_FDS=1` and
+/// `LISTEN_PID` naming the new program (`ours`) or another process.
+const ACTIVATE: &str = r#"
+import os, socket, sys
+path, pid_mode, program = sys.argv[1], sys.argv[2], sys.argv[3:]
+listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+listener.bind(path)
+listener.listen(16)
+if listener.fileno() != 3:
+    os.dup2(listener.fileno(), 3)
+os.set_inheritable(3, True)
+env = dict(os.environ, LISTEN_FDS="1", LISTEN_PID=str(os.getpid()) if pid_mode == "ours" else "1")
+os.execve(program[0], program, env)
+"#;
+
+/// Starts the daemon under [`ACTIVATE`] with the socket `activated`, and
+/// `--socket serve_socket`.
+fn activated_daemon(
+    sandbox: &Sandbox,
+    pid_mode: &'static str,
+    notify: Option<&std::path::Path>,
+    activated: &std::path::Path,
+    serve_socket: &std::path::Path,
+) -> Daemon {
+    let config = sandbox.demo_config();
+    std::fs::create_dir_all(activated.parent().unwrap()).unwrap();
+    Daemon::start_with(sandbox, &config, serve_socket, |command| {
+        let program = command.get_program().to_owned();
+        let args: Vec<_> = command.get_args().map(ToOwned::to_owned).collect();
+        let mut wrapped = Command::new("/usr/bin/python3");
+        wrapped.arg("-c").arg(ACTIVATE).arg(activated).arg(pid_mode).arg(program).args(args);
+        sandbox.isolate(&mut wrapped);
+        if let Some(notify) = notify {
+            wrapped.env("NOTIFY_SOCKET", notify);
+        }
+        let log = std::fs::File::create(sandbox.path().join("activated.log")).unwrap();
+        wrapped.stdout(Stdio::null()).stderr(log);
+        *command = wrapped;
+    })
+}
+
+#[test]
+fn sec13_socket_activation_serves_the_passed_socket_and_notifies() {
+    let sandbox = Sandbox::new();
+    let notify_path = sandbox.path().join("notify");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let socket = sandbox.socket();
+    let daemon = activated_daemon(&sandbox, "ours", Some(&notify_path), &socket, &socket);
+    let inode = std::fs::metadata(&socket).unwrap().ino();
+    let mut message = [0u8; 64];
+    let length = notify.recv(&mut message).unwrap();
+    assert_eq!(&message[..length], b"READY=1");
+    assert_eq!(daemon.health()["status"], "ok");
+    assert!(
+        !socket.with_file_name("mcpsock.sock.pid").exists(),
+        "systemd owns the socket; no lock file of ours"
+    );
+
+    // The upstream inherited neither the passed socket nor the variables.
+    let upstream = daemon.health()["upstreams"][0]["pid"].as_u64().unwrap();
+    let environ = std::fs::read(format!("/proc/{upstream}/environ")).unwrap();
+    let environ = String::from_utf8_lossy(&environ);
+    for variable in ["LISTEN_FDS", "LISTEN_PID", "NOTIFY_SOCKET"] {
+        assert!(!environ.contains(variable), "{variable} reached the upstream");
+    }
+    let passed = std::fs::read_link(format!("/proc/{}/fd/3", daemon.pid())).unwrap();
+    assert!(passed.to_string_lossy().starts_with("socket:"), "the daemon serves fd 3: {passed:?}");
+    let upstream_fds: Vec<_> = std::fs::read_dir(format!("/proc/{upstream}/fd"))
+        .unwrap()
+        .filter_map(|entry| std::fs::read_link(entry.unwrap().path()).ok())
+        .collect();
+    assert!(!upstream_fds.contains(&passed), "the upstream inherited the passed socket: {upstream_fds:?}");
+
+    assert!(daemon.stop().success());
+    let length = notify.recv(&mut message).unwrap();
+    assert_eq!(&message[..length], b"STOPPING=1");
+    assert_eq!(
+        std::fs::metadata(&socket).unwrap().ino(),
+        inode,
+        "the passed socket was neither unlinked nor rebound"
+    );
+}
+
+#[test]
+fn sec13_descriptors_meant_for_another_process_are_ignored() {
+    let sandbox = Sandbox::new();
+    let activated = sandbox.path().join("run").join("activated.sock");
+    let daemon = activated_daemon(&sandbox, "other", None, &activated, &sandbox.socket());
+    // It left fd 3 alone and bound its own socket.
+    assert_eq!(daemon.health()["status"], "ok");
+    assert_eq!(mode(&sandbox.socket()), 0o600);
+    assert!(daemon.stop().success());
+    let log = std::fs::read_to_string(sandbox.path().join("activated.log")).unwrap();
+    assert!(log.contains("ignoring LISTEN_FDS: LISTEN_PID names another process"), "{log}");
+}
