@@ -44,6 +44,8 @@ pub struct Health {
 pub enum UpstreamState {
     Starting,
     Running,
+    /// Its process ended; it is being restarted with backoff.
+    Restarting,
     Failed,
     Stopped,
 }
@@ -59,6 +61,10 @@ pub struct UpstreamHealth {
     pub tools: usize,
     /// Why the upstream is not running, when it is not.
     pub error: Option<String>,
+    /// Restarts after its process ended.
+    pub restarts: u32,
+    /// Lines on its stdout that were not valid JSON-RPC, dropped.
+    pub dropped_messages: u64,
 }
 
 #[cfg(test)]
@@ -76,13 +82,15 @@ mod tests {
                 pid: None,
                 tools: 0,
                 error: Some("command not found".into()),
+                restarts: 0,
+                dropped_messages: 3,
             }],
             rejected_connections: 2,
         };
         let json = serde_json::to_string(&health).unwrap();
         assert_eq!(
             json,
-            r#"{"status":"degraded","admin_protocol":1,"upstreams":[{"name":"time","state":"failed","pid":null,"tools":0,"error":"command not found"}],"rejected_connections":2}"#
+            r#"{"status":"degraded","admin_protocol":1,"upstreams":[{"name":"time","state":"failed","pid":null,"tools":0,"error":"command not found","restarts":0,"dropped_messages":3}],"rejected_connections":2}"#
         );
         let back: Health = serde_json::from_str(&json).unwrap();
         assert_eq!(back, health);

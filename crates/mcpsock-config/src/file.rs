@@ -81,6 +81,7 @@ pub(crate) const DEFAULT_TOOL_SEPARATOR: &str = "__";
 const DEFAULT_SOCKET_MODE: u32 = 0o600;
 const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
 const DEFAULT_MAX_SESSIONS_PER_PRINCIPAL: usize = 1000;
 const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 const DEFAULT_INIT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -119,6 +120,8 @@ pub struct Config {
     pub max_sessions_per_principal: usize,
     /// How long a client may take to send a request head (`header_timeout`).
     pub header_timeout: Duration,
+    /// How long an upstream may take to answer one request (`request_timeout`).
+    pub request_timeout: Duration,
 }
 
 impl Default for Config {
@@ -139,6 +142,7 @@ impl Default for Config {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_sessions_per_principal: DEFAULT_MAX_SESSIONS_PER_PRINCIPAL,
             header_timeout: DEFAULT_HEADER_TIMEOUT,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
         }
     }
 }
@@ -188,6 +192,8 @@ struct RawConfig {
     max_sessions_per_principal: Option<usize>,
     #[serde(default, deserialize_with = "duration")]
     header_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "duration")]
+    request_timeout: Option<Duration>,
 }
 
 #[derive(Deserialize)]
@@ -361,6 +367,7 @@ impl Config {
             )?
             .unwrap_or(defaults.max_sessions_per_principal),
             header_timeout: raw.header_timeout.unwrap_or(defaults.header_timeout),
+            request_timeout: raw.request_timeout.unwrap_or(defaults.request_timeout),
         })
     }
 }

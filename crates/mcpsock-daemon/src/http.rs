@@ -88,12 +88,15 @@ pub(crate) fn gateway_health(gateway: &Gateway, rejected_connections: u64) -> He
             name: report.name,
             state: match report.state {
                 UpstreamState::Running => mcpsock_api::UpstreamState::Running,
+                UpstreamState::Restarting => mcpsock_api::UpstreamState::Restarting,
                 UpstreamState::Failed => mcpsock_api::UpstreamState::Failed,
                 UpstreamState::Stopped => mcpsock_api::UpstreamState::Stopped,
             },
             pid: report.pid,
             tools: report.tools,
             error: report.error,
+            restarts: report.restarts,
+            dropped_messages: report.dropped_messages,
         })
         .collect();
     let all_running = upstreams.iter().all(|upstream| upstream.state == mcpsock_api::UpstreamState::Running);

@@ -86,7 +86,8 @@ pub async fn run(options: DaemonOptions, shutdown: impl Future<Output = ()>) -> 
     let gateway_options = GatewayOptions::default()
         .separator(config.tool_separator.clone())
         .init_timeout(config.init_timeout)
-        .stop_grace(config.shutdown_grace);
+        .stop_grace(config.shutdown_grace)
+        .request_timeout(config.request_timeout);
     let gateway = Gateway::start(specs, gateway_options).await;
 
     let health_gateway = gateway.clone();

@@ -17,7 +17,7 @@ use rmcp::model::{
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData, Peer, RoleClient, RoleServer, ServerHandler, ServiceError};
 
-use crate::upstream::{Upstream, read};
+use crate::upstream::{Timing, Upstream, read};
 use crate::{UpstreamReport, UpstreamSpec};
 
 /// Settings of the gateway.
@@ -30,6 +30,9 @@ pub struct GatewayOptions {
     pub init_timeout: Duration,
     /// How long a stopping upstream gets before its process group is killed.
     pub stop_grace: Duration,
+    /// How long an upstream may take to answer a request; then the client
+    /// gets an error and the upstream a `notifications/cancelled`.
+    pub request_timeout: Duration,
 }
 
 impl Default for GatewayOptions {
@@ -38,6 +41,7 @@ impl Default for GatewayOptions {
             separator: "__".into(),
             init_timeout: Duration::from_secs(60),
             stop_grace: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(300),
         }
     }
 }
@@ -57,6 +61,11 @@ impl GatewayOptions {
         self.stop_grace = stop_grace;
         self
     }
+
+    pub fn request_timeout(mut self, request_timeout: Duration) -> Self {
+        self.request_timeout = request_timeout;
+        self
+    }
 }
 
 /// The shared gateway. Cloning is cheap; every downstream session gets a
@@ -69,7 +78,7 @@ pub struct Gateway {
 #[derive(Debug)]
 struct Inner {
     /// Sorted by name, which makes every listing deterministic.
-    upstreams: Vec<Upstream>,
+    upstreams: Vec<Arc<Upstream>>,
     options: GatewayOptions,
 }
 
@@ -78,26 +87,28 @@ impl Gateway {
     /// or failed. A failed upstream is reported, never fatal.
     pub async fn start(mut specs: Vec<UpstreamSpec>, options: GatewayOptions) -> Self {
         specs.sort_by(|a, b| a.name.cmp(&b.name));
-        let upstreams = futures::future::join_all(
-            specs.iter().map(|spec| Upstream::start(spec, options.init_timeout, options.stop_grace)),
-        )
+        let upstreams = futures::future::join_all(specs.iter().map(|spec| {
+            Upstream::start(
+                spec,
+                Timing { init_timeout: options.init_timeout, stop_grace: options.stop_grace },
+            )
+        }))
         .await;
         Self { inner: Arc::new(Inner { upstreams, options }) }
     }
 
     /// The state of every upstream, in name order.
     pub fn report(&self) -> Vec<UpstreamReport> {
-        self.inner.upstreams.iter().map(Upstream::report).collect()
+        self.inner.upstreams.iter().map(|upstream| upstream.report()).collect()
     }
 
     /// Stops every upstream (their whole process groups).
     pub async fn shutdown(&self) {
-        let grace = self.inner.options.stop_grace;
-        futures::future::join_all(self.inner.upstreams.iter().map(|upstream| upstream.stop(grace))).await;
+        futures::future::join_all(self.inner.upstreams.iter().map(|upstream| upstream.stop())).await;
     }
 
     fn upstream(&self, name: &str) -> Option<&Upstream> {
-        self.inner.upstreams.iter().find(|upstream| upstream.name == name)
+        self.inner.upstreams.iter().find(|upstream| upstream.name == name).map(|upstream| &**upstream)
     }
 
     /// Splits `server__tool` into the upstream and the upstream's own name.
@@ -131,7 +142,7 @@ impl Gateway {
             self.inner.upstreams.iter().find(|upstream| {
                 read(&upstream.catalog).resources.iter().any(|resource| resource.uri == uri)
             });
-        listed.or_else(|| {
+        listed.map(|upstream| &**upstream).or_else(|| {
             // A URI made from a template: the upstream whose template shares
             // the longest literal prefix with it.
             self.inner
@@ -149,7 +160,7 @@ impl Gateway {
                         .map(|length| (length, upstream))
                 })
                 .max_by_key(|(length, _)| *length)
-                .map(|(_, upstream)| upstream)
+                .map(|(_, upstream)| &**upstream)
         })
     }
 }
@@ -174,16 +185,27 @@ fn upstream_error(upstream: &Upstream, error: ServiceError) -> ErrorData {
     }
 }
 
-/// Runs an upstream request, dropping it (which sends
-/// `notifications/cancelled` upstream) when the downstream request is
-/// cancelled.
+/// Runs an upstream request within the request timeout. Dropping the
+/// request (on timeout, or when the downstream request is cancelled) sends
+/// `notifications/cancelled` upstream.
 async fn forward<T>(
     upstream: &Upstream,
+    timeout: Duration,
     context: &RequestContext<RoleServer>,
     request: impl Future<Output = Result<T, ServiceError>>,
 ) -> Result<T, ErrorData> {
     tokio::select! {
-        result = request => result.map_err(|error| upstream_error(upstream, error)),
+        result = tokio::time::timeout(timeout, request) => match result {
+            Ok(result) => result.map_err(|error| upstream_error(upstream, error)),
+            Err(_) => Err(ErrorData::internal_error(
+                format!(
+                    "upstream {} did not answer within {}s; the request was cancelled (raise request_timeout for slow tools)",
+                    upstream.name,
+                    timeout.as_secs_f64()
+                ),
+                None,
+            )),
+        },
         () = context.ct.cancelled() => Err(ErrorData::internal_error("the request was cancelled", None)),
     }
 }
@@ -235,7 +257,13 @@ impl ServerHandler for Gateway {
         upstream_request.arguments = request.arguments;
         upstream_request.input_responses = request.input_responses;
         upstream_request.request_state = request.request_state;
-        let mut response = forward(upstream, &context, peer.call_tool_once(upstream_request)).await?;
+        let mut response = forward(
+            upstream,
+            self.inner.options.request_timeout,
+            &context,
+            peer.call_tool_once(upstream_request),
+        )
+        .await?;
         // The upstream session may be of an older era, whose results carry
         // no resultType; 2026-07-28 clients require it (rmcp strips it again
         // for older clients).
@@ -287,7 +315,13 @@ impl ServerHandler for Gateway {
         let mut upstream_request = ReadResourceRequestParams::new(request.uri);
         upstream_request.input_responses = request.input_responses;
         upstream_request.request_state = request.request_state;
-        let mut response = forward(upstream, &context, peer.read_resource_once(upstream_request)).await?;
+        let mut response = forward(
+            upstream,
+            self.inner.options.request_timeout,
+            &context,
+            peer.read_resource_once(upstream_request),
+        )
+        .await?;
         // The upstream session may be of an older era, whose results carry
         // no resultType; 2026-07-28 clients require it (rmcp strips it again
         // for older clients).
@@ -327,7 +361,13 @@ impl ServerHandler for Gateway {
         upstream_request.arguments = request.arguments;
         upstream_request.input_responses = request.input_responses;
         upstream_request.request_state = request.request_state;
-        let mut response = forward(upstream, &context, peer.get_prompt_once(upstream_request)).await?;
+        let mut response = forward(
+            upstream,
+            self.inner.options.request_timeout,
+            &context,
+            peer.get_prompt_once(upstream_request),
+        )
+        .await?;
         // The upstream session may be of an older era, whose results carry
         // no resultType; 2026-07-28 clients require it (rmcp strips it again
         // for older clients).

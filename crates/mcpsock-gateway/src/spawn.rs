@@ -10,7 +10,10 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use rustix::process::{Pid, Signal};
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command};
 use tokio::sync::watch;
 
@@ -43,6 +46,8 @@ const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
 /// Longest stderr line logged in full; the rest of a longer line is cut.
 const MAX_STDERR_LINE: usize = 4096;
+/// Longest stdout line (one JSON-RPC message) passed on from a child.
+const MAX_STDOUT_LINE: usize = 8 * 1024 * 1024;
 
 /// A running child with its pipes, before they are handed to the MCP client.
 pub(crate) struct StdioChild {
@@ -156,21 +161,94 @@ pub(crate) fn kill_group_now(pid: u32) {
     }
 }
 
+/// Stderr lines logged per second at most; the rest are counted and
+/// summarised, so a chatty or hostile child cannot flood the log.
+const STDERR_LINES_PER_SECOND: u32 = 50;
+
 async fn drain_stderr(name: String, stderr: ChildStderr) {
     let mut reader = BufReader::new(stderr);
     let mut line = Vec::new();
-    while read_bounded_line(&mut reader, &mut line).await {
-        if !line.is_empty() {
-            // escape_debug turns ESC, CR, NUL and friends into visible escapes.
-            let text = String::from_utf8_lossy(&line);
-            tracing::info!(upstream = %name, "stderr: {}", text.escape_debug());
+    let mut window = tokio::time::Instant::now();
+    let (mut logged, mut suppressed) = (0u32, 0u64);
+    while read_bounded_line(&mut reader, &mut line, MAX_STDERR_LINE).await {
+        if line.is_empty() {
+            continue;
+        }
+        if window.elapsed() >= Duration::from_secs(1) {
+            if suppressed > 0 {
+                tracing::warn!(upstream = %name, suppressed, "stderr lines not logged (more than {STDERR_LINES_PER_SECOND} a second)");
+            }
+            window = tokio::time::Instant::now();
+            (logged, suppressed) = (0, 0);
+        }
+        if logged >= STDERR_LINES_PER_SECOND {
+            if suppressed == 0 {
+                tracing::warn!(upstream = %name, "stderr lines beyond {STDERR_LINES_PER_SECOND} a second are not logged");
+            }
+            suppressed += 1;
+            continue;
+        }
+        logged += 1;
+        // escape_debug turns ESC, CR, NUL and friends into visible escapes.
+        let text = String::from_utf8_lossy(&line);
+        tracing::info!(upstream = %name, "stderr: {}", text.escape_debug());
+    }
+    if suppressed > 0 {
+        tracing::warn!(upstream = %name, suppressed, "stderr lines not logged (more than {STDERR_LINES_PER_SECOND} a second)");
+    }
+}
+
+/// Copies the child's stdout to `output` line by line, passing on only lines
+/// that are one JSON-RPC 2.0 message. Anything else (text, other JSON,
+/// batches, lines over `MAX_STDOUT_LINE`) is dropped, counted and logged
+/// without its content, so no raw upstream bytes reach a client.
+pub(crate) async fn filter_stdout(
+    name: String,
+    stdout: ChildStdout,
+    mut output: impl AsyncWrite + Unpin,
+    dropped: Arc<AtomicU64>,
+) {
+    let mut reader = BufReader::new(stdout);
+    let mut line = Vec::new();
+    while read_bounded_line(&mut reader, &mut line, MAX_STDOUT_LINE + 1).await {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        if line.len() > MAX_STDOUT_LINE || !is_json_rpc(&line) {
+            let count = dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            if count <= 10 || count.is_power_of_two() {
+                tracing::warn!(upstream = %name, bytes = line.len(), dropped = count, "dropped a stdout line that is not a JSON-RPC message");
+            }
+            continue;
+        }
+        line.push(b'\n');
+        if output.write_all(&line).await.is_err() {
+            return;
         }
     }
 }
 
-/// Reads one line into `line` (without its newline), keeping at most
-/// [`MAX_STDERR_LINE`] bytes of it. Returns false at end of input.
-async fn read_bounded_line<R: AsyncRead + Unpin>(reader: &mut BufReader<R>, line: &mut Vec<u8>) -> bool {
+/// One JSON-RPC 2.0 request, notification or response.
+fn is_json_rpc(line: &[u8]) -> bool {
+    let Ok(serde_json::Value::Object(message)) = serde_json::from_slice::<serde_json::Value>(line) else {
+        return false;
+    };
+    if message.get("jsonrpc").and_then(|version| version.as_str()) != Some("2.0") {
+        return false;
+    }
+    if message.contains_key("method") {
+        return message.get("method").is_some_and(serde_json::Value::is_string);
+    }
+    message.contains_key("id") && (message.contains_key("result") != message.contains_key("error"))
+}
+
+/// Reads one line into `line` (without its newline), keeping at most `max`
+/// bytes of it. Returns false at end of input.
+async fn read_bounded_line<R: AsyncRead + Unpin>(
+    reader: &mut BufReader<R>,
+    line: &mut Vec<u8>,
+    max: usize,
+) -> bool {
     line.clear();
     let mut saw_any = false;
     loop {
@@ -183,7 +261,7 @@ async fn read_bounded_line<R: AsyncRead + Unpin>(reader: &mut BufReader<R>, line
             Some(index) => (&buffer[..index], index + 1, true),
             None => (buffer, buffer.len(), false),
         };
-        let room = MAX_STDERR_LINE.saturating_sub(line.len());
+        let room = max.saturating_sub(line.len());
         line.extend_from_slice(&chunk[..chunk.len().min(room)]);
         reader.consume(consumed);
         if complete {
@@ -203,9 +281,26 @@ mod tests {
         let mut reader = BufReader::new(input.as_bytes());
         let mut line = Vec::new();
         let mut lines = Vec::new();
-        while read_bounded_line(&mut reader, &mut line).await {
+        while read_bounded_line(&mut reader, &mut line, MAX_STDERR_LINE).await {
             lines.push(line.len());
         }
         assert_eq!(lines, [3, MAX_STDERR_LINE, 4]);
+    }
+
+    #[test]
+    fn only_json_rpc_messages_pass() {
+        let check = |line: &str, expected: bool| assert_eq!(is_json_rpc(line.as_bytes()), expected, "{line}");
+        check(r#"{"jsonrpc":"2.0","id":1,"result":{}}"#, true);
+        check(r#"{"jsonrpc":"2.0","id":"a","error":{"code":1,"message":"x"}}"#, true);
+        check(r#"{"jsonrpc":"2.0","method":"notifications/progress","params":{}}"#, true);
+        check(r#"{"jsonrpc":"2.0","id":2,"method":"roots/list"}"#, true);
+        check(r#"{"jsonrpc":"1.0","id":1,"result":{}}"#, false);
+        check(r#"{"id":1,"result":{}}"#, false);
+        check(r#"{"jsonrpc":"2.0","id":1}"#, false);
+        check(r#"{"jsonrpc":"2.0","id":1,"result":{},"error":{}}"#, false);
+        check(r#"{"jsonrpc":"2.0","method":5}"#, false);
+        check(r#"[{"jsonrpc":"2.0","id":1,"result":{}}]"#, false);
+        check("hello", false);
+        check("", false);
     }
 }

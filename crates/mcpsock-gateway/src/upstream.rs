@@ -1,10 +1,12 @@
 //! One upstream MCP server: its process, its MCP client session, and the
 //! catalog of what it offers.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rmcp::model::{
     ClientCapabilities, ClientConfig, Implementation, Prompt, Resource, ResourceTemplate, Tool,
@@ -13,11 +15,14 @@ use rmcp::service::{NotificationContext, RunningService};
 use rmcp::transport::async_rw::AsyncRwTransport;
 use rmcp::{ClientHandler, Peer, RoleClient, ServiceExt};
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
-use crate::spawn::{kill_group_now, spawn_stdio, stop_group};
+use crate::spawn::{filter_stdout, kill_group_now, spawn_stdio, stop_group};
 
 /// Longest JSON-RPC line accepted from an upstream's stdout.
 const MAX_UPSTREAM_LINE: usize = 8 * 1024 * 1024;
+/// Buffer between the stdout filter and rmcp.
+const FILTER_BUFFER: usize = 64 * 1024;
 /// How long a stopping upstream gets to exit on its own after its stdin closes.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -71,6 +76,8 @@ impl fmt::Debug for UpstreamSpec {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum UpstreamState {
     Running,
+    /// Its process ended; it is being restarted.
+    Restarting,
     Failed,
     Stopped,
 }
@@ -83,6 +90,10 @@ pub struct UpstreamReport {
     pub pid: Option<u32>,
     pub tools: usize,
     pub error: Option<String>,
+    /// Restarts after its process ended.
+    pub restarts: u32,
+    /// Lines on its stdout that were not valid JSON-RPC, dropped.
+    pub dropped_messages: u64,
 }
 
 /// Everything an upstream offers, refreshed when it says its lists changed.
@@ -138,11 +149,43 @@ impl ClientHandler for UpstreamClient {
     }
 }
 
-/// A started (or failed) upstream.
+/// How long starts and stops of an upstream may take.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Timing {
+    pub(crate) init_timeout: Duration,
+    pub(crate) stop_grace: Duration,
+}
+
+/// Restarts allowed within [`CRASH_WINDOW`] before the upstream is left
+/// failed (a crash loop).
+const MAX_RESTARTS_PER_WINDOW: usize = 5;
+const CRASH_WINDOW: Duration = Duration::from_secs(60);
+const FIRST_RESTART_DELAY: Duration = Duration::from_millis(500);
+const LONGEST_RESTART_DELAY: Duration = Duration::from_secs(30);
+
+/// The delay before the next restart, given how many restarts happened in
+/// the last [`CRASH_WINDOW`]; `None` when that is a crash loop.
+pub(crate) fn restart_delay(recent_restarts: usize) -> Option<Duration> {
+    if recent_restarts >= MAX_RESTARTS_PER_WINDOW {
+        return None;
+    }
+    let factor = 1u32 << recent_restarts.min(16);
+    Some(FIRST_RESTART_DELAY.saturating_mul(factor).min(LONGEST_RESTART_DELAY))
+}
+
+/// A started (or failed) upstream, and the task that restarts it when its
+/// process ends.
 pub(crate) struct Upstream {
     pub(crate) name: String,
+    spec: UpstreamSpec,
+    timing: Timing,
     pub(crate) catalog: Arc<RwLock<Catalog>>,
     connection: Mutex<Connection>,
+    restarts: AtomicU32,
+    /// Lines from the upstream's stdout that were not valid JSON-RPC.
+    dropped_messages: Arc<AtomicU64>,
+    /// Cancelled when the upstream is stopped: ends its supervisor.
+    stopping: CancellationToken,
 }
 
 enum Connection {
@@ -150,6 +193,9 @@ enum Connection {
         service: RunningService<RoleClient, UpstreamClient>,
         pid: u32,
         exited: watch::Receiver<Option<String>>,
+    },
+    Restarting {
+        error: String,
     },
     Failed {
         error: String,
@@ -166,10 +212,12 @@ impl fmt::Debug for Upstream {
 impl Upstream {
     /// Starts the process, completes the MCP handshake within
     /// `init_timeout`, and reads the catalog. Never fails: a failure is
-    /// recorded in the upstream's state, where health reports show it.
-    pub(crate) async fn start(spec: &UpstreamSpec, init_timeout: Duration, stop_grace: Duration) -> Self {
+    /// recorded in the upstream's state, where health reports show it. A
+    /// started upstream whose process later ends is restarted with backoff.
+    pub(crate) async fn start(spec: &UpstreamSpec, timing: Timing) -> Arc<Self> {
         let catalog = Arc::new(RwLock::new(Catalog::default()));
-        let connection = match connect(spec, &catalog, init_timeout, stop_grace).await {
+        let dropped_messages = Arc::new(AtomicU64::new(0));
+        let connection = match connect(spec, &catalog, &dropped_messages, timing).await {
             Ok(connection) => {
                 tracing::info!(upstream = %spec.name, tools = read(&catalog).tools.len(), "upstream started");
                 connection
@@ -179,23 +227,106 @@ impl Upstream {
                 Connection::Failed { error }
             }
         };
-        Self { name: spec.name.clone(), catalog, connection: Mutex::new(connection) }
+        let running = matches!(connection, Connection::Running { .. });
+        let upstream = Arc::new(Self {
+            name: spec.name.clone(),
+            spec: spec.clone(),
+            timing,
+            catalog,
+            connection: Mutex::new(connection),
+            restarts: AtomicU32::new(0),
+            dropped_messages,
+            stopping: CancellationToken::new(),
+        });
+        if running {
+            tokio::spawn(upstream.clone().supervise());
+        }
+        upstream
+    }
+
+    /// Watches the process; when it ends, restarts it after a growing delay,
+    /// until it crashes too often within a minute.
+    async fn supervise(self: Arc<Self>) {
+        let mut recent: VecDeque<Instant> = VecDeque::new();
+        loop {
+            let mut exited = match &*lock(&self.connection) {
+                Connection::Running { exited, .. } => exited.clone(),
+                _ => return,
+            };
+            tokio::select! {
+                _ = exited.wait_for(Option::is_some) => {}
+                () = self.stopping.cancelled() => return,
+            }
+            let how = exited.borrow().clone().unwrap_or_default();
+            self.set_ended(format!("the process ended ({how})"));
+            loop {
+                recent.retain(|at| at.elapsed() < CRASH_WINDOW);
+                let Some(delay) = restart_delay(recent.len()) else {
+                    let error = format!(
+                        "it ended {} times within {}s, so it is not restarted again; fix it, then restart mcpsock",
+                        recent.len() + 1,
+                        CRASH_WINDOW.as_secs()
+                    );
+                    tracing::error!(upstream = %self.name, "{error}");
+                    self.set_state(Connection::Failed { error });
+                    return;
+                };
+                tracing::warn!(upstream = %self.name, delay_ms = delay.as_millis() as u64, "restarting the upstream");
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = self.stopping.cancelled() => return,
+                }
+                recent.push_back(Instant::now());
+                match connect(&self.spec, &self.catalog, &self.dropped_messages, self.timing).await {
+                    Ok(connection) => {
+                        self.restarts.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(upstream = %self.name, "upstream restarted");
+                        if !self.set_state(connection) {
+                            return;
+                        }
+                        break;
+                    }
+                    Err(error) => {
+                        tracing::warn!(upstream = %self.name, "restart failed: {error}");
+                        self.set_state(Connection::Restarting { error });
+                    }
+                }
+            }
+        }
+    }
+
+    /// Replaces the connection unless the upstream was stopped meanwhile
+    /// (then a new process is stopped at once). Returns whether it did.
+    fn set_state(&self, new: Connection) -> bool {
+        let mut connection = lock(&self.connection);
+        if matches!(*connection, Connection::Stopped) || self.stopping.is_cancelled() {
+            if let Connection::Running { pid, .. } = new {
+                kill_group_now(pid);
+            }
+            return false;
+        }
+        *connection = new;
+        true
+    }
+
+    /// The process ended: take down whatever it left in its group.
+    fn set_ended(&self, error: String) {
+        if let Connection::Running { pid, .. } = &*lock(&self.connection) {
+            kill_group_now(*pid);
+        }
+        self.set_state(Connection::Restarting { error });
     }
 
     /// The MCP peer, while the upstream runs.
     pub(crate) fn peer(&self) -> Result<Peer<RoleClient>, String> {
-        let mut connection = lock(&self.connection);
-        let ended = match &*connection {
-            Connection::Running { pid, exited, .. } => exited.borrow().clone().map(|how| (*pid, how)),
-            _ => None,
-        };
-        if let Some((pid, how)) = ended {
-            // The leader is gone; take down whatever it left in its group.
-            kill_group_now(pid);
-            *connection = Connection::Failed { error: format!("the process ended ({how})") };
-        }
-        match &*connection {
+        match &*lock(&self.connection) {
+            Connection::Running { exited, .. } if exited.borrow().is_some() => {
+                Err(format!("upstream {} ended and is being restarted", self.name))
+            }
             Connection::Running { service, .. } => Ok(service.peer().clone()),
+            Connection::Restarting { error } => {
+                Err(format!("upstream {} is restarting after a failure: {error}", self.name))
+            }
             Connection::Failed { error } => Err(format!("upstream {} is not running: {error}", self.name)),
             Connection::Stopped => Err(format!("upstream {} was stopped", self.name)),
         }
@@ -203,21 +334,31 @@ impl Upstream {
 
     pub(crate) fn report(&self) -> UpstreamReport {
         let error = self.peer().err();
-        let connection = lock(&self.connection);
-        let (state, pid) = match &*connection {
+        let (state, pid) = match &*lock(&self.connection) {
             Connection::Running { pid, .. } => (UpstreamState::Running, Some(*pid)),
+            Connection::Restarting { .. } => (UpstreamState::Restarting, None),
             Connection::Failed { .. } => (UpstreamState::Failed, None),
             Connection::Stopped => (UpstreamState::Stopped, None),
         };
-        UpstreamReport { name: self.name.clone(), state, pid, tools: read(&self.catalog).tools.len(), error }
+        UpstreamReport {
+            name: self.name.clone(),
+            state,
+            pid,
+            tools: read(&self.catalog).tools.len(),
+            error,
+            restarts: self.restarts.load(Ordering::Relaxed),
+            dropped_messages: self.dropped_messages.load(Ordering::Relaxed),
+        }
     }
 
     /// Closes the MCP session and stops the process group.
-    pub(crate) async fn stop(&self, grace: Duration) {
+    pub(crate) async fn stop(&self) {
+        self.stopping.cancel();
         let connection = std::mem::replace(&mut *lock(&self.connection), Connection::Stopped);
         if let Connection::Running { mut service, pid, mut exited } = connection {
             // Closing stdin is the polite stop for a stdio server; the
             // group signals below follow for one that does not listen.
+            let grace = self.timing.stop_grace;
             let polite = CLOSE_TIMEOUT.min(grace);
             let _ = service.close_with_timeout(polite).await;
             let _ = tokio::time::timeout(polite, exited.wait_for(Option::is_some)).await;
@@ -229,9 +370,10 @@ impl Upstream {
 async fn connect(
     spec: &UpstreamSpec,
     catalog: &Arc<RwLock<Catalog>>,
-    init_timeout: Duration,
-    stop_grace: Duration,
+    dropped_messages: &Arc<AtomicU64>,
+    timing: Timing,
 ) -> Result<Connection, String> {
+    let Timing { init_timeout, stop_grace } = timing;
     let child = spawn_stdio(spec).map_err(|error| match error.kind() {
         std::io::ErrorKind::NotFound => format!(
             "command not found: {} (install it, or give its absolute path in the config)",
@@ -245,7 +387,11 @@ async fn connect(
     let pid = child.pid;
     let mut exited = child.exited;
     let client = UpstreamClient { name: spec.name.clone(), catalog: catalog.clone() };
-    let transport = AsyncRwTransport::new(child.stdout, child.stdin).with_max_line_length(MAX_UPSTREAM_LINE);
+    // Only valid JSON-RPC reaches rmcp; everything else the child prints on
+    // stdout is dropped and counted.
+    let (filtered, filter_output) = tokio::io::duplex(FILTER_BUFFER);
+    tokio::spawn(filter_stdout(spec.name.clone(), child.stdout, filter_output, dropped_messages.clone()));
+    let transport = AsyncRwTransport::new(filtered, child.stdin).with_max_line_length(MAX_UPSTREAM_LINE);
     let handshake = tokio::select! {
         result = tokio::time::timeout(init_timeout, client.serve(transport)) => result,
         how = exited.wait_for(Option::is_some) => {
@@ -310,4 +456,26 @@ pub(crate) fn read(lock: &RwLock<Catalog>) -> std::sync::RwLockReadGuard<'_, Cat
 
 fn write(lock: &RwLock<Catalog>) -> std::sync::RwLockWriteGuard<'_, Catalog> {
     lock.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restarts_back_off_and_stop_at_a_crash_loop() {
+        let delays: Vec<Option<Duration>> = (0..7).map(restart_delay).collect();
+        assert_eq!(
+            delays,
+            [
+                Some(Duration::from_millis(500)),
+                Some(Duration::from_secs(1)),
+                Some(Duration::from_secs(2)),
+                Some(Duration::from_secs(4)),
+                Some(Duration::from_secs(8)),
+                None,
+                None
+            ]
+        );
+    }
 }

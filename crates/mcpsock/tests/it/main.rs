@@ -6,3 +6,4 @@ mod security;
 mod serve;
 mod socket;
 mod support;
+mod upstream;

@@ -320,3 +320,14 @@ pub(crate) fn tcp_address(daemon: &Daemon) -> std::net::SocketAddr {
     let address = line.split("address=").nth(1).unwrap().split_whitespace().next().unwrap();
     address.parse().unwrap()
 }
+
+/// The misbehaving upstream used for fault injection.
+pub(crate) fn fake_upstream() -> PathBuf {
+    let path = mcpsock().with_file_name("mcpsock-fake-upstream");
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace` first (scripts/test.sh does)",
+        path.display()
+    );
+    path
+}

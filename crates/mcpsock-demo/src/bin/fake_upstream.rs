@@ -1,0 +1,109 @@
+//! A deliberately misbehaving stdio MCP server for fault-injection tests.
+//!
+//! It speaks just enough MCP by hand (no SDK, so it can break the rules):
+//! `initialize`, `tools/list` and `tools/call` of tools whose names say what
+//! they do wrong. Every message it receives is appended to the file named by
+//! `FAKE_UPSTREAM_LOG`, when set, so tests can see what reached it.
+//!
+//! Tools: `echo` (behaves), `garbage` (sends junk lines first: non-JSON, a
+//! wrong `jsonrpc`, a response to an unknown id, then the answer twice),
+//! `hang` (never answers), `crash` (exits mid-request), `flood` (writes
+//! `FAKE_UPSTREAM_FLOOD_MB` MiB to stderr, default 8, then stops reading
+//! stdin), `ansi` (writes terminal escapes and a forged log line to stderr).
+//! With `--ansi-tool-name`, one tool's name carries escapes and a newline.
+
+// A stdio test fixture: writing to stdout and stderr is its whole job.
+#![allow(clippy::print_stderr)]
+
+use std::io::{BufRead, Write};
+
+use serde_json::{Value, json};
+
+fn main() {
+    let ansi_tool_name = std::env::args().any(|arg| arg == "--ansi-tool-name");
+    let mut log = std::env::var_os("FAKE_UPSTREAM_LOG")
+        .map(|path| std::fs::OpenOptions::new().create(true).append(true).open(path).expect("log file"));
+    let stdin = std::io::stdin();
+    let mut stdout = std::io::stdout();
+    for line in stdin.lock().lines() {
+        let Ok(line) = line else { break };
+        if let Some(log) = &mut log {
+            let _ = writeln!(log, "{line}");
+        }
+        let Ok(message) = serde_json::from_str::<Value>(&line) else { continue };
+        let (Some(id), Some(method)) =
+            (message.get("id").cloned(), message.get("method").and_then(Value::as_str))
+        else {
+            continue;
+        };
+        let reply = |result: Value| json!({"jsonrpc": "2.0", "id": id, "result": result}).to_string();
+        let answer = match method {
+            "initialize" => reply(json!({
+                "protocolVersion": message.pointer("/params/protocolVersion").cloned().unwrap_or(json!("2025-06-18")),
+                "capabilities": {"tools": {}},
+                "serverInfo": {"name": "fake-upstream", "version": "1"},
+            })),
+            "tools/list" => {
+                let mut names = vec!["echo", "garbage", "hang", "crash", "flood", "ansi"];
+                if ansi_tool_name {
+                    names.push("evil\u{1b}[31m\nname");
+                }
+                let tools: Vec<Value> = names
+                    .iter()
+                    .map(|name| json!({"name": name, "inputSchema": {"type": "object"}}))
+                    .collect();
+                reply(json!({"tools": tools}))
+            }
+            "tools/call" => {
+                let text = |value: &str| reply(json!({"content": [{"type": "text", "text": value}]}));
+                match message.pointer("/params/name").and_then(Value::as_str).unwrap_or_default() {
+                    "garbage" => {
+                        for junk in [
+                            "this is not json".to_string(),
+                            json!({"jsonrpc": "1.0", "id": id, "result": {}}).to_string(),
+                            json!({"jsonrpc": "2.0", "id": 987_654, "result": {}}).to_string(),
+                            "[1, 2, 3]".to_string(),
+                        ] {
+                            let _ = writeln!(stdout, "{junk}");
+                        }
+                        let answer = text("after the garbage");
+                        let _ = writeln!(stdout, "{answer}");
+                        answer
+                    }
+                    "hang" => continue,
+                    "crash" => std::process::exit(3),
+                    "flood" => {
+                        let megabytes: usize = std::env::var("FAKE_UPSTREAM_FLOOD_MB")
+                            .ok()
+                            .and_then(|mb| mb.parse().ok())
+                            .unwrap_or(8);
+                        let line = format!("{}\n", "x".repeat(1023));
+                        let mut stderr = std::io::stderr();
+                        for _ in 0..megabytes * 1024 {
+                            let _ = stderr.write_all(line.as_bytes());
+                        }
+                        // Stop reading stdin: requests pile up in the pipe.
+                        std::thread::sleep(std::time::Duration::from_secs(3600));
+                        continue;
+                    }
+                    "ansi" => {
+                        eprintln!(
+                            "\u{1b}[31mred\u{1b}[0m\nINFO forged: admin logged in\rINFO forged: admin logged in"
+                        );
+                        text("ansi done")
+                    }
+                    _ => {
+                        text(message.pointer("/params/arguments/text").and_then(Value::as_str).unwrap_or(""))
+                    }
+                }
+            }
+            _ => {
+                json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32601, "message": "method not found"}})
+                    .to_string()
+            }
+        };
+        if writeln!(stdout, "{answer}").and_then(|()| stdout.flush()).is_err() {
+            break;
+        }
+    }
+}

@@ -1,0 +1,119 @@
+//! Fault injection with a misbehaving upstream: garbage on stdout, hangs,
+//! crashes, stderr floods and terminal escapes (adversarial tests 33–38).
+
+use serde_json::{Value, json};
+
+use crate::support::*;
+
+fn fake_daemon(sandbox: &Sandbox, server: Value, extra: Value) -> Daemon {
+    let mut config = json!({"mcpServers": {"fake": server}});
+    config.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+    let config = sandbox.write_config(&config);
+    Daemon::start(sandbox, &config)
+}
+
+fn upstream_health(daemon: &Daemon) -> Value {
+    daemon.health()["upstreams"][0].clone()
+}
+
+#[test]
+fn sec33_invalid_upstream_output_is_dropped_counted_and_never_forwarded() {
+    let sandbox = Sandbox::new();
+    let daemon = fake_daemon(&sandbox, json!({"command": fake_upstream()}), json!({}));
+    let output = sandbox.client(&["call", "fake__garbage", "--raw"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let result: Value = serde_json::from_str(&stdout(&output)).unwrap();
+    assert_eq!(result["content"][0]["text"], "after the garbage");
+    assert!(!stdout(&output).contains("not json"), "raw upstream bytes reached the client");
+    // Text, a wrong jsonrpc version and a batch are dropped; the answer to an
+    // unknown id and the duplicate answer are valid JSON-RPC that rmcp
+    // matches to no request and ignores.
+    assert_eq!(upstream_health(&daemon)["dropped_messages"], 3);
+    let again = sandbox.client(&["call", "fake__echo", "--arg", "text=still fine"]);
+    assert_eq!(stdout(&again).trim(), "still fine");
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn sec34_an_upstream_that_never_answers_times_out_and_is_told_so() {
+    let sandbox = Sandbox::new();
+    let received = sandbox.path().join("received.jsonl");
+    let daemon = fake_daemon(
+        &sandbox,
+        json!({"command": fake_upstream(), "env": {"FAKE_UPSTREAM_LOG": received}}),
+        json!({"request_timeout": "1s"}),
+    );
+    let output = sandbox.client(&["call", "fake__hang"]);
+    assert_eq!(output.status.code(), Some(6), "{}", stderr(&output));
+    assert!(stderr(&output).contains("did not answer within 1s"), "{}", stderr(&output));
+    wait_until("the upstream is sent notifications/cancelled", || {
+        std::fs::read_to_string(&received).unwrap_or_default().contains("notifications/cancelled")
+    });
+    let again = sandbox.client(&["call", "fake__echo", "--arg", "text=next"]);
+    assert_eq!(stdout(&again).trim(), "next", "{}", stderr(&again));
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn sec35_an_upstream_that_crashes_mid_request_is_reaped_and_restarted() {
+    let sandbox = Sandbox::new();
+    let daemon = fake_daemon(&sandbox, json!({"command": fake_upstream()}), json!({}));
+    let first = upstream_health(&daemon)["pid"].as_u64().unwrap() as u32;
+    let output = sandbox.client(&["call", "fake__crash"]);
+    assert_eq!(output.status.code(), Some(6), "the client gets an error: {}", stderr(&output));
+    wait_until("the crashed process is reaped", || !process_exists(first));
+    wait_until("the upstream runs again", || {
+        let health = upstream_health(&daemon);
+        health["state"] == "running" && health["restarts"] == 1
+    });
+    assert_ne!(upstream_health(&daemon)["pid"].as_u64().unwrap() as u32, first);
+    let again = sandbox.client(&["call", "fake__echo", "--arg", "text=back"]);
+    assert_eq!(stdout(&again).trim(), "back", "{}", stderr(&again));
+    assert!(daemon.log_text().contains("restarting the upstream"));
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn sec37_an_upstream_flooding_stderr_and_ignoring_stdin_cannot_stall_the_daemon() {
+    let sandbox = Sandbox::new();
+    let daemon = fake_daemon(
+        &sandbox,
+        json!({"command": fake_upstream(), "env": {"FAKE_UPSTREAM_FLOOD_MB": "8"}}),
+        json!({"request_timeout": "1s"}),
+    );
+    let output = sandbox.client(&["call", "fake__flood"]);
+    assert_eq!(output.status.code(), Some(6), "{}", stderr(&output));
+    // It no longer reads stdin: further requests time out instead of hanging.
+    let stuck = sandbox.client(&["call", "fake__echo", "--arg", "text=x"]);
+    assert!(stderr(&stuck).contains("did not answer within 1s"), "{}", stderr(&stuck));
+    assert_eq!(daemon.health()["status"], "ok", "the daemon still serves");
+    wait_until("the flood is cut short in the log", || {
+        daemon.log_text().contains("stderr lines beyond 50 a second are not logged")
+    });
+    let logged = daemon.log_text().lines().filter(|line| line.contains("stderr: xxx")).count();
+    assert!(logged < 1000, "{logged} of 8192 flood lines were logged");
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn sec38_terminal_escapes_and_newlines_cannot_forge_log_lines() {
+    let sandbox = Sandbox::new();
+    let daemon =
+        fake_daemon(&sandbox, json!({"command": fake_upstream(), "args": ["--ansi-tool-name"]}), json!({}));
+    let output = sandbox.client(&["call", "fake__ansi"]);
+    assert_eq!(stdout(&output).trim(), "ansi done", "{}", stderr(&output));
+    let tools = sandbox.client(&["tools", "--json"]);
+    assert!(stdout(&tools).contains(r#"fake__evil\u001b[31m\nname"#), "{}", stdout(&tools));
+    wait_until("the escaped stderr line is logged", || daemon.log_text().contains(r"\u{1b}[31mred"));
+    let log = daemon.log_text();
+    assert!(!log.contains('\u{1b}'), "a raw escape reached the log");
+    // A line the child printed stays marked as the child's.
+    for line in log.lines().filter(|line| line.contains("forged")) {
+        assert!(
+            line.contains("mcpsock_gateway::spawn: stderr: ") && line.contains("upstream=fake"),
+            "{line}"
+        );
+    }
+    assert!(log.contains(r"\rINFO forged: admin logged in"), "a carriage return is escaped: {log}");
+    assert!(daemon.stop().success());
+}
