@@ -218,6 +218,36 @@ fn sec22_sessions_are_required_closable_and_bound_to_their_principal() {
 }
 
 #[test]
+fn sec23_garbage_or_overlong_last_event_ids_are_harmless() {
+    let sandbox = Sandbox::new();
+    let daemon = Daemon::start(&sandbox, &sandbox.demo_config());
+    let socket = sandbox.socket();
+    let session = open_session(Target::Unix(&socket), "localhost", "");
+    let overlong = "9".repeat(16 * 1024);
+    for last_event_id in ["garbage", "-1/-1", "18446744073709551616/0", "0/999999", overlong.as_str()] {
+        let response = raw_request(
+            Target::Unix(&socket),
+            &format!(
+                "GET /mcp HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\nMCP-Protocol-Version: 2025-06-18\r\nMcp-Session-Id: {session}\r\nLast-Event-ID: {last_event_id}"
+            ),
+            b"",
+        );
+        let short = &last_event_id[..last_event_id.len().min(24)];
+        match response.status {
+            400 | 404 => {}
+            200 => assert!(
+                !response.body.contains("\"jsonrpc\""),
+                "{short}: replayed something: {}",
+                response.body
+            ),
+            other => panic!("{short}: unexpected status {other}: {}", response.head),
+        }
+        assert_eq!(daemon.health()["status"], "ok", "{short}: still serving");
+    }
+    assert!(daemon.stop().success());
+}
+
+#[test]
 fn sec24_sessions_per_principal_are_capped() {
     let sandbox = Sandbox::new();
     let config = sandbox.write_config(&json!({"mcpServers": {}, "max_sessions_per_principal": 3}));

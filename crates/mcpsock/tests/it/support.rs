@@ -288,9 +288,19 @@ pub(crate) fn raw_request(target: Target<'_>, head: &str, body: &[u8]) -> RawRes
     let request = format!("{head}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n", body.len());
     let mut bytes = request.into_bytes();
     bytes.extend_from_slice(body);
+    // A stream that stays open (SSE) is read until this timeout.
+    let patience = Some(Duration::from_secs(2));
     let response = match target {
-        Target::Unix(path) => exchange(UnixStream::connect(path).unwrap(), &bytes),
-        Target::Tcp(address) => exchange(std::net::TcpStream::connect(address).unwrap(), &bytes),
+        Target::Unix(path) => {
+            let stream = UnixStream::connect(path).unwrap();
+            stream.set_read_timeout(patience).unwrap();
+            exchange(stream, &bytes)
+        }
+        Target::Tcp(address) => {
+            let stream = std::net::TcpStream::connect(address).unwrap();
+            stream.set_read_timeout(patience).unwrap();
+            exchange(stream, &bytes)
+        }
     };
     let text = String::from_utf8_lossy(&response).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
