@@ -185,7 +185,9 @@ def main() -> None:
         directory = work / f"g{time.monotonic_ns()}"
         directory.mkdir(mode=0o700)
         config = directory / "config.json"
-        config.write_text(json.dumps({"mcpServers": {"demo": {"command": str(demo)}}}))
+        # Room for the idle-session figures: the default cap is 1000 per user.
+        config.write_text(json.dumps({"mcpServers": {"demo": {"command": str(demo)}},
+                                      "max_sessions_per_principal": 20000}))
         socket = directory / "run" / "mcpsock.sock"
         server = Server([str(MCPSOCK), "serve", "--config", str(config), "--socket", str(socket)], work, socket)
         server.address = str(socket)
@@ -215,8 +217,10 @@ def main() -> None:
             print(f"{'direct stdio (no gateway)':28} pipe c={connections:<3} run {run + 1}: "
                   f"{report['requests_per_second']:9.0f} req/s  p50 {report['latency_us']['p50']:5} µs", flush=True)
 
-    memory = measure_memory(gateway, work)
+    # Keep the matrix even if a later step fails.
     Path(args.raw).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.raw).write_text(json.dumps({"results": results}, indent=1))
+    memory = measure_memory(gateway, work)
     Path(args.raw).write_text(json.dumps({"results": results, "memory": memory}, indent=1))
     Path(args.out).write_text(render(results, memory, args))
     shutil.rmtree(work, ignore_errors=True)

@@ -17,6 +17,21 @@ pub const MCP_PATH: &str = "/mcp";
 /// Path of the health endpoint on every listener.
 pub const HEALTH_PATH: &str = "/health";
 
+/// Path that hands the TCP API key to the daemon's own user on the socket.
+pub const API_KEY_PATH: &str = "/admin/api-key";
+
+/// Reply of `GET /admin/api-key`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiKey {
+    pub api_key: String,
+}
+
+impl std::fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApiKey(<redacted>)")
+    }
+}
+
 /// Overall state of the daemon, as `GET /health` reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

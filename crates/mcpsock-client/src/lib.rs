@@ -64,6 +64,17 @@ async fn probe(endpoint: &Endpoint, socket: &Path) -> Result<UnixStream, ClientE
 
 /// Asks the daemon for its health.
 pub async fn health(endpoint: &Endpoint) -> Result<Health, ClientError> {
+    get_json(endpoint, HEALTH_PATH).await
+}
+
+/// Asks the daemon for the API key its TCP clients must send (only the
+/// daemon's own user gets it, over the socket).
+pub async fn api_key(endpoint: &Endpoint) -> Result<String, ClientError> {
+    get_json::<mcpsock_api::ApiKey>(endpoint, mcpsock_api::API_KEY_PATH).await.map(|reply| reply.api_key)
+}
+
+/// `GET path` over the socket, answered with JSON.
+async fn get_json<T: serde::de::DeserializeOwned>(endpoint: &Endpoint, path: &str) -> Result<T, ClientError> {
     let socket = endpoint.socket_path()?;
     let stream = probe(endpoint, socket).await?;
     let protocol = |message: String| ClientError::Protocol { endpoint: endpoint.clone(), message };
@@ -71,7 +82,7 @@ pub async fn health(endpoint: &Endpoint) -> Result<Health, ClientError> {
         .await
         .map_err(|error| protocol(format!("HTTP handshake failed: {error}")))?;
     tokio::spawn(connection);
-    let request = http::Request::get(HEALTH_PATH)
+    let request = http::Request::get(path)
         .header(http::header::HOST, "localhost")
         .body(Empty::<Bytes>::new())
         .map_err(|error| protocol(error.to_string()))?;
@@ -85,8 +96,12 @@ pub async fn health(endpoint: &Endpoint) -> Result<Health, ClientError> {
         .map_err(|error| protocol(format!("reading the answer failed: {error}")))?
         .to_bytes();
     if !status.is_success() {
-        return Err(protocol(format!("{HEALTH_PATH} answered {status}")));
+        let reason = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|value| value.get("error").and_then(|error| error.as_str()).map(str::to_string))
+            .unwrap_or_else(|| status.to_string());
+        return Err(protocol(format!("{path}: {reason}")));
     }
     serde_json::from_slice(&body)
-        .map_err(|error| protocol(format!("{HEALTH_PATH} sent an unexpected answer: {error}")))
+        .map_err(|error| protocol(format!("{path} sent an unexpected answer: {error}")))
 }

@@ -82,6 +82,7 @@ const DEFAULT_SOCKET_MODE: u32 = 0o600;
 const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
+const DEFAULT_SESSION_IDLE_TTL: Duration = Duration::from_secs(3600);
 const DEFAULT_MAX_SESSIONS_PER_PRINCIPAL: usize = 1000;
 const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 const DEFAULT_INIT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -96,8 +97,15 @@ pub struct Config {
     pub servers: Vec<ServerConfig>,
     /// The `socket` key; flags and environment take precedence over it.
     pub socket: Option<PathBuf>,
-    /// Permission bits of the socket file (`socket_mode`, octal text).
+    /// Permission bits of the socket file (`socket_mode`, octal text);
+    /// `0660` by default when `socket_group` is set, else `0600`.
     pub socket_mode: u32,
+    /// Group that owns the socket file (`socket_group`, a name or a gid);
+    /// its members (by primary gid) are admitted too.
+    pub socket_group: Option<u32>,
+    /// Serve on the Unix socket at all (`enable_socket`); off only for
+    /// TCP-only setups.
+    pub enable_socket: bool,
     /// Joins server name and tool or prompt name: `time__get_current_time`.
     pub tool_separator: String,
     /// How long in-flight requests may take to finish on shutdown.
@@ -122,6 +130,8 @@ pub struct Config {
     pub header_timeout: Duration,
     /// How long an upstream may take to answer one request (`request_timeout`).
     pub request_timeout: Duration,
+    /// How long a session may stay unused before it expires (`session_idle_ttl`).
+    pub session_idle_ttl: Duration,
 }
 
 impl Default for Config {
@@ -131,6 +141,8 @@ impl Default for Config {
             servers: Vec::new(),
             socket: None,
             socket_mode: DEFAULT_SOCKET_MODE,
+            socket_group: None,
+            enable_socket: true,
             tool_separator: DEFAULT_TOOL_SEPARATOR.into(),
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             init_timeout: DEFAULT_INIT_TIMEOUT,
@@ -143,6 +155,7 @@ impl Default for Config {
             max_sessions_per_principal: DEFAULT_MAX_SESSIONS_PER_PRINCIPAL,
             header_timeout: DEFAULT_HEADER_TIMEOUT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            session_idle_ttl: DEFAULT_SESSION_IDLE_TTL,
         }
     }
 }
@@ -171,6 +184,10 @@ struct RawConfig {
     #[serde(default)]
     socket_mode: Option<String>,
     #[serde(default)]
+    socket_group: Option<String>,
+    #[serde(default)]
+    enable_socket: Option<bool>,
+    #[serde(default)]
     tool_separator: Option<String>,
     #[serde(default, deserialize_with = "duration")]
     shutdown_grace: Option<Duration>,
@@ -194,6 +211,8 @@ struct RawConfig {
     header_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "duration")]
     request_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "duration")]
+    session_idle_ttl: Option<Duration>,
 }
 
 #[derive(Deserialize)]
@@ -276,7 +295,12 @@ impl Config {
             crate::check_socket_path(socket).map_err(|message| invalid(format!("socket: {message}")))?;
         }
 
+        let socket_group = match raw.socket_group.as_deref() {
+            None => None,
+            Some(group) => Some(resolve_group(group, Path::new("/etc/group")).map_err(&invalid)?),
+        };
         let socket_mode = match raw.socket_mode.as_deref() {
+            None if socket_group.is_some() => 0o660,
             None => DEFAULT_SOCKET_MODE,
             Some(text) => parse_socket_mode(text).ok_or_else(|| {
                 invalid(format!(
@@ -351,6 +375,8 @@ impl Config {
             servers,
             socket: raw.socket,
             socket_mode,
+            socket_group,
+            enable_socket: raw.enable_socket.unwrap_or(true),
             tool_separator,
             shutdown_grace: raw.shutdown_grace.unwrap_or(defaults.shutdown_grace),
             init_timeout: raw.init_timeout.unwrap_or(defaults.init_timeout),
@@ -368,8 +394,31 @@ impl Config {
             .unwrap_or(defaults.max_sessions_per_principal),
             header_timeout: raw.header_timeout.unwrap_or(defaults.header_timeout),
             request_timeout: raw.request_timeout.unwrap_or(defaults.request_timeout),
+            session_idle_ttl: raw.session_idle_ttl.unwrap_or(defaults.session_idle_ttl),
         })
     }
+}
+
+/// A group name or number as a gid, names looked up in `group_file`.
+fn resolve_group(group: &str, group_file: &Path) -> Result<u32, String> {
+    if let Ok(gid) = group.parse() {
+        return Ok(gid);
+    }
+    let text = std::fs::read_to_string(group_file)
+        .map_err(|error| format!("socket_group {group:?}: cannot read {}: {error}", group_file.display()))?;
+    text.lines()
+        .filter_map(|line| {
+            let mut fields = line.split(':');
+            let name = fields.next()?;
+            let gid = fields.nth(1)?.parse().ok()?;
+            (name == group).then_some(gid)
+        })
+        .next()
+        .ok_or_else(|| {
+            format!(
+                "socket_group {group:?} is not a group on this system; give an existing group name or gid"
+            )
+        })
 }
 
 fn parse_socket_mode(text: &str) -> Option<u32> {
@@ -499,6 +548,20 @@ mod tests {
             let error = Config::load(&path, true).unwrap_err().to_string();
             assert!(error.contains("it belongs to uid 65534"), "{error}");
         }
+    }
+
+    #[test]
+    fn socket_groups() {
+        let dir = tempfile::tempdir().unwrap();
+        let groups = dir.path().join("group");
+        std::fs::write(&groups, "root:x:0:\nmcp-users:x:1234:alice,bob\n").unwrap();
+        assert_eq!(resolve_group("mcp-users", &groups), Ok(1234));
+        assert_eq!(resolve_group("77", &groups), Ok(77));
+        assert!(resolve_group("nobody-here", &groups).unwrap_err().contains("is not a group on this system"));
+        let config = parse(r#"{"socket_group": "0"}"#).unwrap();
+        assert_eq!((config.socket_group, config.socket_mode), (Some(0), 0o660));
+        let config = parse(r#"{"socket_group": "0", "socket_mode": "0600"}"#).unwrap();
+        assert_eq!(config.socket_mode, 0o600);
     }
 
     #[test]

@@ -58,6 +58,25 @@ impl Access {
     }
 }
 
+/// `GET /admin/api-key`: the TCP key, for the daemon's own user on the
+/// socket only (other admitted users and TCP clients get 403).
+pub(crate) async fn api_key(State(access): State<Arc<Access>>, request: Request) -> Response {
+    let own_uid = rustix::process::geteuid().as_raw();
+    if !matches!(request.extensions().get::<Peer>(), Some(Peer::Unix { uid, .. }) if *uid == own_uid) {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "the API key is given only to the daemon's own user on the socket",
+        );
+    }
+    match &access.api_key {
+        Some(key) => axum::Json(mcpsock_api::ApiKey { api_key: key.expose().to_string() }).into_response(),
+        None => refuse(
+            StatusCode::NOT_FOUND,
+            "TCP is off, so no API key is in use; start the daemon with --listen",
+        ),
+    }
+}
+
 fn refuse(status: StatusCode, message: &'static str) -> Response {
     let mut response = (status, axum::Json(serde_json::json!({"error": message}))).into_response();
     if status == StatusCode::UNAUTHORIZED {

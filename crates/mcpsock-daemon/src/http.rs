@@ -18,7 +18,7 @@ use mcpsock_transport::ListenerStats;
 use rmcp::ServerHandler;
 
 use crate::HealthReporter;
-use crate::access::{Access, guard_access};
+use crate::access::{Access, api_key, guard_access};
 use crate::sessions::{BoundSessions, guard_sessions};
 use rmcp::transport::StreamableHttpServerConfig;
 use rmcp::transport::StreamableHttpService;
@@ -143,6 +143,7 @@ where
     });
     Router::new()
         .route(HEALTH_PATH, health)
+        .route(mcpsock_api::API_KEY_PATH, get(api_key).with_state(access.clone()))
         .merge(mcp)
         .layer(axum::middleware::from_fn_with_state(in_flight, track_in_flight))
         .layer(axum::middleware::from_fn_with_state(access, guard_access))

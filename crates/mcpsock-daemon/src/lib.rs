@@ -37,6 +37,8 @@ pub struct DaemonOptions {
     pub tcp: Option<(std::net::SocketAddr, mcpsock_config::Secret)>,
     /// Socket activation and readiness notices, when run by systemd.
     pub systemd: SystemdEnv,
+    /// Serve on the Unix socket (off for TCP-only setups).
+    pub enable_socket: bool,
 }
 
 impl DaemonOptions {
@@ -47,8 +49,17 @@ impl DaemonOptions {
             peer_policy.allow_uids.push(0);
         }
         peer_policy.allow_gids.extend(&config.allow_gids);
+        peer_policy.allow_gids.extend(config.socket_group);
         let socket_mode = config.socket_mode;
-        Self { config, socket_path, socket_mode, peer_policy, tcp: None, systemd: SystemdEnv::default() }
+        Self {
+            config,
+            socket_path,
+            socket_mode,
+            peer_policy,
+            tcp: None,
+            systemd: SystemdEnv::default(),
+            enable_socket: true,
+        }
     }
 }
 
@@ -56,20 +67,24 @@ impl DaemonOptions {
 /// in-flight requests get the configured grace period, upstream process
 /// groups are stopped, and the socket and PID file are removed.
 pub async fn run(options: DaemonOptions, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let DaemonOptions { config, socket_path, socket_mode, peer_policy, tcp, systemd } = options;
+    let DaemonOptions { config, socket_path, socket_mode, peer_policy, tcp, systemd, enable_socket } =
+        options;
     let mut listen = ListenOptions::new(socket_path);
     listen.socket_mode = socket_mode;
+    listen.socket_group = config.socket_group;
     listen.peer_policy = peer_policy;
     listen.shutdown_grace = config.shutdown_grace;
     listen.tcp = tcp;
     listen.max_connections = config.max_connections;
     listen.max_sessions_per_principal = config.max_sessions_per_principal;
     listen.header_timeout = config.header_timeout;
+    listen.session_idle_ttl = config.session_idle_ttl;
     let locked = match systemd.activated_listener()? {
         Some(listener) => {
             tracing::info!("serving the socket passed by systemd");
             LockedSocket::activated(listener, listen)
         }
+        None if !enable_socket => LockedSocket::tcp_only(listen),
         None => LockedSocket::acquire(listen)?,
     };
 

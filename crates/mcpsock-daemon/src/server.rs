@@ -32,6 +32,8 @@ pub struct ListenOptions {
     pub socket_path: PathBuf,
     /// Permission bits of the socket file.
     pub socket_mode: u32,
+    /// Group that owns the socket file.
+    pub socket_group: Option<u32>,
     /// Which local users may connect.
     pub peer_policy: PeerPolicy,
     /// How long in-flight requests may take to finish on shutdown.
@@ -44,6 +46,8 @@ pub struct ListenOptions {
     pub max_sessions_per_principal: usize,
     /// How long a client may take to send a request head.
     pub header_timeout: Duration,
+    /// How long a session may stay unused before it expires.
+    pub session_idle_ttl: Duration,
 }
 
 impl ListenOptions {
@@ -52,12 +56,14 @@ impl ListenOptions {
         Self {
             socket_path: socket_path.into(),
             socket_mode: 0o600,
+            socket_group: None,
             peer_policy: PeerPolicy::own_user(),
             shutdown_grace: Duration::from_secs(5),
             tcp: None,
             max_connections: 1024,
             max_sessions_per_principal: 1000,
             header_timeout: Duration::from_secs(10),
+            session_idle_ttl: Duration::from_secs(3600),
         }
     }
 }
@@ -76,6 +82,8 @@ enum Source {
     /// Socket activation: systemd owns the socket file and the single
     /// instance; mcpsock neither binds nor unlinks.
     Activated(std::os::unix::net::UnixListener),
+    /// No Unix socket: TCP only. The TCP port is the single-instance guard.
+    None,
 }
 
 impl LockedSocket {
@@ -85,6 +93,11 @@ impl LockedSocket {
         mcpsock_config::check_socket_path(&options.socket_path).map_err(SocketError::InvalidPath)?;
         let guard = SocketGuard::acquire(&options.socket_path)?;
         Ok(Self { source: Source::Path(guard), options })
+    }
+
+    /// Serves TCP only (`ListenOptions::tcp` must be set).
+    pub fn tcp_only(options: ListenOptions) -> Self {
+        Self { source: Source::None, options }
     }
 
     /// Serves a listening socket passed by systemd socket activation.
@@ -107,14 +120,15 @@ impl LockedSocket {
         raise_descriptor_limit();
         let (unix_listener, guard) = match source {
             Source::Path(guard) => {
-                let bound = guard.bind(options.socket_mode)?;
-                (bound.listener, Some(bound.guard))
+                let bound = guard.bind(options.socket_mode, options.socket_group)?;
+                (Some(bound.listener), Some(bound.guard))
             }
             Source::Activated(listener) => {
                 let listener = tokio::net::UnixListener::from_std(listener)
                     .map_err(|source| SocketError::Bind { path: options.socket_path.clone(), source })?;
-                (listener, None)
+                (Some(listener), None)
             }
+            Source::None => (None, None),
         };
         let tcp = match &options.tcp {
             Some((address, key)) => {
@@ -130,7 +144,8 @@ impl LockedSocket {
         let in_flight = Arc::new(http::InFlight::default());
         let stats = Arc::new(ListenerStats::default());
         let access = Arc::new(Access::new(tcp.as_ref().map(|(_, local, key)| (*local, key.clone()))));
-        let sessions = Arc::new(BoundSessions::new(options.max_sessions_per_principal));
+        let sessions =
+            Arc::new(BoundSessions::new(options.max_sessions_per_principal, options.session_idle_ttl));
         let router = http::router(
             factory,
             health,
@@ -140,14 +155,18 @@ impl LockedSocket {
         let stop = CancellationToken::new();
         let force = CancellationToken::new();
         let connections = Arc::new(Connections::new(options.max_connections, options.header_timeout));
-        let mut servers = vec![tokio::spawn(mcpsock_transport::serve(
-            Listener::Unix(unix_listener, options.peer_policy.clone()),
-            router.clone(),
-            connections.clone(),
-            stats.clone(),
-            stop.clone(),
-            force.clone(),
-        ))];
+        let mut servers = Vec::new();
+        if let Some(unix_listener) = unix_listener {
+            servers.push(tokio::spawn(mcpsock_transport::serve(
+                Listener::Unix(unix_listener, options.peer_policy.clone()),
+                router.clone(),
+                connections.clone(),
+                stats.clone(),
+                stop.clone(),
+                force.clone(),
+            )));
+            tracing::info!(socket = %options.socket_path.display(), "mcpsock is serving");
+        }
         let tcp_address = tcp.as_ref().map(|(_, local, _)| *local);
         if let Some((listener, local, _)) = tcp {
             tracing::info!(address = %local, "serving loopback TCP (API key required)");
@@ -160,7 +179,6 @@ impl LockedSocket {
                 force.clone(),
             )));
         }
-        tracing::info!(socket = %options.socket_path.display(), "mcpsock is serving");
         Ok(Serving { guard, options, servers, tcp_address, stop, force, streams_token, in_flight })
     }
 }

@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::extract::{Request, State};
 use axum::middleware::Next;
@@ -54,8 +55,11 @@ pub(crate) struct BoundSessions {
 }
 
 impl BoundSessions {
-    pub(crate) fn new(max_per_principal: usize) -> Self {
-        Self { inner: LocalSessionManager::default(), owners: Mutex::default(), max_per_principal }
+    /// Sessions expire after `idle_ttl` without a request or open stream.
+    pub(crate) fn new(max_per_principal: usize, idle_ttl: Duration) -> Self {
+        let mut inner = LocalSessionManager::default();
+        inner.session_config.keep_alive = Some(idle_ttl);
+        Self { inner, owners: Mutex::default(), max_per_principal }
     }
 
     fn owners(&self) -> std::sync::MutexGuard<'_, HashMap<SessionId, Principal>> {

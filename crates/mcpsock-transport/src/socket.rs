@@ -80,9 +80,10 @@ impl SocketGuard {
         self.socket_path.with_file_name(&self.lock_name)
     }
 
-    /// Binds the socket, sets its final `mode` while nobody can connect yet
-    /// (between `bind()` and `listen()`), then listens.
-    pub fn bind(mut self, mode: u32) -> Result<BoundSocket, SocketError> {
+    /// Binds the socket, sets its final `mode` (and `group`, when given)
+    /// while nobody can connect yet (between `bind()` and `listen()`), then
+    /// listens.
+    pub fn bind(mut self, mode: u32, group: Option<u32>) -> Result<BoundSocket, SocketError> {
         let bind_error = |source: io::Error| SocketError::Bind { path: self.socket_path.clone(), source };
         let socket = UnixSocket::new_stream().map_err(bind_error)?;
         match socket.bind(&self.socket_path) {
@@ -104,6 +105,16 @@ impl SocketGuard {
             return Err(bind_error(io::Error::other(
                 "the bound socket was replaced before it could be secured",
             )));
+        }
+        if let Some(gid) = group {
+            rustix::fs::chownat(
+                &self.dir,
+                self.socket_name.as_str(),
+                None,
+                Some(rustix::fs::Gid::from_raw(gid)),
+                AtFlags::SYMLINK_NOFOLLOW,
+            )
+            .map_err(|errno| bind_error(errno.into()))?;
         }
         rustix::fs::chmodat(
             &self.dir,
@@ -293,7 +304,7 @@ mod tests {
     async fn creates_private_dir_lock_and_socket() {
         let temp = tempfile::tempdir().unwrap();
         let socket_path = temp.path().join("run").join("s.sock");
-        let bound = SocketGuard::acquire(&socket_path).unwrap().bind(0o600).unwrap();
+        let bound = SocketGuard::acquire(&socket_path).unwrap().bind(0o600, None).unwrap();
         assert_eq!(mode(&temp.path().join("run")), 0o700);
         assert_eq!(mode(&socket_path), 0o600);
         let lock_path = bound.guard.lock_path();
@@ -365,7 +376,7 @@ mod tests {
         // A socket file with no listener behind it: what kill -9 leaves.
         drop(std::os::unix::net::UnixListener::bind(&socket_path).unwrap());
         assert!(socket_path.exists());
-        let bound = SocketGuard::acquire(&socket_path).unwrap().bind(0o600).unwrap();
+        let bound = SocketGuard::acquire(&socket_path).unwrap().bind(0o600, None).unwrap();
         drop(bound);
 
         // A live listener that does not hold our lock is still refused.

@@ -10,6 +10,54 @@ use serde_json::Value;
 use crate::exit::{Code, Failure};
 use crate::flags::CallFlags;
 
+/// `mcpsock status`: the health report as a table (or JSON), or the key.
+pub(crate) async fn status(
+    endpoint: &Endpoint,
+    flags: &crate::flags::StatusFlags,
+) -> Result<ExitCode, Failure> {
+    if flags.show_key {
+        let key = mcpsock_client::api_key(endpoint).await.map_err(Failure::client)?;
+        println!("{key}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let health = mcpsock_client::health(endpoint).await.map_err(Failure::client)?;
+    if flags.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&health).map_err(|error| Failure::internal(error.into()))?
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let status =
+        serde_json::to_value(health.status).ok().and_then(|value| value.as_str().map(str::to_string));
+    println!("mcpsock is running at {endpoint}: {}", status.unwrap_or_default());
+    if health.rejected_connections > 0 {
+        println!("rejected connections: {}", health.rejected_connections);
+    }
+    if !health.upstreams.is_empty() {
+        let width = health.upstreams.iter().map(|upstream| upstream.name.len()).max().unwrap_or(0).max(8);
+        println!(
+            "{:width$}  {:10}  {:>8}  {:>5}  {:>8}  ERROR",
+            "UPSTREAM", "STATE", "PID", "TOOLS", "RESTARTS"
+        );
+        for upstream in &health.upstreams {
+            let state = serde_json::to_value(upstream.state)
+                .ok()
+                .and_then(|value| value.as_str().map(str::to_string));
+            let pid = upstream.pid.map(|pid| pid.to_string()).unwrap_or_else(|| "-".into());
+            println!(
+                "{:width$}  {:10}  {pid:>8}  {:>5}  {:>8}  {}",
+                upstream.name,
+                state.unwrap_or_default(),
+                upstream.tools,
+                upstream.restarts,
+                upstream.error.as_deref().unwrap_or("")
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Longest description shown in the tools table.
 const DESCRIPTION_WIDTH: usize = 100;
 

@@ -45,6 +45,8 @@ pub(crate) enum Command {
     /// Relay MCP between stdin/stdout and the daemon, for clients that can
     /// only start a command: {"command": "mcpsock", "args": ["bridge"]}.
     Bridge(BridgeFlags),
+    /// Show whether the daemon runs and the state of its upstreams.
+    Status(StatusFlags),
     /// Load-test an MCP endpoint (this daemon, another server, or a stdio
     /// command with --stdio): calls one tool over N keep-alive connections
     /// and reports requests/s, latency percentiles and server CPU/memory.
@@ -66,6 +68,9 @@ pub(crate) struct ServeFlags {
     /// Allow --listen on an address other machines can reach
     #[arg(long)]
     pub(crate) dangerously_bind_non_loopback: bool,
+    /// Serve on TCP only, without the Unix socket (needs --listen)
+    #[arg(long)]
+    pub(crate) no_socket: bool,
 }
 
 /// Where client commands find the daemon.
@@ -162,4 +167,17 @@ pub(crate) struct BenchFlags {
     /// With --stdio: the server command and its arguments
     #[arg(last = true, value_name = "COMMAND")]
     pub(crate) command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct StatusFlags {
+    #[command(flatten)]
+    pub(crate) target: TargetFlags,
+    /// Print the daemon's health report as JSON
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// Print the API key TCP clients must send (only for the daemon's own
+    /// user; never logged)
+    #[arg(long)]
+    pub(crate) show_key: bool,
 }

@@ -66,6 +66,10 @@ fn run(flags: Flags) -> Result<ExitCode, Failure> {
                 let endpoint = resolve_endpoint(&call.target)?;
                 call::call_tool(&endpoint, &call).await
             }
+            Command::Status(status) => {
+                let endpoint = resolve_endpoint(&status.target)?;
+                call::status(&endpoint, &status).await
+            }
             Command::Bench(bench) => {
                 let target = if bench.stdio {
                     mcpsock_client::bench::BenchTarget::Stdio(bench.command.clone())
@@ -118,8 +122,15 @@ async fn run_serve(flags: ServeFlags) -> Result<ExitCode, Failure> {
         }
         None => None,
     };
+    let enable_socket = config.enable_socket && !flags.no_socket;
+    if !enable_socket && tcp.is_none() {
+        return Err(Failure::config(anyhow::anyhow!(
+            "with the Unix socket off (--no-socket or enable_socket: false) there is nothing to serve on; add --listen 127.0.0.1:PORT"
+        )));
+    }
     let shutdown = mcpsock_daemon::shutdown_signal().await.map_err(Failure::internal)?;
     let mut options = mcpsock_daemon::DaemonOptions::new(config, socket_path);
+    options.enable_socket = enable_socket;
     options.tcp = tcp;
     options.systemd = mcpsock_daemon::SystemdEnv::from_process();
     mcpsock_daemon::run(options, shutdown).await.map_err(Failure::daemon)?;

@@ -46,6 +46,17 @@ fn serves_lists_and_calls_tools() {
     let invalid = sandbox.client(&["call", "demo__add", "--arg", "a=x", "--arg", "b=1"]);
     assert_eq!(invalid.status.code(), Some(6), "a bad argument is the tool's error: {}", stderr(&invalid));
 
+    let status = sandbox.client(&["status"]);
+    assert!(status.status.success(), "{}", stderr(&status));
+    let text = stdout(&status);
+    assert!(text.starts_with("mcpsock is running at unix://") && text.contains(": ok\n"), "{text}");
+    assert!(text.lines().any(|line| line.starts_with("demo") && line.contains("running")), "{text}");
+    let status_json: Value = serde_json::from_str(&stdout(&sandbox.client(&["status", "--json"]))).unwrap();
+    assert_eq!(status_json["upstreams"][0]["tools"], 3);
+    let no_key = sandbox.client(&["status", "--show-key"]);
+    assert_eq!(no_key.status.code(), Some(1));
+    assert!(stderr(&no_key).contains("TCP is off"), "{}", stderr(&no_key));
+
     let health = daemon.health();
     assert_eq!(health["status"], "ok");
     assert_eq!(health["upstreams"][0]["name"], "demo");
@@ -288,7 +299,7 @@ fn bridge_exits_when_its_client_hangs_up_right_after_initialize() {
 #[test]
 fn client_commands_without_a_daemon_say_so() {
     let sandbox = Sandbox::new();
-    for args in [&["bridge"][..], &["tools"], &["call", "demo__echo"]] {
+    for args in [&["bridge"][..], &["tools"], &["call", "demo__echo"], &["status"]] {
         let output = sandbox.client(args);
         assert_eq!(output.status.code(), Some(5), "{args:?}");
         assert!(

@@ -143,6 +143,29 @@ fn sec03_allowed_groups_admit_by_primary_gid_only() {
 }
 
 #[test]
+fn sec03_a_socket_group_admits_its_members_and_keeps_others_out() {
+    let sandbox = Sandbox::new();
+    open_up(sandbox.path());
+    let run = sandbox.path().join("run");
+    std::fs::create_dir(&run).unwrap();
+    open_up(&run);
+    let config = sandbox.write_config(&json!({"mcpServers": {}, "socket_group": "65534"}));
+    let daemon = Daemon::start(&sandbox, &config);
+    let socket = sandbox.socket();
+    let metadata = std::fs::metadata(&socket).unwrap();
+    assert_eq!((metadata.gid(), mode(&socket)), (65534, 0o660));
+    assert_eq!(
+        probe_as(&["--reuid=65533", "--regid=65534", "--clear-groups"], &socket, 1),
+        "closed 0 answered 1"
+    );
+    assert_eq!(
+        probe_as(&["--reuid=65533", "--regid=65533", "--clear-groups"], &socket, 1),
+        "connect-error EACCES"
+    );
+    assert!(daemon.stop().success());
+}
+
+#[test]
 fn sec07_a_second_instance_is_refused_and_the_first_keeps_serving() {
     let sandbox = Sandbox::new();
     let config = sandbox.demo_config();
