@@ -2,6 +2,7 @@
 //! sockets and a real upstream MCP server (the workspace's demo server).
 //! Each test has its own directory, config and socket.
 
+mod backlog;
 mod security;
 mod serve;
 mod socket;

@@ -18,22 +18,6 @@ fn tcp_daemon(sandbox: &Sandbox, extra: Value) -> Daemon {
     Daemon::start(sandbox, &config)
 }
 
-fn post(target: Target<'_>, host: &str, extra_headers: &str, body: &str) -> RawResponse {
-    let extra = if extra_headers.is_empty() { String::new() } else { format!("\r\n{extra_headers}") };
-    raw_request(
-        target,
-        &format!("POST /mcp HTTP/1.1\r\nHost: {host}\r\n{MCP_HEADERS}{extra}"),
-        body.as_bytes(),
-    )
-}
-
-/// Opens a legacy session and returns its id.
-fn open_session(target: Target<'_>, host: &str, extra_headers: &str) -> String {
-    let response = post(target, host, extra_headers, INITIALIZE);
-    assert_eq!(response.status, 200, "{response:?}");
-    response.header("mcp-session-id").expect("a session id")
-}
-
 #[test]
 fn sec15_tcp_listens_only_on_loopback_unless_told_otherwise() {
     let sandbox = Sandbox::new();

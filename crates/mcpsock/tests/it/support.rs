@@ -341,3 +341,21 @@ pub(crate) fn fake_upstream() -> PathBuf {
     );
     path
 }
+
+/// `POST /mcp` with the MCP headers, `extra_headers` (CRLF-separated) and
+/// `body`.
+pub(crate) fn post(target: Target<'_>, host: &str, extra_headers: &str, body: &str) -> RawResponse {
+    let extra = if extra_headers.is_empty() { String::new() } else { format!("\r\n{extra_headers}") };
+    raw_request(
+        target,
+        &format!("POST /mcp HTTP/1.1\r\nHost: {host}\r\n{MCP_HEADERS}{extra}"),
+        body.as_bytes(),
+    )
+}
+
+/// Opens a legacy session and returns its id.
+pub(crate) fn open_session(target: Target<'_>, host: &str, extra_headers: &str) -> String {
+    let response = post(target, host, extra_headers, INITIALIZE);
+    assert_eq!(response.status, 200, "{response:?}");
+    response.header("mcp-session-id").expect("a session id")
+}

@@ -1,0 +1,162 @@
+//! A client that never reads its stream, served in-process through
+//! mcpsock's serving path with a handler that floods it (adversarial test 25).
+
+// The flood is made of log notifications, deprecated in the newest protocol
+// but still delivered to the legacy clients this test uses.
+#![allow(deprecated)]
+
+use std::io::{Read, Write};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use mcpsock_daemon::{HealthReporter, ListenOptions, LockedSocket};
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, JsonObject, ListToolsResult,
+    LoggingLevel, LoggingMessageNotificationParam, PaginatedRequestParams, ServerCapabilities, ServerConfig,
+    Tool,
+};
+use rmcp::service::RequestContext;
+use rmcp::{ErrorData, RoleServer, ServerHandler};
+
+use crate::support::*;
+
+/// 1 600 notifications of 64 KiB: 100 MiB if nothing held it back.
+const FLOOD_MESSAGES: u64 = 1600;
+
+#[derive(Clone)]
+struct Flood {
+    sent: Arc<AtomicU64>,
+}
+
+impl ServerHandler for Flood {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().enable_logging().build())
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        let schema = Arc::new(JsonObject::new());
+        Ok(ListToolsResult::with_all_items(vec![
+            Tool::new("flood", "Sends 100 MiB of log notifications.", schema.clone()),
+            Tool::new("echo", "Answers at once.", schema),
+        ]))
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        if request.name == "flood" {
+            let chunk = serde_json::Value::String("x".repeat(64 * 1024));
+            for _ in 0..FLOOD_MESSAGES {
+                let message = LoggingMessageNotificationParam::new(LoggingLevel::Info, chunk.clone());
+                if context.peer.notify_logging_message(message).await.is_err() {
+                    break;
+                }
+                self.sent.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Ok(CallToolResult::success(vec![ContentBlock::text("done")]).into())
+    }
+}
+
+fn resident_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|line| line.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+const CALL_FLOOD: &str =
+    r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"flood","arguments":{}}}"#;
+const CALL_ECHO: &str =
+    r#"{"jsonrpc":"2.0","id":8,"method":"tools/call","params":{"name":"echo","arguments":{}}}"#;
+
+#[test]
+fn sec25_a_client_that_never_reads_cannot_grow_the_server_or_stall_others() {
+    let sandbox = Sandbox::new();
+    let socket = sandbox.socket();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let sent = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let health: HealthReporter = Arc::new(|rejected_connections| mcpsock_api::Health {
+        status: mcpsock_api::HealthStatus::Ok,
+        admin_protocol: mcpsock_api::ADMIN_PROTOCOL_VERSION,
+        upstreams: Vec::new(),
+        rejected_connections,
+    });
+    let serving = {
+        let sent = sent.clone();
+        let _entered = runtime.enter();
+        LockedSocket::acquire(ListenOptions::new(&socket))
+            .unwrap()
+            .bind(move || Flood { sent: sent.clone() }, health)
+            .unwrap()
+    };
+    let server = runtime.spawn({
+        let stop = stop.clone();
+        async move { serving.run_until(async move { stop.notified().await }).await }
+    });
+    let resident_before = resident_kib();
+
+    // Client A opens its session's stream for server messages and then
+    // reads nothing; a request in that session starts the flood, which goes
+    // to that stream.
+    let session_a = open_session(Target::Unix(&socket), "localhost", "");
+    let session_headers = format!("MCP-Protocol-Version: 2025-06-18\r\nMcp-Session-Id: {session_a}");
+    let mut reader_a = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    write!(
+        reader_a,
+        "GET /mcp HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\n{session_headers}\r\n\r\n"
+    )
+    .unwrap();
+    let mut trigger = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    write!(
+        trigger,
+        "POST /mcp HTTP/1.1\r\nHost: localhost\r\n{MCP_HEADERS}\r\n{session_headers}\r\nContent-Length: {}\r\n\r\n{CALL_FLOOD}",
+        CALL_FLOOD.len()
+    )
+    .unwrap();
+    wait_until("the flood starts", || sent.load(Ordering::Relaxed) > 0);
+    // It stalls once the stream's bounded buffers are full.
+    let mut last = u64::MAX;
+    let mut unchanged = 0;
+    wait_until("the flood stalls", || {
+        let now = sent.load(Ordering::Relaxed);
+        unchanged = if now == last { unchanged + 1 } else { 0 };
+        last = now;
+        unchanged >= 20
+    });
+    assert!(
+        last < FLOOD_MESSAGES / 4,
+        "{last} of {FLOOD_MESSAGES} messages were queued for a client that reads nothing"
+    );
+
+    // Client B, another session, is served as usual.
+    let session_b = open_session(Target::Unix(&socket), "localhost", "");
+    let answer = post(
+        Target::Unix(&socket),
+        "localhost",
+        &format!("MCP-Protocol-Version: 2025-06-18\r\nMcp-Session-Id: {session_b}"),
+        CALL_ECHO,
+    );
+    assert_eq!(answer.status, 200);
+    assert!(answer.body.contains("done"), "{}", answer.body);
+    let grown = resident_kib().saturating_sub(resident_before);
+    assert!(grown < 32 * 1024, "the server grew by {grown} KiB for a client that reads nothing");
+
+    // FIXME: the stalled stream is not dropped today: the flooding request
+    // waits (bounded) until its client reads or goes away. Dropping a stream
+    // whose reader lags behind its backlog is still to do.
+    let mut peek = [0u8; 1];
+    reader_a.set_nonblocking(true).unwrap();
+    assert!(matches!(reader_a.read(&mut peek), Ok(1)), "client A's stream is still open, held back");
+    drop(reader_a);
+    drop(trigger);
+
+    stop.notify_one();
+    runtime.block_on(server).unwrap().unwrap();
+}
