@@ -83,6 +83,7 @@ const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
 const DEFAULT_SESSION_IDLE_TTL: Duration = Duration::from_secs(3600);
+const DEFAULT_STREAM_STALL_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_MAX_SESSIONS_PER_PRINCIPAL: usize = 1000;
 const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 const DEFAULT_INIT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -132,6 +133,9 @@ pub struct Config {
     pub request_timeout: Duration,
     /// How long a session may stay unused before it expires (`session_idle_ttl`).
     pub session_idle_ttl: Duration,
+    /// How long a stream's client may leave an event unread before the
+    /// stream is dropped (`stream_stall_timeout`).
+    pub stream_stall_timeout: Duration,
 }
 
 impl Default for Config {
@@ -156,6 +160,7 @@ impl Default for Config {
             header_timeout: DEFAULT_HEADER_TIMEOUT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             session_idle_ttl: DEFAULT_SESSION_IDLE_TTL,
+            stream_stall_timeout: DEFAULT_STREAM_STALL_TIMEOUT,
         }
     }
 }
@@ -213,6 +218,8 @@ struct RawConfig {
     request_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "duration")]
     session_idle_ttl: Option<Duration>,
+    #[serde(default, deserialize_with = "duration")]
+    stream_stall_timeout: Option<Duration>,
 }
 
 #[derive(Deserialize)]
@@ -395,6 +402,7 @@ impl Config {
             header_timeout: raw.header_timeout.unwrap_or(defaults.header_timeout),
             request_timeout: raw.request_timeout.unwrap_or(defaults.request_timeout),
             session_idle_ttl: raw.session_idle_ttl.unwrap_or(defaults.session_idle_ttl),
+            stream_stall_timeout: raw.stream_stall_timeout.unwrap_or(defaults.stream_stall_timeout),
         })
     }
 }

@@ -20,6 +20,7 @@ use rmcp::ServerHandler;
 use crate::HealthReporter;
 use crate::access::{Access, api_key, guard_access};
 use crate::sessions::{BoundSessions, guard_sessions};
+use crate::stall::watch_streams;
 use rmcp::transport::StreamableHttpServerConfig;
 use rmcp::transport::StreamableHttpService;
 use tokio::sync::Notify;
@@ -114,6 +115,7 @@ pub(crate) struct Guards {
     pub(crate) sessions: Arc<BoundSessions>,
     pub(crate) stats: Arc<ListenerStats>,
     pub(crate) in_flight: Arc<InFlight>,
+    pub(crate) stream_stall_timeout: std::time::Duration,
 }
 
 /// The router served on every listener.
@@ -126,7 +128,7 @@ pub(crate) fn router<S>(
 where
     S: ServerHandler + Send + 'static,
 {
-    let Guards { access, sessions, stats, in_flight } = guards;
+    let Guards { access, sessions, stats, in_flight, stream_stall_timeout } = guards;
     // Origin is refused before rmcp sees a request (see `access`); rmcp's
     // own Origin check stays on as a second line.
     let config = StreamableHttpServerConfig::default()
@@ -135,7 +137,8 @@ where
     let mcp = StreamableHttpService::new(move || Ok(factory()), sessions.clone(), config);
     let mcp = Router::new()
         .route_service(MCP_PATH, mcp)
-        .layer(axum::middleware::from_fn_with_state(sessions, guard_sessions));
+        .layer(axum::middleware::from_fn_with_state(sessions, guard_sessions))
+        .layer(axum::middleware::from_fn_with_state(stream_stall_timeout, watch_streams));
     let health = get(move || {
         let health = health.clone();
         let stats = stats.clone();

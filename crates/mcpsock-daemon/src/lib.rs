@@ -11,6 +11,7 @@ pub mod api_key;
 mod http;
 mod server;
 mod sessions;
+mod stall;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -79,6 +80,7 @@ pub async fn run(options: DaemonOptions, shutdown: impl Future<Output = ()>) -> 
     listen.max_sessions_per_principal = config.max_sessions_per_principal;
     listen.header_timeout = config.header_timeout;
     listen.session_idle_ttl = config.session_idle_ttl;
+    listen.stream_stall_timeout = config.stream_stall_timeout;
     let locked = match systemd.activated_listener()? {
         Some(listener) => {
             tracing::info!("serving the socket passed by systemd");

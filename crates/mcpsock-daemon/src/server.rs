@@ -46,6 +46,9 @@ pub struct ListenOptions {
     pub max_sessions_per_principal: usize,
     /// How long a client may take to send a request head.
     pub header_timeout: Duration,
+    /// How long a stream's client may leave a sent event unread before the
+    /// stream is dropped.
+    pub stream_stall_timeout: Duration,
     /// How long a session may stay unused before it expires.
     pub session_idle_ttl: Duration,
 }
@@ -64,6 +67,7 @@ impl ListenOptions {
             max_sessions_per_principal: 1000,
             header_timeout: Duration::from_secs(10),
             session_idle_ttl: Duration::from_secs(3600),
+            stream_stall_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -149,7 +153,13 @@ impl LockedSocket {
         let router = http::router(
             factory,
             health,
-            http::Guards { access, sessions, stats: stats.clone(), in_flight: in_flight.clone() },
+            http::Guards {
+                access,
+                sessions,
+                stats: stats.clone(),
+                in_flight: in_flight.clone(),
+                stream_stall_timeout: options.stream_stall_timeout,
+            },
             streams_token.clone(),
         );
         let stop = CancellationToken::new();

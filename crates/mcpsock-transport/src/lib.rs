@@ -13,6 +13,6 @@ mod socket;
 mod systemd;
 
 pub use error::SocketError;
-pub use serve::{Connections, Listener, ListenerStats, Peer, PeerPolicy, serve};
+pub use serve::{ConnectionControl, Connections, Listener, ListenerStats, Peer, PeerPolicy, serve};
 pub use socket::{BoundSocket, SocketGuard, bind_tcp};
 pub use systemd::SystemdEnv;

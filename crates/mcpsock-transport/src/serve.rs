@@ -30,6 +30,21 @@ pub enum Peer {
     Tcp { address: SocketAddr },
 }
 
+/// Lets a request handler close its own connection at once, without the
+/// grace a normal shutdown gives (for a client that stopped reading).
+/// Every request carries one in its extensions.
+#[derive(Clone, Debug, Default)]
+pub struct ConnectionControl {
+    close_now: CancellationToken,
+}
+
+impl ConnectionControl {
+    /// Closes the connection now; whatever it was sending is dropped.
+    pub fn close_now(&self) {
+        self.close_now.cancel();
+    }
+}
+
 /// Which local users may talk to the socket. A peer is admitted when its
 /// uid is listed or its primary gid is listed (supplementary groups are not
 /// consulted: `SO_PEERCRED` does not report them).
@@ -235,8 +250,11 @@ pub async fn serve(
         };
         stats.accepted.fetch_add(1, Ordering::Relaxed);
         let router = router.clone();
+        let control = ConnectionControl::default();
+        let close_now = control.close_now.clone();
         let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
             request.extensions_mut().insert(peer.clone());
+            request.extensions_mut().insert(control.clone());
             let router = router.clone();
             async move {
                 Ok::<_, Infallible>(router.oneshot(request).await.unwrap_or_else(|never| match never {}))
@@ -247,11 +265,13 @@ pub async fn serve(
             Connection::Unix(stream) => tracker.spawn(run_connection(
                 http.serve_connection(TokioIo::new(stream), service),
                 open,
+                close_now,
                 permit,
             )),
             Connection::Tcp(stream) => tracker.spawn(run_connection(
                 http.serve_connection(TokioIo::new(stream), service),
                 open,
+                close_now,
                 permit,
             )),
         };
@@ -265,10 +285,12 @@ pub async fn serve(
 }
 
 /// Drives one connection until it ends, or until it is told to close (by
-/// shutdown or by the connection limit), then closes it gracefully.
+/// shutdown or by the connection limit: gracefully; by its own request
+/// through `ConnectionControl`: at once).
 async fn run_connection<I, S, B>(
     connection: hyper::server::conn::http1::Connection<I, S>,
     open: Arc<OpenConnection>,
+    close_now: CancellationToken,
     permit: OwnedSemaphorePermit,
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
@@ -281,13 +303,17 @@ async fn run_connection<I, S, B>(
 {
     let mut connection = std::pin::pin!(connection);
     let result = tokio::select! {
-        result = connection.as_mut() => result,
+        result = connection.as_mut() => Some(result),
         () = open.close.cancelled() => {
             connection.as_mut().graceful_shutdown();
-            connection.await
+            tokio::select! {
+                result = connection.as_mut() => Some(result),
+                () = close_now.cancelled() => None,
+            }
         }
+        () = close_now.cancelled() => None,
     };
-    if let Err(error) = result {
+    if let Some(Err(error)) = result {
         tracing::debug!(%error, "connection ended with an error");
     }
     open.done.store(true, Ordering::Release);
