@@ -228,18 +228,45 @@ pub(crate) async fn filter_stdout(
     }
 }
 
-/// One JSON-RPC 2.0 request, notification or response.
+/// One JSON-RPC 2.0 request, notification or response. Checked without
+/// building the message: this runs on every upstream line, before rmcp
+/// parses it for real.
 fn is_json_rpc(line: &[u8]) -> bool {
-    let Ok(serde_json::Value::Object(message)) = serde_json::from_slice::<serde_json::Value>(line) else {
+    /// Whether a member is present, whatever its value (even `null`).
+    #[derive(Default)]
+    struct Seen(bool);
+
+    impl<'de> serde::Deserialize<'de> for Seen {
+        fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            serde::de::IgnoredAny::deserialize(deserializer).map(|_| Self(true))
+        }
+    }
+
+    #[derive(serde::Deserialize)]
+    struct Envelope<'a> {
+        #[serde(borrow)]
+        jsonrpc: Option<std::borrow::Cow<'a, str>>,
+        #[serde(borrow)]
+        method: Option<std::borrow::Cow<'a, str>>,
+        #[serde(default)]
+        id: Seen,
+        #[serde(default)]
+        result: Seen,
+        #[serde(default)]
+        error: Seen,
+    }
+
+    // serde would also read a struct from an array; a message is an object.
+    if line.iter().find(|byte| !byte.is_ascii_whitespace()) != Some(&b'{') {
+        return false;
+    }
+    let Ok(message) = serde_json::from_slice::<Envelope<'_>>(line) else {
         return false;
     };
-    if message.get("jsonrpc").and_then(|version| version.as_str()) != Some("2.0") {
+    if message.jsonrpc.as_deref() != Some("2.0") {
         return false;
     }
-    if message.contains_key("method") {
-        return message.get("method").is_some_and(serde_json::Value::is_string);
-    }
-    message.contains_key("id") && (message.contains_key("result") != message.contains_key("error"))
+    message.method.is_some() || (message.id.0 && message.result.0 != message.error.0)
 }
 
 /// Reads one line into `line` (without its newline), keeping at most `max`
@@ -300,6 +327,9 @@ mod tests {
         check(r#"{"jsonrpc":"2.0","id":1,"result":{},"error":{}}"#, false);
         check(r#"{"jsonrpc":"2.0","method":5}"#, false);
         check(r#"[{"jsonrpc":"2.0","id":1,"result":{}}]"#, false);
+        check(r#"{"jsonrpc":"2.0","id":1,"result":null}"#, true);
+        check(r#"{"jsonrpc":"2.0","method":null}"#, false);
+        check(r#"{"jsonrpc":"2.0","id":1,"id":2,"result":{}}"#, false);
         check("hello", false);
         check("", false);
     }
