@@ -51,12 +51,9 @@ pub(crate) async fn run(target: BenchTarget, flags: &BenchFlags) -> Result<ExitC
     }
     let report = report.map_err(Failure::client)?;
     if flags.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report).map_err(|error| Failure::internal(error.into()))?
-        );
+        outln!("{}", serde_json::to_string_pretty(&report).map_err(|error| Failure::internal(error.into()))?);
     } else {
-        print!("{}", render(&report));
+        out!("{}", render(&report));
     }
     if report.errors > 0 || report.requests == 0 {
         let first = report.first_error.as_deref().unwrap_or("no request completed");
@@ -85,9 +82,9 @@ async fn open_sessions(endpoint: &Endpoint, count: u64, flags: &BenchFlags) -> R
         "kib_per_session": if opened == 0 { 0.0 } else { (rss_after as f64 - rss_before as f64) / opened as f64 },
     });
     if flags.json {
-        println!("{report:#}");
+        outln!("{report:#}");
     } else {
-        println!(
+        outln!(
             "opened {opened} idle sessions in {seconds:.2} s; server RSS {rss_before} KiB -> {rss_after} KiB ({:.1} KiB per session)",
             report["kib_per_session"].as_f64().unwrap_or_default()
         );

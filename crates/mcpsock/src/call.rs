@@ -17,35 +17,36 @@ pub(crate) async fn status(
 ) -> Result<ExitCode, Failure> {
     if flags.show_key {
         let key = mcpsock_client::api_key(endpoint).await.map_err(Failure::client)?;
-        println!("{key}");
+        outln!("{key}");
         return Ok(ExitCode::SUCCESS);
     }
     let health = mcpsock_client::health(endpoint).await.map_err(Failure::client)?;
     if flags.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&health).map_err(|error| Failure::internal(error.into()))?
-        );
+        outln!("{}", serde_json::to_string_pretty(&health).map_err(|error| Failure::internal(error.into()))?);
         return Ok(ExitCode::SUCCESS);
     }
     let status =
         serde_json::to_value(health.status).ok().and_then(|value| value.as_str().map(str::to_string));
-    println!("mcpsock is running at {endpoint}: {}", status.unwrap_or_default());
+    outln!("mcpsock is running at {endpoint}: {}", status.unwrap_or_default());
     if health.rejected_connections > 0 {
-        println!("rejected connections: {}", health.rejected_connections);
+        outln!("rejected connections: {}", health.rejected_connections);
     }
     if !health.upstreams.is_empty() {
         let width = health.upstreams.iter().map(|upstream| upstream.name.len()).max().unwrap_or(0).max(8);
-        println!(
+        outln!(
             "{:width$}  {:10}  {:>8}  {:>5}  {:>8}  ERROR",
-            "UPSTREAM", "STATE", "PID", "TOOLS", "RESTARTS"
+            "UPSTREAM",
+            "STATE",
+            "PID",
+            "TOOLS",
+            "RESTARTS"
         );
         for upstream in &health.upstreams {
             let state = serde_json::to_value(upstream.state)
                 .ok()
                 .and_then(|value| value.as_str().map(str::to_string));
             let pid = upstream.pid.map(|pid| pid.to_string()).unwrap_or_else(|| "-".into());
-            println!(
+            outln!(
                 "{:width$}  {:10}  {pid:>8}  {:>5}  {:>8}  {}",
                 upstream.name,
                 state.unwrap_or_default(),
@@ -70,9 +71,9 @@ pub(crate) async fn list_tools(endpoint: &Endpoint, json: bool) -> Result<ExitCo
     let _ = session.cancel().await;
     if json {
         let text = serde_json::to_string_pretty(&tools).map_err(|error| Failure::internal(error.into()))?;
-        println!("{text}");
+        outln!("{text}");
     } else {
-        print!("{}", tools_table(&tools));
+        out!("{}", tools_table(&tools));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -117,12 +118,12 @@ pub(crate) async fn call_tool(endpoint: &Endpoint, flags: &CallFlags) -> Result<
         result.map_err(|error| Failure::new(Code::ToolError, anyhow!("{} failed: {error}", flags.tool)))?;
     if flags.raw {
         let text = serde_json::to_string_pretty(&result).map_err(|error| Failure::internal(error.into()))?;
-        println!("{text}");
+        outln!("{text}");
     } else {
         for content in &result.content {
             match content.as_text() {
-                Some(text) => println!("{}", text.text),
-                None => println!("{}", serde_json::to_string(content).unwrap_or_default()),
+                Some(text) => outln!("{}", text.text),
+                None => outln!("{}", serde_json::to_string(content).unwrap_or_default()),
             }
         }
     }

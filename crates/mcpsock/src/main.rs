@@ -5,6 +5,23 @@
 // The binary is where output belongs.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+/// Prints a line to stdout. A closed stdout (`mcpsock tools | head -1`)
+/// is not an error worth a panic: the line is dropped.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
+/// [`outln!`] without the newline.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
 mod bench;
 mod call;
 mod exit;

@@ -327,3 +327,19 @@ fn clients_find_the_default_socket_like_the_daemon() {
     daemon.signal(rustix::process::Signal::TERM);
     assert!(daemon.wait_exit().success());
 }
+
+#[test]
+fn a_closed_stdout_is_not_a_crash() {
+    let sandbox = Sandbox::new();
+    let daemon = Daemon::start(&sandbox, &sandbox.demo_config());
+    let socket = sandbox.socket();
+    // Like `mcpsock tools | head -0`: the reader is gone before we print.
+    let mut tools = sandbox.command(&["tools", "--socket", socket.to_str().unwrap()]);
+    tools.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = tools.spawn().unwrap();
+    drop(child.stdout.take());
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(!stderr(&output).contains("panicked"), "{}", stderr(&output));
+    assert!(daemon.stop().success());
+}
