@@ -55,11 +55,15 @@ pub(crate) async fn run(target: BenchTarget, flags: &BenchFlags) -> Result<ExitC
     } else {
         out!("{}", render(&report));
     }
-    if report.errors > 0 || report.requests == 0 {
-        let first = report.first_error.as_deref().unwrap_or("no request completed");
+    let first = report.first_error.as_deref().unwrap_or("none was reported");
+    if report.requests == 0 {
+        return Err(Failure::internal(anyhow!("no request succeeded; the first error: {first}")));
+    }
+    if report.errors > 0 {
         return Err(Failure::internal(anyhow!(
-            "{} of the requests failed; the first error: {first}",
-            report.errors
+            "{} of {} requests failed; the first error: {first}",
+            report.errors,
+            report.errors + report.requests
         )));
     }
     Ok(ExitCode::SUCCESS)

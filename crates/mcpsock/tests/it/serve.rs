@@ -343,3 +343,74 @@ fn a_closed_stdout_is_not_a_crash() {
     assert!(!stderr(&output).contains("panicked"), "{}", stderr(&output));
     assert!(daemon.stop().success());
 }
+
+#[test]
+fn bench_measures_the_daemon_and_a_stdio_server() {
+    let sandbox = Sandbox::new();
+    let daemon = Daemon::start(&sandbox, &sandbox.demo_config());
+    let pid = daemon.pid().to_string();
+    for era in ["legacy", "2026-07-28"] {
+        let output = sandbox.client(&[
+            "bench",
+            "--tool",
+            "demo__echo",
+            "--arg",
+            "text=hi",
+            "--connections",
+            "2",
+            "--requests",
+            "50",
+            "--warmup",
+            "0s",
+            "--era",
+            era,
+            "--server-pid",
+            &pid,
+            "--json",
+        ]);
+        assert!(output.status.success(), "{era}: {}", stderr(&output));
+        let report: Value = serde_json::from_str(&stdout(&output)).unwrap();
+        assert_eq!(report["requests"], 50, "{era}: {report}");
+        assert_eq!(report["errors"], 0);
+        assert_eq!(report["era"], era);
+        assert!(report["latency_us"]["p50"].as_u64().unwrap() > 0);
+        assert!(report["server"]["peak_rss_kib"].as_u64().unwrap() > 0);
+    }
+    let failing = sandbox.client(&[
+        "bench",
+        "--tool",
+        "demo__add",
+        "--arg",
+        "a=x",
+        "--requests",
+        "5",
+        "--warmup",
+        "0s",
+    ]);
+    assert_eq!(failing.status.code(), Some(1));
+    assert!(
+        stderr(&failing).contains("no request succeeded; the first error: the tool reported an error"),
+        "{}",
+        stderr(&failing)
+    );
+
+    let stdio = sandbox.run(&[
+        "bench",
+        "--stdio",
+        "--tool",
+        "echo",
+        "--arg",
+        "text=hi",
+        "--requests",
+        "20",
+        "--warmup",
+        "0s",
+        "--json",
+        "--",
+        demo_server().to_str().unwrap(),
+    ]);
+    assert!(stdio.status.success(), "{}", stderr(&stdio));
+    let report: Value = serde_json::from_str(&stdout(&stdio)).unwrap();
+    assert_eq!(report["requests"], 20);
+    assert!(daemon.stop().success());
+}
