@@ -120,9 +120,11 @@ struct Args {
     #[arg(long)]
     json_response: bool,
     /// Serve the same handler through mcpsock's serving path (its hardened
-    /// socket, peer checks, router and shutdown) instead of a bare rmcp
-    /// service: the in-process measurement of mcpsock itself. Unix only.
-    #[arg(long, requires = "unix", conflicts_with_all = ["stateless", "json_response"])]
+    /// socket or its loopback TCP listener, peer and key checks, router and
+    /// shutdown) instead of a bare rmcp service: the in-process measurement
+    /// of mcpsock itself. With --tcp, clients must send the key in
+    /// MCPSOCK_API_KEY (read from the environment here too).
+    #[arg(long, conflicts_with_all = ["stateless", "json_response"])]
     mcpsock: bool,
 }
 
@@ -233,9 +235,19 @@ async fn run(args: Args) -> io::Result<()> {
 async fn run_mcpsock(args: Args) -> io::Result<()> {
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
-    let Some(path) = args.unix else { unreachable!("clap requires --unix with --mcpsock") };
-    let locked = mcpsock_daemon::LockedSocket::acquire(mcpsock_daemon::ListenOptions::new(&path))
-        .map_err(io::Error::other)?;
+    let locked = match (&args.unix, args.tcp) {
+        (Some(path), _) => mcpsock_daemon::LockedSocket::acquire(mcpsock_daemon::ListenOptions::new(path))
+            .map_err(io::Error::other)?,
+        (None, Some(address)) => {
+            let key = std::env::var("MCPSOCK_API_KEY").map_err(|_| {
+                io::Error::other("--mcpsock --tcp needs MCPSOCK_API_KEY (16 characters or more)")
+            })?;
+            let mut options = mcpsock_daemon::ListenOptions::new("/nonexistent/unused.sock");
+            options.tcp = Some((address, mcpsock_config::Secret::new(key)));
+            mcpsock_daemon::LockedSocket::tcp_only(options)
+        }
+        (None, None) => unreachable!("clap requires --unix or --tcp"),
+    };
     let health: mcpsock_daemon::HealthReporter = Arc::new(|rejected_connections| mcpsock_api::Health {
         status: mcpsock_api::HealthStatus::Ok,
         admin_protocol: mcpsock_api::ADMIN_PROTOCOL_VERSION,
@@ -249,7 +261,11 @@ async fn run_mcpsock(args: Args) -> io::Result<()> {
         }
     };
     let serving = locked.bind(Echo::new, health).map_err(io::Error::other)?;
-    announce(&path.display())?;
+    match (&args.unix, serving.tcp_address()) {
+        (Some(path), _) => announce(&path.display())?,
+        (None, Some(address)) => announce(&address)?,
+        (None, None) => unreachable!("one listener is bound"),
+    }
     drop(serving.run_until(shutdown).await.map_err(io::Error::other)?);
     Ok(())
 }
