@@ -20,7 +20,7 @@ use rmcp::ServerHandler;
 use crate::HealthReporter;
 use crate::access::{Access, api_key, guard_access};
 use crate::sessions::{BoundSessions, guard_sessions};
-use crate::stall::watch_streams;
+use crate::stall::{StreamWatch, watch_streams};
 use rmcp::transport::StreamableHttpServerConfig;
 use rmcp::transport::StreamableHttpService;
 use tokio::sync::Notify;
@@ -138,7 +138,7 @@ where
     let mcp = Router::new()
         .route_service(MCP_PATH, mcp)
         .layer(axum::middleware::from_fn_with_state(sessions, guard_sessions))
-        .layer(axum::middleware::from_fn_with_state(stream_stall_timeout, watch_streams));
+        .layer(axum::middleware::from_fn_with_state(StreamWatch::start(stream_stall_timeout), watch_streams));
     let health = get(move || {
         let health = health.clone();
         let stats = stats.clone();

@@ -10,7 +10,7 @@
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -66,9 +66,70 @@ impl Drop for Watched {
     }
 }
 
-/// Wraps every `text/event-stream` response so a stalled reader is dropped
-/// after `timeout`.
-pub(crate) async fn watch_streams(State(timeout): State<Duration>, request: Request, next: Next) -> Response {
+/// The streams being watched, checked by one sweeper task: watching a
+/// stream costs an allocation, not a task and a timer per response.
+#[derive(Debug)]
+pub(crate) struct StreamWatch {
+    timeout: Duration,
+    streams: Mutex<Vec<(Weak<Progress>, ConnectionControl)>>,
+}
+
+impl StreamWatch {
+    /// Starts the sweeper; it ends when the last handle is dropped.
+    pub(crate) fn start(timeout: Duration) -> Arc<Self> {
+        let watch = Arc::new(Self { timeout, streams: Mutex::default() });
+        tokio::spawn(sweep(
+            Arc::downgrade(&watch),
+            (timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1)),
+        ));
+        watch
+    }
+
+    fn streams(&self) -> std::sync::MutexGuard<'_, Vec<(Weak<Progress>, ConnectionControl)>> {
+        self.streams.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Closes the connections of stalled streams; forgets finished ones.
+    fn check(&self) {
+        self.streams().retain(|(progress, control)| {
+            let Some(progress) = progress.upgrade() else { return false };
+            if progress.finished.load(Ordering::Acquire) {
+                return false;
+            }
+            let stalled = progress
+                .delivered_at
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .is_some_and(|at| at.elapsed() >= self.timeout);
+            if stalled {
+                tracing::warn!(
+                    "dropped a stream whose client stopped reading for {}s (stream_stall_timeout)",
+                    self.timeout.as_secs_f64()
+                );
+                control.close_now();
+            }
+            !stalled
+        });
+    }
+}
+
+async fn sweep(watch: Weak<StreamWatch>, every: Duration) {
+    let mut interval = tokio::time::interval(every);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        let Some(watch) = watch.upgrade() else { return };
+        watch.check();
+    }
+}
+
+/// Wraps every `text/event-stream` response so that a stalled reader is
+/// dropped after the stall timeout.
+pub(crate) async fn watch_streams(
+    State(watch): State<Arc<StreamWatch>>,
+    request: Request,
+    next: Next,
+) -> Response {
     let control = request.extensions().get::<ConnectionControl>().cloned();
     let response = next.run(request).await;
     let is_stream = response
@@ -80,29 +141,6 @@ pub(crate) async fn watch_streams(State(timeout): State<Duration>, request: Requ
         return response;
     };
     let progress = Arc::new(Progress::default());
-    tokio::spawn(watchdog(progress.clone(), control, timeout));
+    watch.streams().push((Arc::downgrade(&progress), control));
     response.map(|inner| Body::new(Watched { inner, progress }))
-}
-
-async fn watchdog(progress: Arc<Progress>, control: ConnectionControl, timeout: Duration) {
-    let check_every = (timeout / 4).max(Duration::from_millis(10));
-    loop {
-        tokio::time::sleep(check_every).await;
-        if progress.finished.load(Ordering::Acquire) {
-            return;
-        }
-        let stalled = progress
-            .delivered_at
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .is_some_and(|at| at.elapsed() >= timeout);
-        if stalled {
-            tracing::warn!(
-                "dropped a stream whose client stopped reading for {}s (stream_stall_timeout)",
-                timeout.as_secs_f64()
-            );
-            control.close_now();
-            return;
-        }
-    }
 }
