@@ -212,13 +212,7 @@ fn sec09_of_ten_concurrent_starts_exactly_one_runs() {
     let socket = sandbox.socket();
     let mut children: Vec<_> = (0..10)
         .map(|_| {
-            let mut command = sandbox.command(&[
-                "serve",
-                "--config",
-                config.to_str().unwrap(),
-                "--socket",
-                socket.to_str().unwrap(),
-            ]);
+            let mut command = sandbox.serve_command(&config, &socket);
             command.stdout(Stdio::null()).stderr(Stdio::piped());
             command.spawn().unwrap()
         })

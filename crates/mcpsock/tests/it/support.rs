@@ -88,6 +88,11 @@ impl Sandbox {
             .stdin(Stdio::null());
     }
 
+    /// `mcpsock serve --config CONFIG --socket SOCKET`.
+    pub(crate) fn serve_command(&self, config: &Path, socket: &Path) -> Command {
+        self.command(&["serve", "--config", config.to_str().unwrap(), "--socket", socket.to_str().unwrap()])
+    }
+
     /// Runs `mcpsock ARGS` to completion.
     pub(crate) fn run(&self, args: &[&str]) -> Output {
         self.command(args).output().unwrap()
@@ -133,13 +138,7 @@ impl Daemon {
     ) -> Self {
         let log = sandbox.path().join(format!("daemon-{}.log", std::process::id()));
         let log = unique(log);
-        let mut command = sandbox.command(&[
-            "serve",
-            "--config",
-            config.to_str().unwrap(),
-            "--socket",
-            socket.to_str().unwrap(),
-        ]);
+        let mut command = sandbox.serve_command(config, socket);
         command.stdout(Stdio::null()).stderr(std::fs::File::create(&log).unwrap());
         adjust(&mut command);
         let child = command.spawn().unwrap();
