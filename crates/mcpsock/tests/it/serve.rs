@@ -262,12 +262,7 @@ fn bridge_relays_a_stdio_session_and_exits_with_stdin() {
     assert_eq!(called["result"]["content"][0]["text"], "through the bridge");
 
     drop(stdin);
-    let mut status = None;
-    wait_until("the bridge exits after stdin closes", || {
-        status = bridge.try_wait().unwrap();
-        status.is_some()
-    });
-    assert!(status.unwrap().success());
+    assert!(wait_for_exit("the bridge exits after stdin closes", &mut bridge).success());
     assert!(daemon.stop().success());
 }
 
@@ -287,12 +282,7 @@ fn bridge_exits_when_its_client_hangs_up_right_after_initialize() {
     let answer: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
     assert_eq!(answer["id"], 1);
     drop(stdin);
-    let mut status = None;
-    wait_until("the bridge exits", || {
-        status = bridge.try_wait().unwrap();
-        status.is_some()
-    });
-    assert!(status.unwrap().success());
+    assert!(wait_for_exit("the bridge exits", &mut bridge).success());
     assert!(daemon.stop().success());
 }
 

@@ -38,6 +38,17 @@ pub(crate) fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
     }
 }
 
+/// Waits for `child` to exit, failing the test after [`TIMEOUT`].
+#[track_caller]
+pub(crate) fn wait_for_exit(what: &str, child: &mut Child) -> ExitStatus {
+    let mut status = None;
+    wait_until(what, || {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    });
+    status.unwrap()
+}
+
 /// A temporary directory for one test, short enough for socket paths.
 pub(crate) struct Sandbox {
     dir: tempfile::TempDir,
@@ -181,12 +192,7 @@ impl Daemon {
 
     /// Waits for the daemon to exit, failing the test after [`TIMEOUT`].
     pub(crate) fn wait_exit(&mut self) -> ExitStatus {
-        let mut status = None;
-        wait_until("the daemon exits", || {
-            status = self.child.try_wait().unwrap();
-            status.is_some()
-        });
-        status.unwrap()
+        wait_for_exit("the daemon exits", &mut self.child)
     }
 
     /// SIGTERM, then the exit status.
