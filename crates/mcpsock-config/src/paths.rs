@@ -92,6 +92,15 @@ pub fn data_dir(env: &dyn Env) -> PathBuf {
         .join("mcpsock")
 }
 
+/// The state database: `--db` > `MCPSOCK_DB` > config `db` >
+/// `<data dir>/state.db`.
+pub fn db_path(flag: Option<&Path>, env: &dyn Env, from_config: Option<&Path>) -> PathBuf {
+    flag.map(Path::to_path_buf)
+        .or_else(|| env.var_os("MCPSOCK_DB").filter(|value| !value.is_empty()).map(PathBuf::from))
+        .or_else(|| from_config.map(Path::to_path_buf))
+        .unwrap_or_else(|| data_dir(env).join("state.db"))
+}
+
 /// Parses a TCP listen address (`127.0.0.1:8765`, `[::1]:8765`,
 /// `localhost:8765`). Anything but loopback is refused unless
 /// `allow_non_loopback` (the `--dangerously-bind-non-loopback` flag).
@@ -210,6 +219,19 @@ mod tests {
     fn data_dir_precedence() {
         assert_eq!(data_dir(&env(&[("XDG_DATA_HOME", "/d"), ("HOME", "/h")])), PathBuf::from("/d/mcpsock"));
         assert_eq!(data_dir(&env(&[("HOME", "/h")])), PathBuf::from("/h/.local/share/mcpsock"));
+    }
+
+    #[test]
+    fn db_precedence() {
+        let both = env(&[("MCPSOCK_DB", "/env.db"), ("XDG_DATA_HOME", "/d")]);
+        assert_eq!(
+            db_path(Some(Path::new("/flag.db")), &both, Some(Path::new("/c.db"))),
+            PathBuf::from("/flag.db")
+        );
+        assert_eq!(db_path(None, &both, Some(Path::new("/c.db"))), PathBuf::from("/env.db"));
+        let data_only = env(&[("XDG_DATA_HOME", "/d")]);
+        assert_eq!(db_path(None, &data_only, Some(Path::new("/c.db"))), PathBuf::from("/c.db"));
+        assert_eq!(db_path(None, &data_only, None), PathBuf::from("/d/mcpsock/state.db"));
     }
 
     #[test]

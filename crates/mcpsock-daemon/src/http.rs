@@ -19,6 +19,7 @@ use rmcp::ServerHandler;
 
 use crate::HealthReporter;
 use crate::access::{Access, api_key, guard_access};
+use crate::persist::SessionStoreAdapter;
 use crate::sessions::{BoundSessions, guard_sessions};
 use crate::stall::{StreamWatch, watch_streams};
 use rmcp::transport::StreamableHttpServerConfig;
@@ -131,9 +132,11 @@ where
     let Guards { access, sessions, stats, in_flight, stream_stall_timeout } = guards;
     // Origin is refused before rmcp sees a request (see `access`); rmcp's
     // own Origin check stays on as a second line.
-    let config = StreamableHttpServerConfig::default()
+    let mut config = StreamableHttpServerConfig::default()
         .with_cancellation_token(streams_token)
         .enforce_origin_validation();
+    // Sessions this process does not know are restored from the store.
+    config.session_store = Some(Arc::new(SessionStoreAdapter(sessions.store())));
     let mcp = StreamableHttpService::new(move || Ok(factory()), sessions.clone(), config);
     let mcp = Router::new()
         .route_service(MCP_PATH, mcp)

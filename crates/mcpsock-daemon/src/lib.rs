@@ -9,6 +9,7 @@
 mod access;
 pub mod api_key;
 mod http;
+mod persist;
 mod server;
 mod sessions;
 mod stall;
@@ -19,9 +20,22 @@ use std::sync::Arc;
 use anyhow::Context;
 use mcpsock_config::Config;
 use mcpsock_gateway::{Gateway, GatewayOptions, UpstreamSpec};
+use mcpsock_store::{Clock, MemoryStore, Retention, SqliteStore, Store};
 
+pub use mcpsock_store::{Durability, EncryptionSecret, SqliteOptions, StoreError};
 pub use mcpsock_transport::{PeerPolicy, SocketError, SocketGuard, SystemdEnv};
+pub use persist::{RESTARTED_MESSAGE, cut_open_streams};
 pub use server::{HealthReporter, ListenOptions, LockedSocket, Serving};
+
+/// Where the daemon keeps sessions and stream events.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Storage {
+    /// In process memory: restarts forget every session.
+    Memory,
+    /// An SQLite database; the retention limits come from the config.
+    Sqlite(SqliteOptions),
+}
 
 /// Everything the daemon needs to run, validated by the caller.
 #[derive(Debug)]
@@ -40,6 +54,8 @@ pub struct DaemonOptions {
     pub systemd: SystemdEnv,
     /// Serve on the Unix socket (off for TCP-only setups).
     pub enable_socket: bool,
+    /// Where sessions and events are kept (memory unless set).
+    pub storage: Storage,
 }
 
 impl DaemonOptions {
@@ -60,6 +76,7 @@ impl DaemonOptions {
             tcp: None,
             systemd: SystemdEnv::default(),
             enable_socket: true,
+            storage: Storage::Memory,
         }
     }
 }
@@ -68,7 +85,7 @@ impl DaemonOptions {
 /// in-flight requests get the configured grace period, upstream process
 /// groups are stopped, and the socket and PID file are removed.
 pub async fn run(options: DaemonOptions, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let DaemonOptions { config, socket_path, socket_mode, peer_policy, tcp, systemd, enable_socket } =
+    let DaemonOptions { config, socket_path, socket_mode, peer_policy, tcp, systemd, enable_socket, storage } =
         options;
     let mut listen = ListenOptions::new(socket_path);
     listen.socket_mode = socket_mode;
@@ -89,6 +106,14 @@ pub async fn run(options: DaemonOptions, shutdown: impl Future<Output = ()>) -> 
         None if !enable_socket => LockedSocket::tcp_only(listen),
         None => LockedSocket::acquire(listen)?,
     };
+    // The store is opened under the socket lock, so of two daemons started
+    // together, the second is told "already running" before it touches it.
+    let store = open_store(storage, &config).await?;
+    let locked = locked.with_store(store.clone(), config.ttl_cleanup_interval);
+    if let Err(error) = cut_open_streams(store.as_ref()).await {
+        close_quietly(store.as_ref()).await;
+        return Err(error).context("could not answer the requests cut short by the last stop");
+    }
 
     let specs = config
         .servers
@@ -114,6 +139,7 @@ pub async fn run(options: DaemonOptions, shutdown: impl Future<Output = ()>) -> 
         Ok(serving) => serving,
         Err(error) => {
             gateway.shutdown().await;
+            close_quietly(store.as_ref()).await;
             return Err(error.into());
         }
     };
@@ -129,6 +155,30 @@ pub async fn run(options: DaemonOptions, shutdown: impl Future<Output = ()>) -> 
     drop(served?);
     tracing::info!("stopped");
     Ok(())
+}
+
+async fn open_store(storage: Storage, config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    let retention = Retention::default()
+        .session_idle_ttl(config.session_idle_ttl)
+        .event_max_age(config.event_retention)
+        .max_events_per_session(config.max_events_per_session);
+    Ok(match storage {
+        Storage::Memory => Arc::new(MemoryStore::new(retention, Clock::system())),
+        Storage::Sqlite(options) => {
+            let options = options.retention(retention);
+            let store = tokio::task::spawn_blocking(move || SqliteStore::open(options))
+                .await
+                .context("the state database check panicked")??;
+            Arc::new(store)
+        }
+    })
+}
+
+/// Closes a store on a failed start; the start's own error is what matters.
+async fn close_quietly(store: &dyn Store) {
+    if let Err(error) = store.close().await {
+        tracing::warn!(%error, "could not close the state store");
+    }
 }
 
 /// Resolves on the first SIGINT or SIGTERM.

@@ -112,17 +112,24 @@ pub struct Retention {
     pub session_idle_ttl: Duration,
     /// Events older than this are removed by cleanup.
     pub event_max_age: Duration,
-    /// Cleanup keeps at most this many events per session (the newest).
+    /// Cleanup keeps at most this many events per session (the newest);
+    /// a single stream is held to it as each event is appended.
     pub max_events_per_session: usize,
+    /// Most bytes of events one stream keeps; the oldest go first, as each
+    /// event is appended. This bounds what a flood to a client that stopped
+    /// reading can cost between cleanups.
+    pub max_stream_bytes: usize,
 }
 
 impl Default for Retention {
-    /// One hour idle, events kept an hour, 10 000 events per session.
+    /// One hour idle, events kept an hour, 10 000 events per session,
+    /// 8 MiB per stream.
     fn default() -> Self {
         Self {
             session_idle_ttl: Duration::from_secs(3600),
             event_max_age: Duration::from_secs(3600),
             max_events_per_session: 10_000,
+            max_stream_bytes: 8 * 1024 * 1024,
         }
     }
 }
@@ -140,6 +147,11 @@ impl Retention {
 
     pub fn max_events_per_session(mut self, max: usize) -> Self {
         self.max_events_per_session = max;
+        self
+    }
+
+    pub fn max_stream_bytes(mut self, max: usize) -> Self {
+        self.max_stream_bytes = max;
         self
     }
 }

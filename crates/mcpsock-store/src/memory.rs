@@ -1,7 +1,7 @@
 //! The in-memory store: the semantics of the SQLite store without a file,
 //! for tests, `--memory` and the library default.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use crate::{
@@ -25,6 +25,8 @@ struct Inner {
     /// Events by sequence number, so iteration is in append order.
     events: BTreeMap<u64, EventRow>,
     event_seq: HashMap<String, u64>,
+    /// Each stream's events (sequence number, size) and their total size.
+    stream_events: HashMap<String, (VecDeque<(u64, usize)>, usize)>,
     next_seq: u64,
     state: HashMap<Vec<u8>, BTreeMap<String, Vec<u8>>>,
 }
@@ -72,6 +74,7 @@ impl Inner {
             .collect();
         for stream in &streams {
             self.streams.remove(stream);
+            self.stream_events.remove(stream);
         }
         let doomed: Vec<u64> = self
             .events
@@ -86,9 +89,36 @@ impl Inner {
         for seq in seqs {
             if let Some(event) = self.events.remove(seq) {
                 self.event_seq.remove(&event.id);
+                if let Some((queue, bytes)) = self.stream_events.get_mut(&event.stream) {
+                    if let Some(position) = queue.iter().position(|(queued, _)| queued == seq)
+                        && let Some((_, size)) = queue.remove(position)
+                    {
+                        *bytes -= size;
+                    }
+                    if queue.is_empty() {
+                        self.stream_events.remove(&event.stream);
+                    }
+                }
             }
         }
         seqs.len()
+    }
+
+    /// Drops a stream's oldest events until it is within both bounds.
+    fn trim_stream(&mut self, stream: &str, max_events: usize, max_bytes: usize) {
+        let mut doomed = Vec::new();
+        if let Some((queue, bytes)) = self.stream_events.get_mut(stream) {
+            while queue.len() > max_events || (*bytes > max_bytes && queue.len() > 1) {
+                let Some((seq, size)) = queue.pop_front() else { break };
+                *bytes -= size;
+                doomed.push(seq);
+            }
+        }
+        for seq in doomed {
+            if let Some(event) = self.events.remove(&seq) {
+                self.event_seq.remove(&event.id);
+            }
+        }
     }
 }
 
@@ -137,6 +167,10 @@ impl Store for MemoryStore {
         let seq = inner.next_seq;
         inner.next_seq += 1;
         inner.event_seq.insert(id.clone(), seq);
+        let size = event.message.as_ref().map_or(0, Vec::len);
+        let (queue, bytes) = inner.stream_events.entry(stream.to_string()).or_default();
+        queue.push_back((seq, size));
+        *bytes += size;
         inner.events.insert(
             seq,
             EventRow {
@@ -148,6 +182,7 @@ impl Store for MemoryStore {
                 is_response: event.is_response,
             },
         );
+        inner.trim_stream(stream, self.retention.max_events_per_session, self.retention.max_stream_bytes);
         Ok(id)
     }
 

@@ -8,6 +8,8 @@
 //! Many concurrent requests share one commit, so persistence costs little
 //! throughput.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::fs::{DirBuilder, File, OpenOptions};
 use std::io::{Read, Seek, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
@@ -146,6 +148,10 @@ struct Writer {
     cipher: Option<Cipher>,
     retention: Retention,
     clock: Clock,
+    /// Events and bytes appended per stream since it was last trimmed (or
+    /// since start, or the last cleanup): a stream is trimmed once these
+    /// pass a quarter of its bounds, so each append stays cheap.
+    appended: RefCell<HashMap<String, (usize, usize)>>,
     _lock: File,
 }
 
@@ -175,7 +181,8 @@ impl SqliteStore {
         configure(&connection, durability).map_err(|error| classify(&path, error))?;
         migrate(&connection, &path)?;
         let cipher = check_keys(&connection, &path, secret.as_ref())?;
-        let writer = Writer { connection, cipher, retention, clock, _lock: lock };
+        let writer =
+            Writer { connection, cipher, retention, clock, appended: RefCell::default(), _lock: lock };
         let (jobs, receiver) = mpsc::unbounded_channel();
         std::thread::Builder::new()
             .name("mcpsock-store".into())
@@ -451,6 +458,53 @@ impl Writer {
         self.clock.now().saturating_sub(millis(self.retention.session_idle_ttl))
     }
 
+    /// Counts an append to `stream` and trims the stream to its bounds
+    /// when enough has been appended since the last trim.
+    fn note_append(&self, stream: &str, size: usize) -> Result<(), StoreError> {
+        let max_events = self.retention.max_events_per_session;
+        let max_bytes = self.retention.max_stream_bytes;
+        let due = {
+            let mut appended = self.appended.borrow_mut();
+            let (events, bytes) = appended.entry(stream.to_string()).or_default();
+            *events += 1;
+            *bytes += size;
+            *events > max_events.div_ceil(4) || *bytes > max_bytes.div_ceil(4)
+        };
+        if due {
+            self.trim_stream(stream, max_events, max_bytes)?;
+            self.appended.borrow_mut().remove(stream);
+        }
+        Ok(())
+    }
+
+    /// Deletes a stream's oldest events until it holds at most `max_events`
+    /// events and `max_bytes` bytes (always keeping the newest).
+    fn trim_stream(&self, stream: &str, max_events: usize, max_bytes: usize) -> Result<(), StoreError> {
+        let mut statement = self.connection.prepare_cached(
+            "SELECT seq, coalesce(length(message), 0) FROM events WHERE stream = ?1 ORDER BY seq DESC",
+        )?;
+        let mut rows = statement.query([stream])?;
+        let (mut kept, mut bytes) = (0usize, 0usize);
+        let mut first_doomed = None;
+        while let Some(row) = rows.next()? {
+            let seq: i64 = row.get(0)?;
+            let size = usize::try_from(row.get::<_, i64>(1)?).unwrap_or(0);
+            if kept > 0 && (kept >= max_events || bytes + size > max_bytes) {
+                first_doomed = Some(seq);
+                break;
+            }
+            kept += 1;
+            bytes += size;
+        }
+        drop(rows);
+        if let Some(seq) = first_doomed {
+            self.connection
+                .prepare_cached("DELETE FROM events WHERE stream = ?1 AND seq <= ?2")?
+                .execute(params![stream, seq])?;
+        }
+        Ok(())
+    }
+
     fn delete_session(&self, key: &[u8]) -> Result<usize, StoreError> {
         let events = self
             .connection
@@ -560,14 +614,18 @@ impl Store for SqliteStore {
                     .execute(params![stream, session, now])?;
             }
             let id = new_event_id();
-            let message = event.message.map(|message| writer.seal(Purpose::Events, &event_aad(&id, &stream), &message));
+            let message =
+                event.message.map(|message| writer.seal(Purpose::Events, &event_aad(&id, &stream), &message));
+            let size = message.as_ref().map_or(0, Vec::len);
+            let retry_ms = event.retry_ms.map(|ms| i64::try_from(ms).unwrap_or(i64::MAX));
             writer
                 .connection
                 .prepare_cached(
                     "INSERT INTO events (id, stream, created_at, retry_ms, message, response)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 )?
-                .execute(params![id, stream, now, event.retry_ms.map(|ms| i64::try_from(ms).unwrap_or(i64::MAX)), message, event.is_response])?;
+                .execute(params![id, stream, now, retry_ms, message, event.is_response])?;
+            writer.note_append(&stream, size)?;
             Ok(id)
         })
         .await
@@ -742,6 +800,7 @@ impl Store for SqliteStore {
                     )?
                     .execute(params![session, cap])?;
             }
+            writer.appended.borrow_mut().clear();
             Ok(purged)
         })
         .await

@@ -2,7 +2,7 @@
 //! the command-line interface and documented in the README.
 
 use mcpsock_client::ClientError;
-use mcpsock_daemon::SocketError;
+use mcpsock_daemon::{SocketError, StoreError};
 
 /// The documented exit codes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -19,6 +19,9 @@ pub(crate) enum Code {
     NoDaemon = 5,
     /// The tool ran and reported an error, or the daemon answered with one.
     ToolError = 6,
+    /// The state database was refused: damaged, newer schema, or a missing,
+    /// wrong or unsafe encryption secret.
+    State = 7,
 }
 
 /// An error on its way to the user, with the exit code it maps to.
@@ -55,12 +58,24 @@ impl Failure {
     /// The daemon's socket errors say whether another instance runs or the
     /// path was refused; everything else is unexpected.
     pub(crate) fn daemon(error: anyhow::Error) -> Self {
-        let code = match error.downcast_ref::<SocketError>() {
-            Some(socket_error) if socket_error.is_already_running() => Code::AlreadyRunning,
-            Some(SocketError::InvalidPath(_)) => Code::Usage,
-            Some(_) => Code::Socket,
-            None => Code::Internal,
+        let code = match (error.downcast_ref::<SocketError>(), error.downcast_ref::<StoreError>()) {
+            (Some(socket_error), _) if socket_error.is_already_running() => Code::AlreadyRunning,
+            (Some(SocketError::InvalidPath(_)), _) => Code::Usage,
+            (Some(_), _) => Code::Socket,
+            (None, Some(store_error)) if store_error.is_already_running() => Code::AlreadyRunning,
+            (None, Some(store_error)) => Self::state_code(store_error),
+            (None, None) => Code::Internal,
         };
         Self { error, code }
+    }
+
+    /// The state database's refusals are the user's to fix; anything else
+    /// about it is unexpected.
+    pub(crate) fn state(error: StoreError) -> Self {
+        Self::new(Self::state_code(&error), error)
+    }
+
+    fn state_code(error: &StoreError) -> Code {
+        if error.is_refused() { Code::State } else { Code::Internal }
     }
 }

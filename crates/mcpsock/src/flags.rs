@@ -14,6 +14,8 @@ Exit codes:
   4  the socket directory or path is unsafe or unusable
   5  no daemon reachable (not running, or not allowed)
   6  the tool reported an error
+  7  the state database cannot be used (damaged, from a newer mcpsock, or a
+     missing, wrong or unsafe encryption secret); it is left untouched
 
 Environment:
   MCPSOCK_CONFIG    config file (default $XDG_CONFIG_HOME/mcpsock/config.json)
@@ -22,6 +24,10 @@ Environment:
   MCPSOCK_LISTEN    loopback TCP address to serve on as well
   MCPSOCK_API_KEY   the key TCP clients must send (default: generated into
                     $XDG_DATA_HOME/mcpsock/api-key)
+  MCPSOCK_DB        state database (default $XDG_DATA_HOME/mcpsock/state.db)
+  MCPSOCK_ENCRYPTION_SECRET
+                    the secret that encrypts the state database (at least
+                    32 bytes); --encryption-secret-file reads it from a file
   MCPSOCK_LOG       log filter, e.g. debug or mcpsock_gateway=trace";
 
 /// One MCP daemon per user, shared by every MCP client on the machine over a
@@ -71,6 +77,35 @@ pub(crate) struct ServeFlags {
     /// Serve on TCP only, without the Unix socket (needs --listen)
     #[arg(long)]
     pub(crate) no_socket: bool,
+    #[command(flatten)]
+    pub(crate) storage: StorageFlags,
+}
+
+/// Where sessions and stream events are kept.
+#[derive(Debug, Args)]
+pub(crate) struct StorageFlags {
+    /// State database (SQLite): sessions and stream events survive restarts
+    /// [env: MCPSOCK_DB] [default: $XDG_DATA_HOME/mcpsock/state.db]
+    #[arg(long, value_name = "PATH", conflicts_with = "memory")]
+    pub(crate) db: Option<PathBuf>,
+    /// Keep sessions in memory only: a restart forgets them
+    #[arg(long)]
+    pub(crate) memory: bool,
+    /// Encrypt the state database with the secret in this file (at least
+    /// 32 bytes, mode 0600, e.g. from `openssl rand -hex 32`)
+    /// [env: MCPSOCK_ENCRYPTION_SECRET holds the secret itself]
+    #[arg(long, value_name = "PATH")]
+    pub(crate) encryption_secret_file: Option<PathBuf>,
+    /// normal: commits survive a crash of mcpsock; full: they survive a power
+    /// loss too, at the cost of slower writes [default: normal]
+    #[arg(long, value_enum, value_name = "LEVEL")]
+    pub(crate) durability: Option<DurabilityFlag>,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub(crate) enum DurabilityFlag {
+    Normal,
+    Full,
 }
 
 /// Where client commands find the daemon.

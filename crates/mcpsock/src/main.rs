@@ -146,12 +146,47 @@ async fn run_serve(flags: ServeFlags) -> Result<ExitCode, Failure> {
         )));
     }
     let shutdown = mcpsock_daemon::shutdown_signal().await.map_err(Failure::internal)?;
+    let storage = storage(&flags.storage, &config, &env)?;
     let mut options = mcpsock_daemon::DaemonOptions::new(config, socket_path);
+    options.storage = storage;
     options.enable_socket = enable_socket;
     options.tcp = tcp;
     options.systemd = mcpsock_daemon::SystemdEnv::from_process();
     mcpsock_daemon::run(options, shutdown).await.map_err(Failure::daemon)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Where sessions are kept: `--memory` > `--db` > `MCPSOCK_DB` > the
+/// config's `storage`/`db` > the default database. The encryption secret:
+/// `--encryption-secret-file` > `MCPSOCK_ENCRYPTION_SECRET` > the config's
+/// `encryption_secret_file`.
+fn storage(
+    flags: &flags::StorageFlags,
+    config: &Config,
+    env: &ProcessEnv,
+) -> Result<mcpsock_daemon::Storage, Failure> {
+    use mcpsock_daemon::{Durability, EncryptionSecret, SqliteOptions};
+    let db_from_outside = flags.db.is_some() || env_string("MCPSOCK_DB").is_some();
+    if flags.memory || (!db_from_outside && config.storage == mcpsock_config::StorageKind::Memory) {
+        return Ok(mcpsock_daemon::Storage::Memory);
+    }
+    let path = mcpsock_config::db_path(flags.db.as_deref(), env, config.db.as_deref());
+    let secret = match (&flags.encryption_secret_file, env_string("MCPSOCK_ENCRYPTION_SECRET")) {
+        (Some(file), _) => Some(EncryptionSecret::from_file(file)),
+        (None, Some(secret)) => Some(EncryptionSecret::new(secret)),
+        (None, None) => config.encryption_secret_file.as_deref().map(EncryptionSecret::from_file),
+    }
+    .transpose()
+    .map_err(Failure::state)?;
+    let durability = match flags.durability {
+        Some(flags::DurabilityFlag::Full) => Durability::Full,
+        Some(flags::DurabilityFlag::Normal) => Durability::Normal,
+        None => match config.durability {
+            mcpsock_config::Durability::Full => Durability::Full,
+            mcpsock_config::Durability::Normal => Durability::Normal,
+        },
+    };
+    Ok(mcpsock_daemon::Storage::Sqlite(SqliteOptions::new(path).durability(durability).secret(secret)))
 }
 
 /// A non-empty environment variable.

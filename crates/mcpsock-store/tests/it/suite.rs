@@ -214,16 +214,57 @@ pub(crate) async fn retention_bounds_events(backend: Backend) {
     store.put_session(session("s1", "uid:1")).await.unwrap();
     let first = store.append_event("a", Some("s1"), message("old")).await.unwrap();
     clock.advance(Duration::from_secs(61));
+    // Five events over two streams: no stream is over the cap of 3, the
+    // session is.
     let mut kept = Vec::new();
     for index in 0..5 {
-        kept.push(store.append_event("a", Some("s1"), message(&format!("m{index}"))).await.unwrap());
+        let stream = if index % 2 == 0 { "b" } else { "c" };
+        kept.push(store.append_event(stream, Some("s1"), message(&format!("m{index}"))).await.unwrap());
     }
     let purged = store.purge().await.unwrap();
     assert_eq!(purged, Purged { sessions: 0, events: 3 }, "one too old, two over the cap of 3");
     assert_eq!(store.replay_after("s1", &first).await.unwrap(), None);
-    assert_eq!(store.replay_after("s1", &kept[1]).await.unwrap(), None, "the oldest over the cap go first");
+    assert_eq!(store.replay_after("s1", &kept[0]).await.unwrap(), None, "the oldest over the cap go first");
+    assert_eq!(store.replay_after("s1", &kept[1]).await.unwrap(), None);
     let replay = store.replay_after("s1", &kept[2]).await.unwrap().unwrap();
-    assert_eq!(texts(&replay.events), ["m3", "m4"]);
+    assert_eq!(texts(&replay.events), ["m4"]);
+    let replay = store.replay_after("s1", &kept[3]).await.unwrap().unwrap();
+    assert!(replay.events.is_empty());
+}
+
+/// How many of `ids` (in append order) are still stored: the first one that
+/// replays marks where the kept events begin.
+async fn kept(store: &dyn mcpsock_store::Store, session: &str, ids: &[String]) -> usize {
+    for (index, id) in ids.iter().enumerate() {
+        if store.replay_after(session, id).await.unwrap().is_some() {
+            return ids.len() - index;
+        }
+    }
+    0
+}
+
+pub(crate) async fn a_growing_stream_is_bounded_as_it_grows(backend: Backend) {
+    // By count: at most the cap, plus the slack a backend may batch trims by.
+    let opened = backend.open(Clock::manual(START), retention().max_events_per_session(100));
+    let store = &opened.store;
+    let mut ids = Vec::new();
+    for index in 0..1000 {
+        ids.push(store.append_event("flood", Some("s1"), message(&format!("{index:0100}"))).await.unwrap());
+    }
+    let kept_by_count = kept(store.as_ref(), "s1", &ids).await;
+    assert!((50..=126).contains(&kept_by_count), "{kept_by_count} events kept for a cap of 100");
+
+    // By size: 1000 events of 1 KiB against a 64 KiB budget.
+    let opened = backend.open(Clock::manual(START), retention().max_stream_bytes(64 * 1024));
+    let store = &opened.store;
+    let mut ids = Vec::new();
+    for index in 0..1000 {
+        ids.push(store.append_event("flood", Some("s1"), message(&format!("{index:01024}"))).await.unwrap());
+    }
+    let kept_by_size = kept(store.as_ref(), "s1", &ids).await;
+    assert!((32..=81).contains(&kept_by_size), "{kept_by_size} events of 1 KiB kept for a 64 KiB budget");
+    let replay = store.replay_after("s1", &ids[998]).await.unwrap().unwrap();
+    assert_eq!(replay.events.len(), 1, "the newest events are the ones kept");
 }
 
 pub(crate) async fn closed_store_refuses_work(backend: Backend) {
@@ -260,5 +301,6 @@ suite!(
     binding_is_first_come,
     state_round_trip,
     retention_bounds_events,
+    a_growing_stream_is_bounded_as_it_grows,
     closed_store_refuses_work,
 );

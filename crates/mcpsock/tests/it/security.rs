@@ -287,8 +287,27 @@ fn sec24_idle_sessions_expire() {
         );
     }
     assert_eq!(post(Target::Unix(&socket), "localhost", &headers, list).status, 404);
-    // FIXME: the rows of expired sessions are purged by the persistent
-    // session store, which does not exist yet; in memory they are simply gone.
+    wait_until("the expired session's row is gone", || sandbox.stored_sessions() == 0);
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn sec24_sessions_that_expire_while_stopped_are_purged_on_the_next_run() {
+    let sandbox = Sandbox::new();
+    let config = sandbox
+        .write_config(&json!({"mcpServers": {}, "session_idle_ttl": "1s", "ttl_cleanup_interval": "100ms"}));
+    let socket = sandbox.socket();
+    let daemon = Daemon::start(&sandbox, &config);
+    let session = open_session(Target::Unix(&socket), "localhost", "");
+    assert!(daemon.stop().success());
+    assert_eq!(sandbox.stored_sessions(), 1, "a clean stop keeps the session for the next run");
+
+    let daemon = Daemon::start(&sandbox, &config);
+    // The cleanup runs every 100 ms and removes the row once it is 1 s old.
+    wait_until("the cleanup removes the expired session", || sandbox.stored_sessions() == 0);
+    let headers = format!("MCP-Protocol-Version: 2025-06-18\r\nMcp-Session-Id: {session}");
+    let list = r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#;
+    assert_eq!(post(Target::Unix(&socket), "localhost", &headers, list).status, 404);
     assert!(daemon.stop().success());
 }
 

@@ -100,6 +100,22 @@ impl Sandbox {
     }
 
     /// `mcpsock serve --config CONFIG --socket SOCKET`.
+    /// The daemon's default state database in this sandbox.
+    pub(crate) fn state_db(&self) -> PathBuf {
+        self.path().join("xdg-data").join("mcpsock").join("state.db")
+    }
+
+    /// How many sessions the state database holds, read as another process
+    /// would (the daemon may hold it open).
+    pub(crate) fn stored_sessions(&self) -> i64 {
+        let connection = rusqlite::Connection::open_with_flags(
+            self.state_db(),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .unwrap();
+        connection.query_row("SELECT count(*) FROM sessions", [], |row| row.get(0)).unwrap()
+    }
+
     pub(crate) fn serve_command(&self, config: &Path, socket: &Path) -> Command {
         self.command(&["serve", "--config", config.to_str().unwrap(), "--socket", socket.to_str().unwrap()])
     }
