@@ -231,3 +231,151 @@ fn sec40_every_event_a_client_received_survives_kill_9() {
     }
     assert!(received_total >= 100, "only {received_total} events were checked");
 }
+
+/// `mcpsock serve` with `extra` flags, run to its exit (a refused start).
+fn serve_refused(sandbox: &Sandbox, config: &std::path::Path, extra: &[&str]) -> std::process::Output {
+    let mut command = sandbox.serve_command(config, &sandbox.socket());
+    command.args(extra);
+    command.output().unwrap()
+}
+
+fn write_secret(sandbox: &Sandbox, name: &str, secret: &str, mode: u32) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = sandbox.path().join(name);
+    std::fs::write(&path, format!("{secret}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    path
+}
+
+#[test]
+fn sec42_a_database_is_opened_only_with_its_own_key() {
+    let sandbox = Sandbox::new();
+    let config = sandbox.write_config(&json!({"mcpServers": {}}));
+    let key = write_secret(&sandbox, "key", &"k".repeat(40), 0o600);
+    let other_key = write_secret(&sandbox, "other-key", &"o".repeat(40), 0o600);
+    let loose_key = write_secret(&sandbox, "loose-key", &"k".repeat(40), 0o644);
+    let key_flag = ["--encryption-secret-file", key.to_str().unwrap()];
+
+    let refused =
+        serve_refused(&sandbox, &config, &["--encryption-secret-file", loose_key.to_str().unwrap()]);
+    assert_eq!(refused.status.code(), Some(7), "{}", stderr(&refused));
+    assert!(stderr(&refused).contains("chmod 600"), "{}", stderr(&refused));
+
+    let daemon = Daemon::start_with(&sandbox, &config, &sandbox.socket(), |command| {
+        command.args(key_flag);
+    });
+    assert!(daemon.stop().success());
+    let before = std::fs::read(sandbox.state_db()).unwrap();
+
+    let refused = serve_refused(&sandbox, &config, &[]);
+    assert_eq!(refused.status.code(), Some(7), "{}", stderr(&refused));
+    assert!(stderr(&refused).contains("is encrypted"), "{}", stderr(&refused));
+    let refused =
+        serve_refused(&sandbox, &config, &["--encryption-secret-file", other_key.to_str().unwrap()]);
+    assert_eq!(refused.status.code(), Some(7), "{}", stderr(&refused));
+    assert!(stderr(&refused).contains("does not open"), "{}", stderr(&refused));
+    assert_eq!(std::fs::read(sandbox.state_db()).unwrap(), before, "nothing was re-keyed or rewritten");
+
+    // The environment variable carries the secret itself.
+    let daemon = Daemon::start_with(&sandbox, &config, &sandbox.socket(), |command| {
+        command.env("MCPSOCK_ENCRYPTION_SECRET", "k".repeat(40));
+    });
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn sec41_a_tool_result_is_not_on_disk_in_clear() {
+    const CANARY: &str = "canary-5b1e0c-in-a-tool-result";
+    let sandbox = Sandbox::new();
+    let config = sandbox.demo_config();
+    let socket = sandbox.socket();
+    let key = write_secret(&sandbox, "key", &"k".repeat(40), 0o600);
+    let daemon = Daemon::start_with(&sandbox, &config, &socket, |command| {
+        command.args(["--encryption-secret-file", key.to_str().unwrap()]);
+    });
+    let session = open_session(Target::Unix(&socket), "localhost", "");
+    let call = format!(
+        r#"{{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{{"name":"demo__echo","arguments":{{"text":"{CANARY}"}}}}}}"#
+    );
+    for _ in 0..20 {
+        let answer = post(Target::Unix(&socket), "localhost", &session_headers(&session), &call);
+        assert!(answer.body.contains(CANARY), "{answer:?}");
+    }
+    let db = sandbox.state_db();
+    let files = [db.clone(), db.with_extension("db-wal"), db.with_extension("db-shm")];
+    let on_disk = |file: &std::path::Path| {
+        std::fs::read(file)
+            .is_ok_and(|bytes| bytes.windows(CANARY.len()).any(|window| window == CANARY.as_bytes()))
+    };
+    assert!(files[1].exists(), "the write-ahead log holds the recent writes");
+    for file in &files {
+        assert!(!on_disk(file), "{} holds the canary in clear", file.display());
+        assert_eq!(mode(file), 0o600, "{}", file.display());
+    }
+    assert!(daemon.stop().success());
+    assert!(!on_disk(&files[0]));
+}
+
+#[test]
+fn sec45_sigterm_checkpoints_the_log_and_a_restart_follows_at_once() {
+    let sandbox = Sandbox::new();
+    let config = sandbox.write_config(&json!({"mcpServers": {}}));
+    let socket = sandbox.socket();
+    let daemon = Daemon::start(&sandbox, &config);
+    let session = open_session(Target::Unix(&socket), "localhost", "");
+    post(Target::Unix(&socket), "localhost", &session_headers(&session), LIST);
+    assert!(daemon.stop().success());
+    let wal = sandbox.state_db().with_extension("db-wal");
+    let wal_size = std::fs::metadata(&wal).map_or(0, |metadata| metadata.len());
+    assert_eq!(wal_size, 0, "everything is in the database file after a clean stop");
+    assert!(
+        !sandbox.state_db().with_extension("db.lock").exists() || {
+            // The lock file may stay; what matters is that nobody holds it.
+            let restarted = Daemon::start(&sandbox, &config);
+            restarted.stop().success()
+        }
+    );
+}
+
+#[test]
+fn refused_databases_name_the_file_and_stay_untouched() {
+    let sandbox = Sandbox::new();
+    let config = sandbox.write_config(&json!({"mcpServers": {}}));
+    let data = sandbox.path().join("xdg-data").join("mcpsock");
+    std::fs::create_dir_all(&data).unwrap();
+
+    let garbage = vec![0x5au8; 8192];
+    std::fs::write(sandbox.state_db(), &garbage).unwrap();
+    let refused = serve_refused(&sandbox, &config, &[]);
+    assert_eq!(refused.status.code(), Some(7), "{}", stderr(&refused));
+    assert!(stderr(&refused).contains(&sandbox.state_db().display().to_string()), "{}", stderr(&refused));
+    assert!(stderr(&refused).contains("damaged"), "{}", stderr(&refused));
+    assert_eq!(std::fs::read(sandbox.state_db()).unwrap(), garbage);
+    std::fs::remove_file(sandbox.state_db()).unwrap();
+
+    let daemon = Daemon::start(&sandbox, &config);
+    assert!(daemon.stop().success());
+    rusqlite::Connection::open(sandbox.state_db())
+        .unwrap()
+        .execute_batch("PRAGMA user_version = 42")
+        .unwrap();
+    let refused = serve_refused(&sandbox, &config, &[]);
+    assert_eq!(refused.status.code(), Some(7), "{}", stderr(&refused));
+    assert!(stderr(&refused).contains("schema version 42"), "{}", stderr(&refused));
+}
+
+#[test]
+fn a_database_in_use_is_already_running() {
+    let sandbox = Sandbox::new();
+    let config = sandbox.write_config(&json!({"mcpServers": {}}));
+    let daemon = Daemon::start(&sandbox, &config);
+    // Another socket, the same database.
+    let other_socket = sandbox.path().join("xdg-runtime").join("mcpsock").join("other.sock");
+    let second = sandbox.serve_command(&config, &other_socket).output().unwrap();
+    assert_eq!(second.status.code(), Some(3), "{}", stderr(&second));
+    assert!(stderr(&second).contains(&format!("pid {}", daemon.pid())), "{}", stderr(&second));
+    assert!(daemon.stop().success());
+
+    let memory = sandbox.serve_command(&config, &other_socket);
+    drop(memory);
+}
