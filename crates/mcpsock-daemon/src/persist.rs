@@ -96,6 +96,15 @@ impl EventStore for EventStoreAdapter {
                 Some(ServerJsonRpcMessage::Response(_) | ServerJsonRpcMessage::Error(_))
             ),
         };
+        if session.is_none() && message.is_none() {
+            // The priming event that opens a request stream. Its id reaches
+            // the client only through `BoundSessions::create_stream`, after
+            // the stream's binding is committed, and that commit takes this
+            // event with it: one commit instead of two per request. (rmcp
+            // also primes when a handler closes a stream early, which the
+            // gateway never asks for.)
+            return Ok(self.0.append_event_deferred(&stream_key(stream_id), new_event));
+        }
         Ok(self.0.append_event(&stream_key(stream_id), session, new_event).await?)
     }
 

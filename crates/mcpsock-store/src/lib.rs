@@ -284,6 +284,13 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
         event: NewEvent,
     ) -> Result<String, StoreError>;
 
+    /// Appends an event and returns its id at once, before it is committed:
+    /// it commits with (or before) the next operation on this store whose
+    /// result is awaited. Only for an event whose id the caller withholds
+    /// from clients until such an operation returned, e.g. a stream's first
+    /// event, held back until [`Store::bind_stream`] recorded the stream.
+    fn append_event_deferred(&self, stream: &str, event: NewEvent) -> String;
+
     /// Binds the stream of `event_id` to `session` as the answer to the
     /// request `request_id` (JSON).
     async fn bind_stream(&self, event_id: &str, session: &str, request_id: &[u8]) -> Result<(), StoreError>;

@@ -122,41 +122,11 @@ impl Inner {
     }
 }
 
-#[async_trait::async_trait]
-impl Store for MemoryStore {
-    async fn put_session(&self, session: SessionRecord) -> Result<(), StoreError> {
-        self.lock()?.sessions.insert(session_key(&session.id), session);
-        Ok(())
-    }
-
-    async fn load_session(&self, id: &str) -> Result<Option<SessionRecord>, StoreError> {
-        let now = self.clock.now();
-        let inner = self.lock()?;
-        Ok(inner.sessions.get(&session_key(id)).filter(|session| !self.expired(session, now)).cloned())
-    }
-
-    fn touch_session(&self, id: &str) {
-        let now = self.clock.now();
-        if let Ok(mut inner) = self.lock()
-            && let Some(session) = inner.sessions.get_mut(&session_key(id))
-        {
-            session.last_seen = session.last_seen.max(now);
-        }
-    }
-
-    async fn delete_session(&self, id: &str) -> Result<(), StoreError> {
-        self.lock()?.remove_session(&session_key(id));
-        Ok(())
-    }
-
-    async fn append_event(
-        &self,
-        stream: &str,
-        session: Option<&str>,
-        event: NewEvent,
-    ) -> Result<String, StoreError> {
+impl MemoryStore {
+    fn append(&self, stream: &str, session: Option<&str>, event: NewEvent) -> Result<String, StoreError> {
         let now = self.clock.now();
         let mut inner = self.lock()?;
+
         if let Some(session) = session {
             inner
                 .streams
@@ -184,6 +154,51 @@ impl Store for MemoryStore {
         );
         inner.trim_stream(stream, self.retention.max_events_per_session, self.retention.max_stream_bytes);
         Ok(id)
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for MemoryStore {
+    async fn put_session(&self, session: SessionRecord) -> Result<(), StoreError> {
+        self.lock()?.sessions.insert(session_key(&session.id), session);
+        Ok(())
+    }
+
+    async fn load_session(&self, id: &str) -> Result<Option<SessionRecord>, StoreError> {
+        let now = self.clock.now();
+        let inner = self.lock()?;
+        Ok(inner.sessions.get(&session_key(id)).filter(|session| !self.expired(session, now)).cloned())
+    }
+
+    fn touch_session(&self, id: &str) {
+        let now = self.clock.now();
+        if let Ok(mut inner) = self.lock()
+            && let Some(session) = inner.sessions.get_mut(&session_key(id))
+        {
+            session.last_seen = session.last_seen.max(now);
+        }
+    }
+
+    async fn delete_session(&self, id: &str) -> Result<(), StoreError> {
+        self.lock()?.remove_session(&session_key(id));
+        Ok(())
+    }
+
+    fn append_event_deferred(&self, stream: &str, event: NewEvent) -> String {
+        // Memory has nothing to defer to: the event is stored at once.
+        match self.append(stream, None, event) {
+            Ok(id) => id,
+            Err(_) => crate::new_event_id(),
+        }
+    }
+
+    async fn append_event(
+        &self,
+        stream: &str,
+        session: Option<&str>,
+        event: NewEvent,
+    ) -> Result<String, StoreError> {
+        self.append(stream, session, event)
     }
 
     async fn bind_stream(&self, event_id: &str, session: &str, request_id: &[u8]) -> Result<(), StoreError> {

@@ -60,7 +60,6 @@ const MIGRATIONS: &[&str] = &[
         response INTEGER NOT NULL
     );
     CREATE INDEX events_by_stream ON events (stream, seq);
-    CREATE INDEX events_by_age ON events (created_at);
     CREATE TABLE state (
         session BLOB NOT NULL,
         name TEXT NOT NULL,
@@ -139,7 +138,14 @@ enum Job {
 pub struct SqliteStore {
     path: PathBuf,
     jobs: Mutex<Option<mpsc::UnboundedSender<Job>>>,
+    /// When each session's use was last written: a busy session is written
+    /// at most once per [`TOUCH_INTERVAL_MS`].
+    touched: Mutex<HashMap<Vec<u8>, i64>>,
+    clock: Clock,
 }
+
+/// How stale a stored "last seen" may be; far below any sensible TTL.
+const TOUCH_INTERVAL_MS: i64 = 1000;
 
 /// What the writer thread owns. Field order matters: the connection closes
 /// before the lock file is released.
@@ -181,15 +187,21 @@ impl SqliteStore {
         configure(&connection, durability).map_err(|error| classify(&path, error))?;
         migrate(&connection, &path)?;
         let cipher = check_keys(&connection, &path, secret.as_ref())?;
-        let writer =
-            Writer { connection, cipher, retention, clock, appended: RefCell::default(), _lock: lock };
+        let writer = Writer {
+            connection,
+            cipher,
+            retention,
+            clock: clock.clone(),
+            appended: RefCell::default(),
+            _lock: lock,
+        };
         let (jobs, receiver) = mpsc::unbounded_channel();
         std::thread::Builder::new()
             .name("mcpsock-store".into())
             .spawn(move || write_loop(writer, receiver))
             .map_err(io)?;
         tracing::info!(db = %path.display(), encrypted = secret.is_some(), "state database open");
-        Ok(Self { path, jobs: Mutex::new(Some(jobs)) })
+        Ok(Self { path, jobs: Mutex::new(Some(jobs)), touched: Mutex::default(), clock })
     }
 
     /// The database file.
@@ -314,6 +326,9 @@ fn check_integrity(connection: &Connection, path: &Path) -> Result<(), StoreErro
 }
 
 fn configure(connection: &Connection, durability: Durability) -> rusqlite::Result<()> {
+    // Rows are small and every commit writes whole pages to the log: small
+    // pages write less. Takes effect only when the database is created.
+    connection.execute_batch("PRAGMA page_size = 1024;")?;
     let mode: String = connection.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
         tracing::warn!(mode, "the state database is not in WAL mode");
@@ -322,7 +337,12 @@ fn configure(connection: &Connection, durability: Durability) -> rusqlite::Resul
         Durability::Normal => "PRAGMA synchronous = NORMAL;",
         Durability::Full => "PRAGMA synchronous = FULL;",
     })?;
-    connection.execute_batch("PRAGMA foreign_keys = OFF; PRAGMA temp_store = MEMORY;")?;
+    // The same hot pages are rewritten by every batch; checkpointing less
+    // often copies each of them back less often (the log may grow to about
+    // 4 MiB between checkpoints).
+    connection.execute_batch(
+        "PRAGMA foreign_keys = OFF; PRAGMA temp_store = MEMORY; PRAGMA wal_autocheckpoint = 4000;",
+    )?;
     Ok(())
 }
 
@@ -458,6 +478,34 @@ impl Writer {
         self.clock.now().saturating_sub(millis(self.retention.session_idle_ttl))
     }
 
+    fn append(
+        &self,
+        id: &str,
+        stream: &str,
+        session: Option<&[u8]>,
+        event: NewEvent,
+    ) -> Result<(), StoreError> {
+        let now = self.clock.now();
+        if let Some(session) = session {
+            self.connection
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO streams (stream, session, request_id, created_at) VALUES (?1, ?2, NULL, ?3)",
+                )?
+                .execute(params![stream, session, now])?;
+        }
+        let message =
+            event.message.map(|message| self.seal(Purpose::Events, &event_aad(id, stream), &message));
+        let size = message.as_ref().map_or(0, Vec::len);
+        let retry_ms = event.retry_ms.map(|ms| i64::try_from(ms).unwrap_or(i64::MAX));
+        self.connection
+            .prepare_cached(
+                "INSERT INTO events (id, stream, created_at, retry_ms, message, response)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![id, stream, now, retry_ms, message, event.is_response])?;
+        self.note_append(stream, size)
+    }
+
     /// Counts an append to `stream` and trims the stream to its bounds
     /// when enough has been appended since the last trim.
     fn note_append(&self, stream: &str, size: usize) -> Result<(), StoreError> {
@@ -575,6 +623,17 @@ impl Store for SqliteStore {
 
     fn touch_session(&self, id: &str) {
         let key = session_key(id);
+        let now = self.clock.now();
+        {
+            let mut touched = self.touched.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if touched.get(&key).is_some_and(|last| now - last < TOUCH_INTERVAL_MS) {
+                return;
+            }
+            if touched.len() > 100_000 {
+                touched.retain(|_, last| now - *last < TOUCH_INTERVAL_MS);
+            }
+            touched.insert(key.clone(), now);
+        }
         let job = Job::Run(Box::new(move |writer: &Writer| {
             let touched = writer
                 .connection
@@ -604,31 +663,26 @@ impl Store for SqliteStore {
         let stream = stream.to_string();
         let session = session.map(session_key);
         self.submit(move |writer| {
-            let now = writer.clock.now();
-            if let Some(session) = session {
-                writer
-                    .connection
-                    .prepare_cached(
-                        "INSERT OR IGNORE INTO streams (stream, session, request_id, created_at) VALUES (?1, ?2, NULL, ?3)",
-                    )?
-                    .execute(params![stream, session, now])?;
-            }
             let id = new_event_id();
-            let message =
-                event.message.map(|message| writer.seal(Purpose::Events, &event_aad(&id, &stream), &message));
-            let size = message.as_ref().map_or(0, Vec::len);
-            let retry_ms = event.retry_ms.map(|ms| i64::try_from(ms).unwrap_or(i64::MAX));
-            writer
-                .connection
-                .prepare_cached(
-                    "INSERT INTO events (id, stream, created_at, retry_ms, message, response)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                )?
-                .execute(params![id, stream, now, retry_ms, message, event.is_response])?;
-            writer.note_append(&stream, size)?;
+            writer.append(&id, &stream, session.as_deref(), event)?;
             Ok(id)
         })
         .await
+    }
+
+    fn append_event_deferred(&self, stream: &str, event: NewEvent) -> String {
+        let id = new_event_id();
+        let (stream, event_id) = (stream.to_string(), id.clone());
+        let job = Job::Run(Box::new(move |writer: &Writer| {
+            if let Err(error) = writer.append(&event_id, &stream, None, event) {
+                tracing::warn!(%error, "could not store an event");
+            }
+            Box::new(|_: Option<&str>| {})
+        }));
+        if let Some(jobs) = self.sender() {
+            let _ = jobs.send(job);
+        }
+        id
     }
 
     async fn bind_stream(&self, event_id: &str, session: &str, request_id: &[u8]) -> Result<(), StoreError> {
@@ -770,10 +824,17 @@ impl Store for SqliteStore {
                 purged.sessions += 1;
             }
             let oldest_kept = writer.clock.now().saturating_sub(millis(writer.retention.event_max_age));
+            // Events are appended in time order, so the old ones are those
+            // before the first young one (no index on age needed).
+            let first_young: Option<i64> = writer
+                .connection
+                .prepare_cached("SELECT seq FROM events WHERE created_at >= ?1 ORDER BY seq LIMIT 1")?
+                .query_row([oldest_kept], |row| row.get(0))
+                .optional()?;
             purged.events += writer
                 .connection
-                .prepare_cached("DELETE FROM events WHERE created_at < ?1")?
-                .execute([oldest_kept])?;
+                .prepare_cached("DELETE FROM events WHERE seq < ?1")?
+                .execute([first_young.unwrap_or(i64::MAX)])?;
             writer
                 .connection
                 .prepare_cached(
