@@ -341,7 +341,7 @@ fn configure(connection: &Connection, durability: Durability) -> rusqlite::Resul
     // often copies each of them back less often (the log may grow to about
     // 4 MiB between checkpoints).
     connection.execute_batch(
-        "PRAGMA foreign_keys = OFF; PRAGMA temp_store = MEMORY; PRAGMA wal_autocheckpoint = 4000;",
+        "PRAGMA foreign_keys = OFF; PRAGMA temp_store = MEMORY; PRAGMA wal_autocheckpoint = 4000; PRAGMA cache_size = -8192;",
     )?;
     Ok(())
 }
