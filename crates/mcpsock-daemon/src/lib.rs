@@ -7,21 +7,37 @@
 //! something to serve. Shutdown runs the same steps backwards.
 
 mod access;
+mod admin;
 pub mod api_key;
+mod events;
 mod http;
+mod metrics;
+mod reload;
 mod server;
 mod sessions;
 mod stall;
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
+use mcpsock_api::EventBody;
 use mcpsock_config::Config;
-use mcpsock_gateway::{Gateway, GatewayOptions, UpstreamSpec};
+use mcpsock_gateway::{Gateway, GatewayOptions, UpstreamEvent};
 
 pub use mcpsock_transport::{PeerPolicy, SocketError, SocketGuard, SystemdEnv};
+pub use reload::ConfigSource;
 pub use server::{HealthReporter, ListenOptions, LockedSocket, Serving};
+
+/// What the daemon tells whoever started it once it is ready.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Ready {
+    pub pid: u32,
+    pub socket: Option<PathBuf>,
+    pub tcp: Option<std::net::SocketAddr>,
+}
 
 /// Everything the daemon needs to run, validated by the caller.
 #[derive(Debug)]
@@ -40,6 +56,17 @@ pub struct DaemonOptions {
     pub systemd: SystemdEnv,
     /// Serve on the Unix socket (off for TCP-only setups).
     pub enable_socket: bool,
+    /// The config file reloads read; none when the upstreams came from the
+    /// command line.
+    pub config_source: Option<ConfigSource>,
+    /// Where the log goes, reported by `/status` (the caller set up the
+    /// logging itself).
+    pub log_file: Option<PathBuf>,
+    /// Poll the config file this often and reload it when it changed.
+    pub watch_config: Option<Duration>,
+    /// Told once the socket accepts connections and the upstreams have
+    /// started (or failed).
+    pub ready: Option<tokio::sync::oneshot::Sender<Ready>>,
 }
 
 impl DaemonOptions {
@@ -60,6 +87,10 @@ impl DaemonOptions {
             tcp: None,
             systemd: SystemdEnv::default(),
             enable_socket: true,
+            config_source: None,
+            log_file: None,
+            watch_config: None,
+            ready: None,
         }
     }
 }
@@ -68,8 +99,26 @@ impl DaemonOptions {
 /// in-flight requests get the configured grace period, upstream process
 /// groups are stopped, and the socket and PID file are removed.
 pub async fn run(options: DaemonOptions, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let DaemonOptions { config, socket_path, socket_mode, peer_policy, tcp, systemd, enable_socket } =
-        options;
+    let DaemonOptions {
+        config,
+        socket_path,
+        socket_mode,
+        peer_policy,
+        tcp,
+        systemd,
+        enable_socket,
+        config_source,
+        log_file,
+        watch_config,
+        ready,
+    } = options;
+    let started = Instant::now();
+    let started_at = SystemTime::now();
+    // SIGHUP asks for a reload; its default action would end the daemon, so
+    // it is caught from the very start.
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("cannot listen for SIGHUP")?;
+    let socket = enable_socket.then(|| socket_path.clone());
     let mut listen = ListenOptions::new(socket_path);
     listen.socket_mode = socket_mode;
     listen.socket_group = config.socket_group;
@@ -90,45 +139,133 @@ pub async fn run(options: DaemonOptions, shutdown: impl Future<Output = ()>) -> 
         None => LockedSocket::acquire(listen)?,
     };
 
-    let specs = config
-        .servers
-        .iter()
-        .map(|server| {
-            UpstreamSpec::new(&server.name, &server.command)
-                .args(server.args.clone())
-                .env(server.env.iter().map(|(key, value)| (key.clone(), value.expose().to_string())))
-                .cwd(server.cwd.clone())
-        })
-        .collect();
+    let specs = reload::specs_of(&config, &Default::default());
+    // Subscribed before the upstreams start, so their first events are kept.
+    let (upstream_events, upstream_feed) = tokio::sync::broadcast::channel(1024);
     let gateway_options = GatewayOptions::default()
         .separator(config.tool_separator.clone())
         .init_timeout(config.init_timeout)
         .stop_grace(config.shutdown_grace)
-        .request_timeout(config.request_timeout);
+        .request_timeout(config.request_timeout)
+        .events(upstream_events);
     let gateway = Gateway::start(specs, gateway_options).await;
 
-    let health_gateway = gateway.clone();
-    let health: HealthReporter = Arc::new(move |rejected| http::gateway_health(&health_gateway, rejected));
+    let events = Arc::new(events::EventBus::new(events::RING_CAPACITY));
     let session_gateway = gateway.clone();
-    let serving = match locked.bind(move || session_gateway.clone(), health) {
+    let mut admin = None;
+    let bound = locked.bind_with(
+        move || session_gateway.clone(),
+        events.clone(),
+        |parts| {
+            let state = Arc::new(admin::Admin {
+                gateway: gateway.clone(),
+                started,
+                started_at,
+                socket,
+                tcp: parts.tcp_address,
+                log_file,
+                events: events.clone(),
+                metrics: parts.metrics.clone(),
+                stats: parts.stats.clone(),
+                in_flight: parts.in_flight.clone(),
+                sessions: parts.sessions.clone(),
+                streams_token: parts.streams_token.clone(),
+                reloader: reload::Reloader::new(config, config_source, systemd.clone()),
+                ping_every: events::PING_INTERVAL,
+            });
+            admin = Some(state.clone());
+            admin::router(state)
+        },
+    );
+    let serving = match bound {
         Ok(serving) => serving,
         Err(error) => {
             gateway.shutdown().await;
             return Err(error.into());
         }
     };
+    let admin = admin.context("the admin API was not set up")?;
+    let background = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(forward_upstream_events(events.clone(), gateway.clone(), upstream_feed));
+    if let Some(every) = watch_config {
+        tokio::spawn(reload::watch_config(admin.clone(), every, background.clone()));
+    }
+    if let Some(every) = systemd.watchdog_interval() {
+        let systemd = systemd.clone();
+        let stop = background.clone();
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(every);
+            loop {
+                tokio::select! {
+                    _ = ticks.tick() => systemd.notify("WATCHDOG=1"),
+                    () = stop.cancelled() => return,
+                }
+            }
+        });
+    }
+    let reload_admin = admin.clone();
+    let stop = background.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                received = hangup.recv() => if received.is_none() { return },
+                () = stop.cancelled() => return,
+            }
+            // Refusals are logged and recorded by the reload itself.
+            let _ = reload::request_reload(&reload_admin, "SIGHUP");
+        }
+    });
     systemd.notify("READY=1");
+    tracing::info!(pid = std::process::id(), "ready");
+    if let Some(ready) = ready {
+        let _ = ready.send(Ready { pid: std::process::id(), socket: admin.socket.clone(), tcp: admin.tcp });
+    }
     let shutdown = async {
         shutdown.await;
         systemd.notify("STOPPING=1");
     };
     let served = serving.run_until(shutdown).await;
+    background.cancel();
     // Upstreams stop before the lock is released, so a new instance never
     // overlaps with the old one's children.
     gateway.shutdown().await;
     drop(served?);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Turns the gateway's upstream events into admin events, until the
+/// gateway is gone.
+async fn forward_upstream_events(
+    events: Arc<events::EventBus>,
+    gateway: Gateway,
+    mut feed: tokio::sync::broadcast::Receiver<UpstreamEvent>,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        let event = match feed.recv().await {
+            Ok(event) => event,
+            Err(RecvError::Lagged(skipped)) => {
+                tracing::warn!(skipped, "upstream events were dropped: too many at once");
+                continue;
+            }
+            Err(RecvError::Closed) => return,
+        };
+        let body = match event {
+            UpstreamEvent::Started { name, pid, tools } => EventBody::UpstreamStarted { name, pid, tools },
+            UpstreamEvent::Failed { name, error } => EventBody::UpstreamFailed { name, error },
+            UpstreamEvent::Crashed { name, error } => EventBody::UpstreamCrashed { name, error },
+            UpstreamEvent::Restarted { name, pid, tools } => {
+                EventBody::UpstreamRestarted { name, pid, tools }
+            }
+            UpstreamEvent::Stopped { name } => EventBody::UpstreamStopped { name },
+            UpstreamEvent::ToolsChanged { .. } => {
+                EventBody::ToolsChanged { tools: gateway.report().iter().map(|report| report.tools).sum() }
+            }
+            _ => continue,
+        };
+        events.publish(body);
+    }
 }
 
 /// Resolves on the first SIGINT or SIGTERM.
