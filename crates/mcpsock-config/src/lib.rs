@@ -12,6 +12,6 @@ mod paths;
 
 pub use file::{Config, ConfigError, Secret, ServerConfig};
 pub use paths::{
-    ConfigLocation, Env, ProcessEnv, SOCKET_PATH_MAX, check_socket_path, config_location, data_dir,
-    parse_listen, socket_path,
+    ConfigLocation, Env, ProcessEnv, SOCKET_PATH_MAX, app_socket_path, check_socket_path, config_location,
+    data_dir, log_file, parse_listen, socket_path,
 };

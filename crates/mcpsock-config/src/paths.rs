@@ -92,6 +92,41 @@ pub fn data_dir(env: &dyn Env) -> PathBuf {
         .join("mcpsock")
 }
 
+/// The log file of a daemon in the background: `--log-file` >
+/// `$XDG_STATE_HOME/mcpsock/<socket name>.log` >
+/// `$HOME/.local/state/mcpsock/<socket name>.log`, where `<socket name>` is
+/// the socket's file name without `.sock` (`mcpsock`, or the app of
+/// `mcpsock socket`). `mcpsock logs` finds it the same way.
+pub fn log_file(flag: Option<&Path>, env: &dyn Env, socket_path: &Path) -> PathBuf {
+    if let Some(path) = flag {
+        return path.to_path_buf();
+    }
+    let stem = socket_path.file_stem().map(|stem| stem.to_string_lossy().into_owned());
+    let state = env
+        .var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| env.var_os("HOME").map(|home| PathBuf::from(home).join(".local").join("state")))
+        .unwrap_or_else(|| PathBuf::from(format!("/tmp/mcpsock-{}-state", env.uid())));
+    state.join("mcpsock").join(format!("{}.log", stem.as_deref().unwrap_or("mcpsock")))
+}
+
+/// The socket of `mcpsock socket` for `app`: `$XDG_RUNTIME_DIR/mcpsock/sockets/<app>.sock`,
+/// else `/tmp/mcpsock-$UID/sockets/<app>.sock` (`--socket` and
+/// `MCPSOCK_SOCKET` take precedence, as for `serve`).
+pub fn app_socket_path(flag: Option<&Path>, env: &dyn Env, app: &str) -> PathBuf {
+    if let Some(path) = flag {
+        return path.to_path_buf();
+    }
+    if let Some(path) = env.var_os("MCPSOCK_SOCKET") {
+        return PathBuf::from(path);
+    }
+    let dir = match env.var_os("XDG_RUNTIME_DIR") {
+        Some(runtime_dir) => PathBuf::from(runtime_dir).join("mcpsock"),
+        None => PathBuf::from(format!("/tmp/mcpsock-{}", env.uid())),
+    };
+    dir.join("sockets").join(format!("{app}.sock"))
+}
+
 /// Parses a TCP listen address (`127.0.0.1:8765`, `[::1]:8765`,
 /// `localhost:8765`). Anything but loopback is refused unless
 /// `allow_non_loopback` (the `--dangerously-bind-non-loopback` flag).
@@ -187,6 +222,32 @@ mod tests {
         assert_eq!(xdg, ConfigLocation { path: "/xdg/mcpsock/config.json".into(), explicit: false });
         let home = config_location(None, &env(&vars[2..]));
         assert_eq!(home.path, PathBuf::from("/home/u/.config/mcpsock/config.json"));
+    }
+
+    #[test]
+    fn log_and_app_socket_paths() {
+        let socket = Path::new("/run/user/7/mcpsock/mcpsock.sock");
+        let state = env(&[("XDG_STATE_HOME", "/s"), ("HOME", "/h")]);
+        assert_eq!(log_file(None, &state, socket), PathBuf::from("/s/mcpsock/mcpsock.log"));
+        assert_eq!(
+            log_file(None, &env(&[("HOME", "/h")]), socket),
+            PathBuf::from("/h/.local/state/mcpsock/mcpsock.log")
+        );
+        assert_eq!(log_file(Some(Path::new("/x.log")), &state, socket), PathBuf::from("/x.log"));
+        assert_eq!(
+            log_file(None, &state, Path::new("/r/mcpsock/sockets/time.sock")),
+            PathBuf::from("/s/mcpsock/time.log")
+        );
+        let runtime = env(&[("XDG_RUNTIME_DIR", "/run/user/7")]);
+        assert_eq!(
+            app_socket_path(None, &runtime, "time"),
+            PathBuf::from("/run/user/7/mcpsock/sockets/time.sock")
+        );
+        assert_eq!(
+            app_socket_path(None, &env(&[]), "time"),
+            PathBuf::from("/tmp/mcpsock-4242/sockets/time.sock")
+        );
+        assert_eq!(app_socket_path(Some(Path::new("/a.sock")), &runtime, "time"), PathBuf::from("/a.sock"));
     }
 
     #[test]

@@ -26,7 +26,7 @@ use mcpsock_api::EventBody;
 use mcpsock_config::Config;
 use mcpsock_gateway::{Gateway, GatewayOptions, UpstreamEvent};
 
-pub use mcpsock_transport::{PeerPolicy, SocketError, SocketGuard, SystemdEnv};
+pub use mcpsock_transport::{PeerPolicy, SocketError, SocketGuard, SystemdEnv, lock_holder};
 pub use reload::ConfigSource;
 pub use server::{HealthReporter, ListenOptions, LockedSocket, Serving};
 
