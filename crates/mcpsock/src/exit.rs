@@ -70,7 +70,7 @@ impl Failure {
             | ClientError::PermissionDenied { .. }
             | ClientError::Connect { .. } => Code::NoDaemon,
             ClientError::Refused { status: 401 | 403, .. } => Code::NoDaemon,
-            ClientError::Refused { status: 404 | 422, .. } => Code::Usage,
+            ClientError::Refused { status: 422, .. } => Code::Usage,
             ClientError::InvalidEndpoint(_) => Code::Usage,
             ClientError::Protocol { .. }
             | ClientError::Refused { .. }

@@ -270,7 +270,11 @@ pub(crate) async fn server_action(
     name: &str,
     action: &str,
 ) -> Result<ExitCode, Failure> {
-    let reply = mcpsock_client::server_action(endpoint, name, action).await.map_err(Failure::client)?;
+    let reply = mcpsock_client::server_action(endpoint, name, action).await.map_err(|error| match error {
+        // An unknown name is the user's mistake, like an unknown flag.
+        ClientError::Refused { status: 404, .. } => Failure::new(Code::Usage, error),
+        error => Failure::client(error),
+    })?;
     let server = &reply.server;
     let state = if server.enabled { word(server.state) } else { "disabled".into() };
     match &server.error {
