@@ -2,7 +2,10 @@
 //! sockets and a real upstream MCP server (the workspace's demo server).
 //! Each test has its own directory, config and socket.
 
+mod admin;
 mod backlog;
+mod lifecycle;
+mod reload;
 mod security;
 mod serve;
 mod socket;

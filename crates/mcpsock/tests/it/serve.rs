@@ -291,7 +291,9 @@ fn client_commands_without_a_daemon_say_so() {
     let sandbox = Sandbox::new();
     // Client commands exit 5; the monitoring commands follow the LSB
     // `status` convention: 3, "not running".
-    for (args, code) in [(&["bridge"][..], 5), (&["tools"], 5), (&["call", "demo__echo"], 5), (&["status"], 3)] {
+    for (args, code) in
+        [(&["bridge"][..], 5), (&["tools"], 5), (&["call", "demo__echo"], 5), (&["status"], 3)]
+    {
         let output = sandbox.client(args);
         assert_eq!(output.status.code(), Some(code), "{args:?}");
         assert!(
