@@ -240,7 +240,15 @@ pub(crate) async fn reload(endpoint: &Endpoint, no_wait: bool) -> Result<ExitCod
     loop {
         let status = mcpsock_client::status(endpoint).await.map_err(Failure::client)?;
         let reload = status.reload;
-        let finished = reload.last_reload_request_id.as_deref() == Some(accepted.reload_request_id.as_str());
+        // Ours, or a later one (which then says how the config stands).
+        let number = |id: &str| id.rsplit('-').next().and_then(|n| n.parse::<u64>().ok());
+        let finished = match (
+            reload.last_reload_request_id.as_deref().and_then(number),
+            number(&accepted.reload_request_id),
+        ) {
+            (Some(last), Some(ours)) => last >= ours,
+            _ => reload.last_reload_request_id.as_deref() == Some(accepted.reload_request_id.as_str()),
+        };
         if finished && !reload.in_progress {
             return match reload.last_reload_status {
                 ReloadOutcome::Success => {
@@ -259,7 +267,7 @@ pub(crate) async fn reload(endpoint: &Endpoint, no_wait: bool) -> Result<ExitCod
                 )),
             };
         }
-        // A person waits on this; a quarter second is fine-grained enough.
+        // A person waits on this; a tenth of a second is fine-grained enough.
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -258,3 +258,32 @@ fn socket_serves_one_stdio_server_on_its_own_socket() {
     rustix::process::kill_process(pid(child.id()), rustix::process::Signal::TERM).unwrap();
     assert!(wait_for_exit("the socket server exits", &mut child).success());
 }
+
+#[test]
+fn sd_notify_ready_reloading_watchdog_and_stopping() {
+    let sandbox = Sandbox::new();
+    let notify_path = sandbox.path().join("notify");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let config = sandbox.demo_config();
+    let daemon = Daemon::start_with(&sandbox, &config, &sandbox.socket(), |command| {
+        command.env("NOTIFY_SOCKET", &notify_path).env("WATCHDOG_USEC", "200000");
+    });
+    let mut message = [0u8; 256];
+    let mut next = |skip_watchdog: bool| loop {
+        let length = notify.recv(&mut message).unwrap();
+        let text = String::from_utf8_lossy(&message[..length]).into_owned();
+        if !(skip_watchdog && text == "WATCHDOG=1") {
+            return text;
+        }
+    };
+    assert_eq!(next(true), "READY=1");
+    assert_eq!(next(false), "WATCHDOG=1", "the watchdog is fed");
+    assert!(sandbox.client(&["reload"]).status.success());
+    let reloading = next(true);
+    assert!(reloading.starts_with("RELOADING=1\nMONOTONIC_USEC="), "{reloading}");
+    assert!(reloading["RELOADING=1\nMONOTONIC_USEC=".len()..].parse::<u64>().is_ok(), "{reloading}");
+    assert_eq!(next(true), "READY=1");
+    assert!(daemon.stop().success());
+    assert_eq!(next(true), "STOPPING=1");
+}
