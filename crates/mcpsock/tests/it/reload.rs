@@ -95,7 +95,7 @@ fn a_request_in_flight_on_a_changed_upstream_finishes_before_it_stops() {
     let socket = daemon.socket.clone();
     let old_pid = pid_of(&socket, "slow").unwrap();
     let in_flight =
-        std::thread::spawn(move || McpSession::open(&socket).call("slow__slow", json!({"ms": 1500})));
+        std::thread::spawn(move || McpSession::open(&socket).call("slow__slow", json!({"ms": 3000})));
     wait_until("the slow call reached the upstream", || {
         std::fs::read_to_string(&received).unwrap_or_default().contains("\"slow\"")
     });
@@ -116,7 +116,7 @@ fn a_request_in_flight_on_a_changed_upstream_finishes_before_it_stops() {
     let echo = McpSession::open(&daemon.socket).call("slow__echo", json!({"text": "meanwhile"}));
     assert_eq!(echo.unwrap()["content"][0]["text"], "meanwhile");
     let result = in_flight.join().unwrap().expect("the in-flight call was drained, not cut off");
-    assert_eq!(result["content"][0]["text"], "slept 1500 ms");
+    assert_eq!(result["content"][0]["text"], "slept 3000 ms");
     wait_until("the old process stopped", || !process_exists(old_pid as u32));
     assert_ne!(pid_of(&daemon.socket, "slow").unwrap(), old_pid);
     assert!(daemon.stop().success());
