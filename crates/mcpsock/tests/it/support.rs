@@ -290,11 +290,22 @@ impl RawResponse {
 /// `body` on a fresh connection with `Connection: close`, and reads the
 /// whole response. A connection closed without an answer is status 0.
 pub(crate) fn raw_request(target: Target<'_>, head: &str, body: &[u8]) -> RawResponse {
+    // A stream that stays open (SSE) is read until this timeout.
+    raw_request_waiting(target, head, body, Duration::from_secs(2))
+}
+
+/// [`raw_request`], reading for up to `patience` (for a reply that takes
+/// long but ends).
+pub(crate) fn raw_request_waiting(
+    target: Target<'_>,
+    head: &str,
+    body: &[u8],
+    patience: Duration,
+) -> RawResponse {
     let request = format!("{head}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n", body.len());
     let mut bytes = request.into_bytes();
     bytes.extend_from_slice(body);
-    // A stream that stays open (SSE) is read until this timeout.
-    let patience = Some(Duration::from_secs(2));
+    let patience = Some(patience);
     let response = match target {
         Target::Unix(path) => {
             let stream = UnixStream::connect(path).unwrap();
@@ -383,8 +394,12 @@ impl McpSession {
     }
 
     fn post(&self, body: &str) -> RawResponse {
-        let headers = format!("Mcp-Session-Id: {}\r\nMcp-Protocol-Version: 2025-06-18", self.id);
-        post(Target::Unix(&self.socket), "localhost", &headers, body)
+        // A call's reply stream ends with its answer, however long that takes.
+        let head = format!(
+            "POST /mcp HTTP/1.1\r\nHost: localhost\r\n{MCP_HEADERS}\r\nMcp-Session-Id: {}\r\nMcp-Protocol-Version: 2025-06-18",
+            self.id
+        );
+        raw_request_waiting(Target::Unix(&self.socket), &head, body.as_bytes(), TIMEOUT)
     }
 
     /// Calls a tool: its result, or the JSON-RPC error (or HTTP failure)
