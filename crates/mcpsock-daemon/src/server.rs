@@ -15,6 +15,8 @@ use rmcp::ServerHandler;
 use tokio_util::sync::CancellationToken;
 
 use crate::access::Access;
+use crate::events::EventBus;
+use crate::metrics::Metrics;
 use crate::sessions::BoundSessions;
 use crate::{http, persist};
 
@@ -136,6 +138,21 @@ impl LockedSocket {
     where
         S: ServerHandler + Send + 'static,
     {
+        let events = Arc::new(EventBus::new(crate::events::RING_CAPACITY));
+        self.bind_with(factory, events, move |parts| http::health_route(health, parts.stats.clone()))
+    }
+
+    /// [`Self::bind`] with the routes beside `/mcp` built by `routes` from
+    /// the serving state (the daemon's admin API).
+    pub(crate) fn bind_with<S>(
+        self,
+        factory: impl Fn() -> S + Send + Sync + 'static,
+        events: Arc<EventBus>,
+        routes: impl FnOnce(&ServingParts) -> axum::Router,
+    ) -> Result<Serving, SocketError>
+    where
+        S: ServerHandler + Send + 'static,
+    {
         let Self { source, options } = self;
         raise_descriptor_limit();
         let (unix_listener, guard) = match source {
@@ -170,15 +187,27 @@ impl LockedSocket {
             options.max_sessions_per_principal,
             options.session_idle_ttl,
         ));
+
+        let metrics = Arc::new(Metrics::default());
+        let parts = ServingParts {
+            stats: stats.clone(),
+            in_flight: in_flight.clone(),
+            sessions: sessions.clone(),
+            metrics: metrics.clone(),
+            streams_token: streams_token.clone(),
+            tcp_address: tcp.as_ref().map(|(_, local, _)| *local),
+        };
+        let routes = routes(&parts);
         let router = http::router(
             factory,
-            health,
+            routes,
             http::Guards {
                 access,
                 sessions,
-                stats: stats.clone(),
                 in_flight: in_flight.clone(),
                 stream_stall_timeout: options.stream_stall_timeout,
+                events,
+                metrics,
             },
             streams_token.clone(),
         );
@@ -216,6 +245,17 @@ impl LockedSocket {
         }
         Ok(Serving { guard, options, servers, cleanup, tcp_address, stop, force, streams_token, in_flight })
     }
+}
+
+/// The serving state the admin API reads.
+#[derive(Debug)]
+pub(crate) struct ServingParts {
+    pub(crate) stats: Arc<ListenerStats>,
+    pub(crate) in_flight: Arc<http::InFlight>,
+    pub(crate) sessions: Arc<BoundSessions>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) streams_token: CancellationToken,
+    pub(crate) tcp_address: Option<std::net::SocketAddr>,
 }
 
 /// Lifts the soft limit on open descriptors to the hard limit: a daemon

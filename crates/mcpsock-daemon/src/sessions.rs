@@ -124,6 +124,11 @@ impl BoundSessions {
         self.owners().retain(|id, _| live.contains_key(id));
     }
 
+    /// Sessions open now, of every principal.
+    pub(crate) async fn open_count(&self) -> usize {
+        self.inner.sessions.read().await.len()
+    }
+
     /// Open sessions of `principal`.
     pub(crate) fn count(&self, principal: Principal) -> usize {
         self.owners().values().filter(|owner| **owner == principal).count()

@@ -5,7 +5,7 @@
 //! their URIs and are routed by the upstream that listed them.
 
 use std::borrow::Cow;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use rmcp::model::{
@@ -17,8 +17,8 @@ use rmcp::model::{
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData, Peer, RoleClient, RoleServer, ServerHandler, ServiceError};
 
-use crate::upstream::{Timing, Upstream, read};
-use crate::{UpstreamReport, UpstreamSpec};
+use crate::upstream::{Lease, Timing, Upstream, read};
+use crate::{UpstreamEvent, UpstreamReport, UpstreamSpec};
 
 /// Settings of the gateway.
 #[derive(Clone, Debug)]
@@ -33,6 +33,8 @@ pub struct GatewayOptions {
     /// How long an upstream may take to answer a request; then the client
     /// gets an error and the upstream a `notifications/cancelled`.
     pub request_timeout: Duration,
+    /// Where upstream events are sent, when someone follows them.
+    pub events: Option<tokio::sync::broadcast::Sender<UpstreamEvent>>,
 }
 
 impl Default for GatewayOptions {
@@ -42,6 +44,7 @@ impl Default for GatewayOptions {
             init_timeout: Duration::from_secs(60),
             stop_grace: Duration::from_secs(5),
             request_timeout: Duration::from_secs(300),
+            events: None,
         }
     }
 }
@@ -66,20 +69,31 @@ impl GatewayOptions {
         self.request_timeout = request_timeout;
         self
     }
+
+    pub fn events(mut self, events: tokio::sync::broadcast::Sender<UpstreamEvent>) -> Self {
+        self.events = Some(events);
+        self
+    }
 }
 
 /// The shared gateway. Cloning is cheap; every downstream session gets a
 /// clone and all clones share the same upstreams.
 #[derive(Clone, Debug)]
 pub struct Gateway {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 #[derive(Debug)]
-struct Inner {
-    /// Sorted by name, which makes every listing deterministic.
-    upstreams: Vec<Arc<Upstream>>,
-    options: GatewayOptions,
+pub(crate) struct Inner {
+    /// Sorted by name, which makes every listing deterministic. Replaced
+    /// as a whole when upstreams are added, removed or restarted (see
+    /// `change`); a request takes its [`Lease`] under this lock.
+    pub(crate) upstreams: RwLock<Arc<Vec<Arc<Upstream>>>>,
+    pub(crate) options: GatewayOptions,
+    /// Serializes changes to the set of upstreams.
+    pub(crate) changing: tokio::sync::Mutex<()>,
+    /// Replaced upstreams still finishing their requests.
+    pub(crate) draining: std::sync::Mutex<Vec<Arc<Upstream>>>,
 }
 
 impl Gateway {
@@ -91,28 +105,37 @@ impl Gateway {
             Upstream::start(
                 spec,
                 Timing { init_timeout: options.init_timeout, stop_grace: options.stop_grace },
+                options.events.clone(),
             )
         }))
         .await;
-        Self { inner: Arc::new(Inner { upstreams, options }) }
+        Self {
+            inner: Arc::new(Inner {
+                upstreams: RwLock::new(Arc::new(upstreams)),
+                options,
+                changing: tokio::sync::Mutex::new(()),
+                draining: std::sync::Mutex::new(Vec::new()),
+            }),
+        }
     }
 
     /// The state of every upstream, in name order.
     pub fn report(&self) -> Vec<UpstreamReport> {
-        self.inner.upstreams.iter().map(|upstream| upstream.report()).collect()
+        self.upstreams().iter().map(|upstream| upstream.report()).collect()
     }
 
     /// Stops every upstream (their whole process groups).
     pub async fn shutdown(&self) {
-        futures::future::join_all(self.inner.upstreams.iter().map(|upstream| upstream.stop())).await;
+        futures::future::join_all(self.upstreams().iter().map(|upstream| upstream.stop())).await;
     }
 
-    fn upstream(&self, name: &str) -> Option<&Upstream> {
-        self.inner.upstreams.iter().find(|upstream| upstream.name == name).map(|upstream| &**upstream)
+    /// The current upstreams; a snapshot, cheap to take.
+    pub(crate) fn upstreams(&self) -> Arc<Vec<Arc<Upstream>>> {
+        self.inner.upstreams.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
     /// Splits `server__tool` into the upstream and the upstream's own name.
-    fn route<'a>(&self, qualified: &'a str, what: &str) -> Result<(&Upstream, &'a str), ErrorData> {
+    fn route<'a>(&self, qualified: &'a str, what: &str) -> Result<(Lease, &'a str), ErrorData> {
         let unknown = || {
             ErrorData::invalid_params(
                 format!("unknown {what} {qualified:?}; list the {what}s to see what is offered"),
@@ -121,7 +144,10 @@ impl Gateway {
         };
         let (server, name) =
             qualified.split_once(self.inner.options.separator.as_str()).ok_or_else(unknown)?;
-        let upstream = self.upstream(server).ok_or_else(unknown)?;
+        // The lease is taken under the lock, so an upstream being replaced
+        // is either found with the lease counted, or not found at all.
+        let upstreams = self.inner.upstreams.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let upstream = upstreams.iter().find(|upstream| upstream.name == server).ok_or_else(unknown)?;
         let catalog = read(&upstream.catalog);
         let offered = match what {
             "tool" => catalog.tools.iter().any(|tool| tool.name == name),
@@ -130,23 +156,22 @@ impl Gateway {
         if !offered {
             return Err(unknown());
         }
-        Ok((upstream, name))
+        Ok((upstream.lease(), name))
     }
 
     fn qualify(&self, server: &str, name: &str) -> String {
         format!("{server}{}{name}", self.inner.options.separator)
     }
 
-    fn resource_owner(&self, uri: &str) -> Option<&Upstream> {
-        let listed =
-            self.inner.upstreams.iter().find(|upstream| {
-                read(&upstream.catalog).resources.iter().any(|resource| resource.uri == uri)
-            });
-        listed.map(|upstream| &**upstream).or_else(|| {
+    fn resource_owner(&self, uri: &str) -> Option<Lease> {
+        let upstreams = self.inner.upstreams.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let listed = upstreams
+            .iter()
+            .find(|upstream| read(&upstream.catalog).resources.iter().any(|resource| resource.uri == uri));
+        listed.map(Upstream::lease).or_else(|| {
             // A URI made from a template: the upstream whose template shares
             // the longest literal prefix with it.
-            self.inner
-                .upstreams
+            upstreams
                 .iter()
                 .filter_map(|upstream| {
                     let catalog = read(&upstream.catalog);
@@ -160,7 +185,7 @@ impl Gateway {
                         .map(|length| (length, upstream))
                 })
                 .max_by_key(|(length, _)| *length)
-                .map(|(_, upstream)| &**upstream)
+                .map(|(_, upstream)| upstream.lease())
         })
     }
 }
@@ -217,7 +242,7 @@ impl ServerHandler for Gateway {
         let mut instructions = String::from("mcpsock gateway: tools and prompts are named <server>");
         instructions.push_str(&self.inner.options.separator);
         instructions.push_str("<name>.");
-        for upstream in &self.inner.upstreams {
+        for upstream in self.upstreams().iter() {
             if let Some(text) = &read(&upstream.catalog).instructions {
                 instructions.push_str(&format!("\n\n[{}] {text}", upstream.name));
             }
@@ -233,7 +258,7 @@ impl ServerHandler for Gateway {
         _context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
         let mut tools = Vec::new();
-        for upstream in &self.inner.upstreams {
+        for upstream in self.upstreams().iter() {
             if upstream.peer().is_err() {
                 continue;
             }
@@ -252,13 +277,13 @@ impl ServerHandler for Gateway {
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
         let (upstream, tool) = self.route(&request.name, "tool")?;
-        let peer = peer_of(upstream)?;
+        let peer = peer_of(&upstream)?;
         let mut upstream_request = CallToolRequestParams::new(tool.to_string());
         upstream_request.arguments = request.arguments;
         upstream_request.input_responses = request.input_responses;
         upstream_request.request_state = request.request_state;
         let mut response = forward(
-            upstream,
+            &upstream,
             self.inner.options.request_timeout,
             &context,
             peer.call_tool_once(upstream_request),
@@ -279,8 +304,7 @@ impl ServerHandler for Gateway {
         _context: RequestContext<RoleServer>,
     ) -> Result<ListResourcesResult, ErrorData> {
         let resources = self
-            .inner
-            .upstreams
+            .upstreams()
             .iter()
             .filter(|upstream| upstream.peer().is_ok())
             .flat_map(|upstream| read(&upstream.catalog).resources.clone())
@@ -294,8 +318,7 @@ impl ServerHandler for Gateway {
         _context: RequestContext<RoleServer>,
     ) -> Result<ListResourceTemplatesResult, ErrorData> {
         let templates = self
-            .inner
-            .upstreams
+            .upstreams()
             .iter()
             .filter(|upstream| upstream.peer().is_ok())
             .flat_map(|upstream| read(&upstream.catalog).resource_templates.clone())
@@ -311,12 +334,12 @@ impl ServerHandler for Gateway {
         let upstream = self.resource_owner(&request.uri).ok_or_else(|| {
             ErrorData::resource_not_found(format!("no upstream offers the resource {:?}", request.uri), None)
         })?;
-        let peer = peer_of(upstream)?;
+        let peer = peer_of(&upstream)?;
         let mut upstream_request = ReadResourceRequestParams::new(request.uri);
         upstream_request.input_responses = request.input_responses;
         upstream_request.request_state = request.request_state;
         let mut response = forward(
-            upstream,
+            &upstream,
             self.inner.options.request_timeout,
             &context,
             peer.read_resource_once(upstream_request),
@@ -337,7 +360,7 @@ impl ServerHandler for Gateway {
         _context: RequestContext<RoleServer>,
     ) -> Result<ListPromptsResult, ErrorData> {
         let mut prompts = Vec::new();
-        for upstream in &self.inner.upstreams {
+        for upstream in self.upstreams().iter() {
             if upstream.peer().is_err() {
                 continue;
             }
@@ -356,13 +379,13 @@ impl ServerHandler for Gateway {
         context: RequestContext<RoleServer>,
     ) -> Result<GetPromptResponse, ErrorData> {
         let (upstream, prompt) = self.route(&request.name, "prompt")?;
-        let peer = peer_of(upstream)?;
+        let peer = peer_of(&upstream)?;
         let mut upstream_request = GetPromptRequestParams::new(prompt.to_string());
         upstream_request.arguments = request.arguments;
         upstream_request.input_responses = request.input_responses;
         upstream_request.request_state = request.request_state;
         let mut response = forward(
-            upstream,
+            &upstream,
             self.inner.options.request_timeout,
             &context,
             peer.get_prompt_once(upstream_request),

@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -14,7 +14,7 @@ use rmcp::model::{
 use rmcp::service::{NotificationContext, RunningService};
 use rmcp::transport::async_rw::AsyncRwTransport;
 use rmcp::{ClientHandler, Peer, RoleClient, ServiceExt};
-use tokio::sync::watch;
+use tokio::sync::{Notify, broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::spawn::{filter_stdout, kill_group_now, spawn_stdio, stop_group};
@@ -27,7 +27,7 @@ const FILTER_BUFFER: usize = 64 * 1024;
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How to start one upstream: a program speaking MCP on stdio.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct UpstreamSpec {
     pub name: String,
@@ -94,6 +94,55 @@ pub struct UpstreamReport {
     pub restarts: u32,
     /// Lines on its stdout that were not valid JSON-RPC, dropped.
     pub dropped_messages: u64,
+    pub prompts: usize,
+    pub resources: usize,
+    /// The most recent failure, kept after the upstream recovered.
+    pub last_error: Option<String>,
+}
+
+/// Something that happened to an upstream, for whoever follows the gateway
+/// (see [`crate::GatewayOptions::events`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum UpstreamEvent {
+    Started {
+        name: String,
+        pid: u32,
+        tools: usize,
+    },
+    /// It could not be started.
+    Failed {
+        name: String,
+        error: String,
+    },
+    /// Its process ended on its own.
+    Crashed {
+        name: String,
+        error: String,
+    },
+    Restarted {
+        name: String,
+        pid: u32,
+        tools: usize,
+    },
+    Stopped {
+        name: String,
+    },
+    /// It said its tool list changed, and the list was read again.
+    ToolsChanged {
+        name: String,
+        tools: usize,
+    },
+}
+
+/// Where upstream events go; sending never blocks and nobody listening is
+/// fine.
+pub(crate) type EventSender = Option<broadcast::Sender<UpstreamEvent>>;
+
+fn emit(events: &EventSender, event: UpstreamEvent) {
+    if let Some(sender) = events {
+        let _ = sender.send(event);
+    }
 }
 
 /// Everything an upstream offers, refreshed when it says its lists changed.
@@ -111,6 +160,7 @@ pub(crate) struct Catalog {
 pub(crate) struct UpstreamClient {
     name: String,
     catalog: Arc<RwLock<Catalog>>,
+    events: EventSender,
 }
 
 impl ClientHandler for UpstreamClient {
@@ -123,7 +173,11 @@ impl ClientHandler for UpstreamClient {
 
     async fn on_tool_list_changed(&self, context: NotificationContext<RoleClient>) {
         match context.peer.list_all_tools().await {
-            Ok(tools) => write(&self.catalog).tools = tools,
+            Ok(tools) => {
+                let count = tools.len();
+                write(&self.catalog).tools = tools;
+                emit(&self.events, UpstreamEvent::ToolsChanged { name: self.name.clone(), tools: count });
+            }
             Err(error) => {
                 tracing::warn!(upstream = %self.name, %error, "could not refresh the tool list")
             }
@@ -186,6 +240,31 @@ pub(crate) struct Upstream {
     dropped_messages: Arc<AtomicU64>,
     /// Cancelled when the upstream is stopped: ends its supervisor.
     stopping: CancellationToken,
+    events: EventSender,
+    last_error: Mutex<Option<String>>,
+    /// Requests routed to this upstream and not yet answered.
+    in_flight: AtomicUsize,
+    idle: Notify,
+}
+
+/// A request's hold on the upstream it was routed to: an upstream being
+/// replaced is stopped only once no lease is left (or its grace ends).
+pub(crate) struct Lease(Arc<Upstream>);
+
+impl std::ops::Deref for Lease {
+    type Target = Upstream;
+
+    fn deref(&self) -> &Upstream {
+        &self.0
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
 }
 
 enum Connection {
@@ -214,16 +293,23 @@ impl Upstream {
     /// `init_timeout`, and reads the catalog. Never fails: a failure is
     /// recorded in the upstream's state, where health reports show it. A
     /// started upstream whose process later ends is restarted with backoff.
-    pub(crate) async fn start(spec: &UpstreamSpec, timing: Timing) -> Arc<Self> {
+    pub(crate) async fn start(spec: &UpstreamSpec, timing: Timing, events: EventSender) -> Arc<Self> {
         let catalog = Arc::new(RwLock::new(Catalog::default()));
         let dropped_messages = Arc::new(AtomicU64::new(0));
-        let connection = match connect(spec, &catalog, &dropped_messages, timing).await {
+        let mut last_error = None;
+        let connection = match connect(spec, &catalog, &dropped_messages, timing, &events).await {
             Ok(connection) => {
-                tracing::info!(upstream = %spec.name, tools = read(&catalog).tools.len(), "upstream started");
+                let tools = read(&catalog).tools.len();
+                tracing::info!(upstream = %spec.name, tools, "upstream started");
+                if let Connection::Running { pid, .. } = &connection {
+                    emit(&events, UpstreamEvent::Started { name: spec.name.clone(), pid: *pid, tools });
+                }
                 connection
             }
             Err(error) => {
                 tracing::error!(upstream = %spec.name, "upstream failed to start: {error}");
+                emit(&events, UpstreamEvent::Failed { name: spec.name.clone(), error: error.clone() });
+                last_error = Some(error.clone());
                 Connection::Failed { error }
             }
         };
@@ -237,6 +323,10 @@ impl Upstream {
             restarts: AtomicU32::new(0),
             dropped_messages,
             stopping: CancellationToken::new(),
+            events,
+            last_error: Mutex::new(last_error),
+            in_flight: AtomicUsize::new(0),
+            idle: Notify::new(),
         });
         if running {
             tokio::spawn(upstream.clone().supervise());
@@ -258,7 +348,9 @@ impl Upstream {
                 () = self.stopping.cancelled() => return,
             }
             let how = exited.borrow().clone().unwrap_or_default();
-            self.set_ended(format!("the process ended ({how})"));
+            let error = format!("the process ended ({how})");
+            emit(&self.events, UpstreamEvent::Crashed { name: self.name.clone(), error: error.clone() });
+            self.set_ended(error);
             loop {
                 recent.retain(|at| at.elapsed() < CRASH_WINDOW);
                 let Some(delay) = restart_delay(recent.len()) else {
@@ -277,10 +369,19 @@ impl Upstream {
                     () = self.stopping.cancelled() => return,
                 }
                 recent.push_back(Instant::now());
-                match connect(&self.spec, &self.catalog, &self.dropped_messages, self.timing).await {
+                match connect(&self.spec, &self.catalog, &self.dropped_messages, self.timing, &self.events)
+                    .await
+                {
                     Ok(connection) => {
                         self.restarts.fetch_add(1, Ordering::Relaxed);
                         tracing::info!(upstream = %self.name, "upstream restarted");
+                        if let Connection::Running { pid, .. } = &connection {
+                            let tools = read(&self.catalog).tools.len();
+                            emit(
+                                &self.events,
+                                UpstreamEvent::Restarted { name: self.name.clone(), pid: *pid, tools },
+                            );
+                        }
                         if !self.set_state(connection) {
                             return;
                         }
@@ -304,6 +405,9 @@ impl Upstream {
                 kill_group_now(pid);
             }
             return false;
+        }
+        if let Connection::Restarting { error } | Connection::Failed { error } = &new {
+            *lock(&self.last_error) = Some(error.clone());
         }
         *connection = new;
         true
@@ -348,7 +452,41 @@ impl Upstream {
             error,
             restarts: self.restarts.load(Ordering::Relaxed),
             dropped_messages: self.dropped_messages.load(Ordering::Relaxed),
+            prompts: read(&self.catalog).prompts.len(),
+            resources: read(&self.catalog).resources.len(),
+            last_error: lock(&self.last_error).clone(),
         }
+    }
+
+    /// The spec this upstream was started from.
+    pub(crate) fn spec(&self) -> &UpstreamSpec {
+        &self.spec
+    }
+
+    /// Counts a request routed here until the lease is dropped.
+    pub(crate) fn lease(self: &Arc<Self>) -> Lease {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        Lease(self.clone())
+    }
+
+    /// Requests routed here and not yet answered.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// Waits until no request holds a lease, or `grace` passed; says
+    /// whether it drained.
+    pub(crate) async fn drain(&self, grace: Duration) -> bool {
+        let idle = async {
+            loop {
+                let notified = self.idle.notified();
+                if self.in_flight() == 0 {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        tokio::time::timeout(grace, idle).await.is_ok()
     }
 
     /// Closes the MCP session and stops the process group.
@@ -363,6 +501,7 @@ impl Upstream {
             let _ = service.close_with_timeout(polite).await;
             let _ = tokio::time::timeout(polite, exited.wait_for(Option::is_some)).await;
             stop_group(pid, &mut exited, grace).await;
+            emit(&self.events, UpstreamEvent::Stopped { name: self.name.clone() });
         }
     }
 }
@@ -372,6 +511,7 @@ async fn connect(
     catalog: &Arc<RwLock<Catalog>>,
     dropped_messages: &Arc<AtomicU64>,
     timing: Timing,
+    events: &EventSender,
 ) -> Result<Connection, String> {
     let Timing { init_timeout, stop_grace } = timing;
     let child = spawn_stdio(spec).map_err(|error| match error.kind() {
@@ -386,7 +526,7 @@ async fn connect(
     })?;
     let pid = child.pid;
     let mut exited = child.exited;
-    let client = UpstreamClient { name: spec.name.clone(), catalog: catalog.clone() };
+    let client = UpstreamClient { name: spec.name.clone(), catalog: catalog.clone(), events: events.clone() };
     // Only valid JSON-RPC reaches rmcp; everything else the child prints on
     // stdout is dropped and counted.
     let (filtered, filter_output) = tokio::io::duplex(FILTER_BUFFER);

@@ -1,5 +1,11 @@
 //! Exit codes, one per kind of failure a user can act on. They are part of
 //! the command-line interface and documented in the README.
+//!
+//! Two families of commands read them differently. `serve` and the client
+//! commands use the table below (3: already running, 5: no daemon). The
+//! monitoring commands follow the conventions monitoring tools expect:
+//! `status` and `stop` exit 3 when no daemon runs, as an LSB init script's
+//! `status` does, and `health` exits 0 ok, 1 degraded, 2 down.
 
 use mcpsock_client::ClientError;
 use mcpsock_daemon::{SocketError, StoreError};
@@ -8,20 +14,38 @@ use mcpsock_daemon::{SocketError, StoreError};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Code {
     /// Something unexpected failed; the message says what.
-    Internal = 1,
+    Internal,
     /// Invalid flags, config file or socket path.
-    Usage = 2,
+    Usage,
     /// Another instance already serves this socket.
-    AlreadyRunning = 3,
+    AlreadyRunning,
     /// The socket directory or path is unsafe or unusable.
-    Socket = 4,
+    Socket,
     /// No daemon could be reached, or it refused us.
-    NoDaemon = 5,
+    NoDaemon,
     /// The tool ran and reported an error, or the daemon answered with one.
-    ToolError = 6,
+    ToolError,
+    /// `status` and `stop`: no daemon runs (the LSB "program is not
+    /// running" status).
+    NotRunning,
     /// The state database was refused: damaged, newer schema, or a missing,
     /// wrong or unsafe encryption secret.
-    State = 7,
+    State,
+}
+
+impl Code {
+    /// The process exit status.
+    pub(crate) fn value(self) -> u8 {
+        match self {
+            Self::Internal => 1,
+            Self::Usage => 2,
+            Self::AlreadyRunning | Self::NotRunning => 3,
+            Self::Socket => 4,
+            Self::NoDaemon => 5,
+            Self::ToolError => 6,
+            Self::State => 7,
+        }
+    }
 }
 
 /// An error on its way to the user, with the exit code it maps to.
@@ -49,10 +73,23 @@ impl Failure {
             ClientError::NotRunning { .. }
             | ClientError::PermissionDenied { .. }
             | ClientError::Connect { .. } => Code::NoDaemon,
+            ClientError::Refused { status: 401 | 403, .. } => Code::NoDaemon,
+            ClientError::Refused { status: 422, .. } => Code::Usage,
             ClientError::InvalidEndpoint(_) => Code::Usage,
-            ClientError::Protocol { .. } => Code::Internal,
+            ClientError::Protocol { .. }
+            | ClientError::Refused { .. }
+            | ClientError::VersionMismatch { .. } => Code::Internal,
         };
         Self::new(code, error)
+    }
+
+    /// For `status` and `stop`: a daemon that is not there is "not running"
+    /// (exit 3), not a failure to reach one.
+    pub(crate) fn monitoring(error: ClientError) -> Self {
+        match &error {
+            ClientError::NotRunning { .. } => Self::new(Code::NotRunning, error),
+            _ => Self::client(error),
+        }
     }
 
     /// The daemon's socket errors say whether another instance runs or the
