@@ -323,13 +323,32 @@ pub fn session_key(id: &str) -> Vec<u8> {
     sha2::Sha256::digest(id.as_bytes()).to_vec()
 }
 
-/// A fresh event id: 128 random bits, hex.
-fn new_event_id() -> String {
-    let mut bytes = [0u8; 16];
+/// The id of the event with sequence number `seq`: the number (so a
+/// backend finds the event by its position, without an index on random
+/// ids) and 64 random bits (so nobody can guess an id), in hex.
+fn event_id(seq: u64) -> String {
+    let mut tag = [0u8; 8];
     // getrandom fails only without any OS randomness source, where nothing
     // secure can run at all.
-    getrandom::fill(&mut bytes).expect("the OS random number generator failed");
-    hex(&bytes)
+    getrandom::fill(&mut tag).expect("the OS random number generator failed");
+    format_event_id(seq, u64::from_be_bytes(tag))
+}
+
+/// The id of event `seq` with random `tag`.
+fn format_event_id(seq: u64, tag: u64) -> String {
+    let mut text = hex(&seq.to_be_bytes());
+    text.push_str(&hex(&tag.to_be_bytes()));
+    text
+}
+
+/// The sequence number and random tag of an event id.
+fn parse_event_id(id: &str) -> Option<(u64, u64)> {
+    if !is_event_id(id) {
+        return None;
+    }
+    let seq = u64::from_str_radix(&id[..16], 16).ok()?;
+    let tag = u64::from_str_radix(&id[16..], 16).ok()?;
+    Some((seq, tag))
 }
 
 /// Whether `id` has the shape of an event id this store hands out; anything
