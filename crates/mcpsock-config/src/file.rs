@@ -89,7 +89,7 @@ const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 const DEFAULT_INIT_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_TTL_CLEANUP_INTERVAL: Duration = Duration::from_secs(60);
 const DEFAULT_EVENT_RETENTION: Duration = Duration::from_secs(3600);
-const DEFAULT_MAX_EVENTS_PER_SESSION: usize = 10_000;
+const DEFAULT_MAX_EVENTS_PER_SESSION: usize = 1_000;
 
 /// Where sessions and stream events are kept (`storage`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

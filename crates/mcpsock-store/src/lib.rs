@@ -122,13 +122,13 @@ pub struct Retention {
 }
 
 impl Default for Retention {
-    /// One hour idle, events kept an hour, 10 000 events per session,
+    /// One hour idle, events kept an hour, 1 000 events per session,
     /// 8 MiB per stream.
     fn default() -> Self {
         Self {
             session_idle_ttl: Duration::from_secs(3600),
             event_max_age: Duration::from_secs(3600),
-            max_events_per_session: 10_000,
+            max_events_per_session: 1_000,
             max_stream_bytes: 8 * 1024 * 1024,
         }
     }
@@ -327,11 +327,34 @@ pub fn session_key(id: &str) -> Vec<u8> {
 /// backend finds the event by its position, without an index on random
 /// ids) and 64 random bits (so nobody can guess an id), in hex.
 fn event_id(seq: u64) -> String {
-    let mut tag = [0u8; 8];
-    // getrandom fails only without any OS randomness source, where nothing
-    // secure can run at all.
-    getrandom::fill(&mut tag).expect("the OS random number generator failed");
-    format_event_id(seq, u64::from_be_bytes(tag))
+    format_event_id(seq, random_tag())
+}
+
+/// 64 bits from the OS random number generator, drawn from a per-thread
+/// buffer so that an event costs no system call of its own.
+fn random_tag() -> u64 {
+    const BUFFERED: usize = 64;
+    thread_local! {
+        static POOL: std::cell::RefCell<([u64; BUFFERED], usize)> =
+            const { std::cell::RefCell::new(([0; BUFFERED], BUFFERED)) };
+    }
+    POOL.with_borrow_mut(|(pool, next)| {
+        if *next == BUFFERED {
+            let mut bytes = [0u8; BUFFERED * 8];
+            // getrandom fails only without any OS randomness source, where
+            // nothing secure can run at all.
+            getrandom::fill(&mut bytes).expect("the OS random number generator failed");
+            for (slot, chunk) in pool.iter_mut().zip(bytes.chunks_exact(8)) {
+                *slot = u64::from_le_bytes(chunk.try_into().expect("8-byte chunks"));
+            }
+            *next = 0;
+        }
+        let tag = pool[*next];
+        // Never hand out the same bits twice.
+        pool[*next] = 0;
+        *next += 1;
+        tag
+    })
 }
 
 /// The id of event `seq` with random `tag`.
