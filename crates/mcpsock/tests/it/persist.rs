@@ -389,3 +389,31 @@ fn a_database_in_use_is_already_running() {
     assert!(in_memory.stop().success());
     assert!(daemon.stop().success());
 }
+
+#[test]
+fn status_reports_the_store_and_full_durability_is_taken() {
+    let sandbox = Sandbox::new();
+    let config = sandbox.write_config(&json!({"mcpServers": {}, "durability": "full"}));
+    let key = write_secret(&sandbox, "key", &"k".repeat(40), 0o600);
+    let db = sandbox.path().join("elsewhere.db");
+    let daemon = Daemon::start_with(&sandbox, &config, &sandbox.socket(), |command| {
+        command.args(["--db", db.to_str().unwrap(), "--encryption-secret-file", key.to_str().unwrap()]);
+    });
+    let (code, body) = http_get(&sandbox.socket(), "/status").unwrap();
+    assert_eq!(code, 200, "{body}");
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        status["storage"],
+        json!({"mode": "sqlite", "path": db.to_str().unwrap(), "encrypted": true, "durability": "full"})
+    );
+    assert!(daemon.stop().success());
+
+    // The flag wins over the config file.
+    let daemon = Daemon::start_with(&sandbox, &config, &sandbox.socket(), |command| {
+        command.args(["--memory"]);
+    });
+    let (_, body) = http_get(&sandbox.socket(), "/status").unwrap();
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(status["storage"], json!({"mode": "memory", "encrypted": false}));
+    assert!(daemon.stop().success());
+}
