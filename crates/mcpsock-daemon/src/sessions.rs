@@ -25,14 +25,16 @@ use futures::StreamExt;
 use http::{Method, StatusCode};
 use mcpsock_store::{Store, StoreError, StoredEvent, is_event_id};
 use mcpsock_transport::Peer;
-use rmcp::model::{ClientJsonRpcMessage, ServerJsonRpcMessage};
+use rmcp::model::{ClientJsonRpcMessage, ClientRequest, GetExtensions, ServerJsonRpcMessage};
 use rmcp::transport::WorkerTransport;
 use rmcp::transport::common::server_side_http::ServerSseMessage;
 use rmcp::transport::streamable_http_server::SessionId;
 use rmcp::transport::streamable_http_server::session::local::{
     LocalSessionManager, LocalSessionManagerError, LocalSessionWorker, SessionError,
 };
-use rmcp::transport::streamable_http_server::session::{EventStream, RestoreOutcome, SessionManager};
+use rmcp::transport::streamable_http_server::session::{
+    EventStream, RestoreOutcome, SessionManager, SessionRestoreMarker,
+};
 
 use tokio_util::sync::CancellationToken;
 
@@ -201,6 +203,12 @@ impl SessionManager for BoundSessions {
             ClientJsonRpcMessage::Request(request) => serde_json::to_vec(&request.id).ok(),
             _ => None,
         };
+        if let ClientJsonRpcMessage::Request(request) = &message
+            && let Some((key, value)) = session_setting(&request.request)
+            && let Err(error) = self.store.put_state(id, &key, value).await
+        {
+            tracing::warn!(%error, "a session setting was not recorded; a restart will forget it");
+        }
         let mut stream = self.inner.create_stream(id, message).await?;
         // The first event (rmcp's priming event, already stored) names the
         // stream; record which session and request it answers before the
@@ -216,7 +224,18 @@ impl SessionManager for BoundSessions {
     }
 
     async fn accept_message(&self, id: &SessionId, message: ClientJsonRpcMessage) -> Result<(), Self::Error> {
-        self.inner.accept_message(id, message).await
+        // rmcp restores a session by replaying its `initialize`; the
+        // `initialized` that ends the replay is marked.
+        let restored = matches!(
+            &message,
+            ClientJsonRpcMessage::Notification(notification)
+                if notification.notification.extensions().get::<SessionRestoreMarker>().is_some()
+        );
+        self.inner.accept_message(id, message).await?;
+        if restored {
+            self.replay_settings(id).await;
+        }
+        Ok(())
     }
 
     async fn create_standalone_stream(
@@ -268,6 +287,65 @@ impl SessionManager for BoundSessions {
             }
         };
         Ok(stream)
+    }
+}
+
+/// A request that changes what a session receives from now on, as the
+/// store keeps it: (key, the request as JSON). Replaying these after a
+/// restore gives the session back its log level and resource subscriptions,
+/// whatever the handler does with them. An unsubscribe empties its
+/// subscribe's entry.
+fn session_setting(request: &ClientRequest) -> Option<(String, Vec<u8>)> {
+    let key = match request {
+        ClientRequest::SetLevelRequest(_) => "logging/setLevel".to_string(),
+        ClientRequest::SubscribeRequest(subscribe) => format!("resources/subscribe {}", subscribe.params.uri),
+        ClientRequest::UnsubscribeRequest(unsubscribe) => {
+            return Some((format!("resources/subscribe {}", unsubscribe.params.uri), Vec::new()));
+        }
+        _ => return None,
+    };
+    Some((key, serde_json::to_vec(request).ok()?))
+}
+
+/// How long one replayed setting may take.
+const SETTING_REPLAY_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl BoundSessions {
+    /// Sends a restored session's recorded settings to its new handler, in
+    /// key order, and waits for each answer (bounded).
+    async fn replay_settings(&self, id: &SessionId) {
+        let settings = match self.store.load_state(id).await {
+            Ok(settings) => settings,
+            Err(error) => {
+                tracing::warn!(%error, "a restored session's settings could not be read");
+                return;
+            }
+        };
+        for (index, (key, request)) in
+            settings.into_iter().filter(|(_, request)| !request.is_empty()).enumerate()
+        {
+            let Ok(serde_json::Value::Object(mut message)) =
+                serde_json::from_slice::<serde_json::Value>(&request)
+            else {
+                continue;
+            };
+            message.insert("jsonrpc".into(), "2.0".into());
+            message.insert("id".into(), format!("mcpsock-restore-{index}").into());
+            let Ok(message) = serde_json::from_value::<ClientJsonRpcMessage>(message.into()) else {
+                tracing::warn!(setting = key, "a recorded session setting is unreadable and was skipped");
+                continue;
+            };
+            let replayed = async {
+                let stream = self.inner.create_stream(id, message).await?;
+                stream.for_each(|_| futures::future::ready(())).await;
+                Ok::<_, LocalSessionManagerError>(())
+            };
+            match tokio::time::timeout(SETTING_REPLAY_TIMEOUT, replayed).await {
+                Ok(Ok(())) => tracing::debug!(setting = key, "session setting restored"),
+                Ok(Err(error)) => tracing::warn!(setting = key, %error, "a session setting was not restored"),
+                Err(_) => tracing::warn!(setting = key, "a session setting took too long to restore"),
+            }
+        }
     }
 }
 

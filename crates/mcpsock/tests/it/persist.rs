@@ -1,6 +1,10 @@
 //! Sessions and streams that outlive the daemon: restarts, `kill -9`
 //! mid-stream, and the database under a crash (SECURITY-TESTS 40, 42, 45).
 
+// Logging is deprecated in the newest protocol revision, but the legacy
+// sessions whose settings survive restarts still use it.
+#![allow(deprecated)]
+
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -416,4 +420,113 @@ fn status_reports_the_store_and_full_durability_is_taken() {
     let status: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(status["storage"], json!({"mode": "memory", "encrypted": false}));
     assert!(daemon.stop().success());
+}
+
+/// Records what its sessions asked for.
+#[derive(Clone)]
+struct Recorder {
+    calls: Arc<Mutex<Vec<String>>>,
+}
+
+impl rmcp::ServerHandler for Recorder {
+    fn get_info(&self) -> rmcp::model::ServerConfig {
+        rmcp::model::ServerConfig::new(
+            rmcp::model::ServerCapabilities::builder()
+                .enable_logging()
+                .enable_resources()
+                .enable_resources_subscribe()
+                .build(),
+        )
+    }
+
+    async fn set_level(
+        &self,
+        request: rmcp::model::SetLevelRequestParams,
+        _context: rmcp::service::RequestContext<rmcp::RoleServer>,
+    ) -> Result<(), rmcp::ErrorData> {
+        self.calls.lock().unwrap().push(format!("setLevel {}", serde_json::to_value(request.level).unwrap()));
+        Ok(())
+    }
+
+    async fn subscribe(
+        &self,
+        request: rmcp::model::SubscribeRequestParams,
+        _context: rmcp::service::RequestContext<rmcp::RoleServer>,
+    ) -> Result<(), rmcp::ErrorData> {
+        self.calls.lock().unwrap().push(format!("subscribe {}", request.uri));
+        Ok(())
+    }
+
+    async fn unsubscribe(
+        &self,
+        request: rmcp::model::UnsubscribeRequestParams,
+        _context: rmcp::service::RequestContext<rmcp::RoleServer>,
+    ) -> Result<(), rmcp::ErrorData> {
+        self.calls.lock().unwrap().push(format!("unsubscribe {}", request.uri));
+        Ok(())
+    }
+}
+
+/// Serves a `Recorder` on `socket` with its sessions in `db` until `stop`.
+fn serve_recorder(
+    runtime: &tokio::runtime::Runtime,
+    socket: &std::path::Path,
+    db: &std::path::Path,
+    stop: Arc<tokio::sync::Notify>,
+) -> (Arc<Mutex<Vec<String>>>, tokio::task::JoinHandle<()>) {
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let health: mcpsock_daemon::HealthReporter = Arc::new(|rejected_connections| mcpsock_api::Health {
+        status: mcpsock_api::HealthStatus::Ok,
+        admin_protocol: mcpsock_api::ADMIN_PROTOCOL_VERSION,
+        upstreams: Vec::new(),
+        rejected_connections,
+    });
+    let _entered = runtime.enter();
+    let store = mcpsock_store::SqliteStore::open(mcpsock_store::SqliteOptions::new(db)).unwrap();
+    let recorder = Recorder { calls: calls.clone() };
+    let serving = mcpsock_daemon::LockedSocket::acquire(mcpsock_daemon::ListenOptions::new(socket))
+        .unwrap()
+        .with_store(Arc::new(store), std::time::Duration::from_secs(60))
+        .bind(move || recorder.clone(), health)
+        .unwrap();
+    let server = runtime.spawn(async move {
+        drop(serving.run_until(async move { stop.notified().await }).await.unwrap());
+    });
+    (calls, server)
+}
+
+#[test]
+fn a_restored_session_gets_its_log_level_and_subscriptions_back() {
+    let sandbox = Sandbox::new();
+    let socket = sandbox.socket();
+    let db = sandbox.path().join("state.db");
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let request = |session: &str, id: u32, method: &str, params: serde_json::Value| {
+        let body = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}).to_string();
+        let answer = post(Target::Unix(&socket), "localhost", &session_headers(session), &body);
+        assert_eq!(answer.status, 200, "{method}: {answer:?}");
+        answer
+    };
+
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let (calls, server) = serve_recorder(&runtime, &socket, &db, stop.clone());
+    let session = open_session(Target::Unix(&socket), "localhost", "");
+    request(&session, 2, "logging/setLevel", json!({"level": "debug"}));
+    request(&session, 3, "resources/subscribe", json!({"uri": "file:///kept"}));
+    request(&session, 4, "resources/subscribe", json!({"uri": "file:///dropped"}));
+    request(&session, 5, "resources/unsubscribe", json!({"uri": "file:///dropped"}));
+    request(&session, 6, "logging/setLevel", json!({"level": "warning"}));
+    assert_eq!(calls.lock().unwrap().len(), 5);
+    stop.notify_one();
+    runtime.block_on(server).unwrap();
+
+    // A new process (a new handler) on the same database: the session's
+    // first request restores it, with the settings still in force.
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let (calls, server) = serve_recorder(&runtime, &socket, &db, stop.clone());
+    let pinged = request(&session, 7, "ping", json!({}));
+    assert!(pinged.body.contains(r#""id":7"#), "{pinged:?}");
+    assert_eq!(*calls.lock().unwrap(), ["setLevel \"warning\"", "subscribe file:///kept"]);
+    stop.notify_one();
+    runtime.block_on(server).unwrap();
 }
