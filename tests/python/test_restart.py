@@ -60,6 +60,7 @@ def test_a_session_survives_kill_9_and_its_cut_call_gets_a_retry_error(start_dae
                 # in flight and resumable. Now the daemon dies.
                 await first_event.wait()
                 daemon.kill()
+                held_before_the_crash = list(seen_ids)
                 restarted = start_daemon(config)
                 assert restarted.sock == daemon.sock
             # The SDK resumed with Last-Event-ID after the server's retry
@@ -71,10 +72,11 @@ def test_a_session_survives_kill_9_and_its_cut_call_gets_a_retry_error(start_dae
             # The same session goes on: no new initialize, the same id.
             assert (await client.call_tool("demo__echo", {"text": "after"})).content[0].text == "after"
         # It resumed from the last event it had before the crash, and the
-        # error arrived as a stored event with an id of its own.
+        # error arrived after it as a stored event with an id of its own.
         resumes = [r for r in wire.requests if r["method"] == "GET" and "last-event-id" in r["headers"]]
-        assert resumes and resumes[0]["headers"]["last-event-id"] == seen_ids[0]
-        assert len(seen_ids) == 2 and seen_ids[0] != seen_ids[1], seen_ids
+        assert resumes and resumes[0]["headers"]["last-event-id"] == held_before_the_crash[-1]
+        assert seen_ids[: len(held_before_the_crash)] == held_before_the_crash
+        assert len(seen_ids) == len(held_before_the_crash) + 1, seen_ids
         assert len(session_ids(wire)) == 1, f"the client switched sessions: {session_ids(wire)}"
         assert wire.rpc_methods().count("initialize") == 1
 
