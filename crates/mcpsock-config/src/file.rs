@@ -177,6 +177,13 @@ pub struct ServerConfig {
     /// Extra environment for this server only (its secrets).
     pub env: Vec<(String, Secret)>,
     pub cwd: Option<PathBuf>,
+    /// What its tool and prompt names start with (`prefix`); `None` offers
+    /// the server's own names. Defaults to the server name.
+    pub prefix: Option<String>,
+    /// Only these of its tools are offered (`enabled_tools`), when set.
+    pub enabled_tools: Option<Vec<String>>,
+    /// These of its tools are never offered (`disabled_tools`).
+    pub disabled_tools: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -237,6 +244,12 @@ struct RawServer {
     cwd: Option<PathBuf>,
     #[serde(default)]
     disabled: bool,
+    #[serde(default)]
+    prefix: Option<String>,
+    #[serde(default)]
+    enabled_tools: Option<Vec<String>>,
+    #[serde(default)]
+    disabled_tools: Vec<String>,
 }
 
 /// Durations are a number of seconds (`5`, `0.5`) or a human string (`"5s"`,
@@ -367,12 +380,25 @@ impl Config {
                     return Err(at(format!("env key {key:?} is not a valid variable name")));
                 }
             }
+            let prefix = match server.prefix {
+                None => Some(name.clone()),
+                Some(prefix) if prefix.is_empty() => None,
+                Some(prefix) if prefix.chars().all(is_name_char) => Some(prefix),
+                Some(prefix) => {
+                    return Err(at(format!(
+                        "prefix {prefix:?} may use only A-Z a-z 0-9 _ - . (or be \"\" for the server's own names)"
+                    )));
+                }
+            };
             servers.push(ServerConfig {
                 command: resolve_command(&command, config_dir),
                 name,
                 args: server.args,
                 env: server.env.into_iter().collect(),
                 cwd: server.cwd.map(|cwd| config_dir.join(cwd)),
+                prefix,
+                enabled_tools: server.enabled_tools,
+                disabled_tools: server.disabled_tools,
             });
         }
 
@@ -492,6 +518,27 @@ mod tests {
         assert_eq!(config.servers[1].env[0].1.expose(), "s3cret");
         assert_eq!(config.tool_separator, "__");
         assert_eq!(config.shutdown_grace, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn tool_control() {
+        let config = parse(
+            r#"{"mcpServers": {
+                "a": {"command": "x"},
+                "b": {"command": "x", "prefix": "", "enabled_tools": ["t"], "disabled_tools": ["u"]},
+                "c": {"command": "x", "prefix": "see"}
+            }}"#,
+        )
+        .unwrap();
+        assert_eq!(config.servers[0].prefix.as_deref(), Some("a"));
+        assert_eq!(config.servers[1].prefix, None);
+        assert_eq!(config.servers[1].enabled_tools, Some(vec!["t".to_string()]));
+        assert_eq!(config.servers[1].disabled_tools, ["u"]);
+        assert_eq!(config.servers[2].prefix.as_deref(), Some("see"));
+        check_error(
+            r#"{"mcpServers": {"a": {"command": "x", "prefix": "a b"}}}"#,
+            "prefix \"a b\" may use only",
+        );
     }
 
     #[test]

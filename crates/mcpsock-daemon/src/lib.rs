@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use mcpsock_config::Config;
-use mcpsock_gateway::{Gateway, GatewayOptions, UpstreamSpec};
+use mcpsock_gateway::{Gateway, GatewayOptions, ToolFilter, UpstreamSpec};
 
 pub use mcpsock_transport::{PeerPolicy, SocketError, SocketGuard, SystemdEnv};
 pub use server::{HealthReporter, ListenOptions, LockedSocket, Serving};
@@ -98,6 +98,11 @@ pub async fn run(options: DaemonOptions, shutdown: impl Future<Output = ()>) -> 
                 .args(server.args.clone())
                 .env(server.env.iter().map(|(key, value)| (key.clone(), value.expose().to_string())))
                 .cwd(server.cwd.clone())
+                .prefix(server.prefix.clone())
+                .tools(ToolFilter {
+                    enabled: server.enabled_tools.clone(),
+                    disabled: server.disabled_tools.clone(),
+                })
         })
         .collect();
     let gateway_options = GatewayOptions::default()
@@ -110,7 +115,7 @@ pub async fn run(options: DaemonOptions, shutdown: impl Future<Output = ()>) -> 
     let health_gateway = gateway.clone();
     let health: HealthReporter = Arc::new(move |rejected| http::gateway_health(&health_gateway, rejected));
     let session_gateway = gateway.clone();
-    let serving = match locked.bind(move || session_gateway.clone(), health) {
+    let serving = match locked.bind(move || session_gateway.for_session(), health) {
         Ok(serving) => serving,
         Err(error) => {
             gateway.shutdown().await;

@@ -4,9 +4,13 @@
 //! This crate knows nothing of HTTP or sockets. [`Gateway`] implements
 //! rmcp's `ServerHandler`; whoever owns the listeners mounts it.
 
+mod downstream;
 mod handler;
+mod names;
+mod routes;
 mod spawn;
 mod upstream;
 
 pub use handler::{Gateway, GatewayOptions};
+pub use names::ToolFilter;
 pub use upstream::{UpstreamReport, UpstreamSpec, UpstreamState};

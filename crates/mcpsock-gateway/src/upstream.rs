@@ -1,6 +1,11 @@
 //! One upstream MCP server: its process, its MCP client session, and the
 //! catalog of what it offers.
 
+// Logging, sampling and roots are deprecated by SEP-2577 (2026-07-28), but
+// clients and servers of the earlier revisions use them, and a gateway
+// passes through what both sides speak.
+#![allow(deprecated)]
+
 use std::collections::VecDeque;
 use std::fmt;
 use std::path::PathBuf;
@@ -9,14 +14,22 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use rmcp::model::{
-    ClientCapabilities, ClientConfig, Implementation, Prompt, Resource, ResourceTemplate, Tool,
+    ClientCapabilities, ClientConfig, ClientResult, CreateMessageRequestParams, CreateMessageResult,
+    CustomRequest, CustomResult, ElicitRequestParams, ElicitResult, ElicitationCapability,
+    FormElicitationCapability, Implementation, ListRootsResult, LoggingMessageNotificationParam,
+    Notification, ProgressNotificationParam, Prompt, Request, RequestNoParam, Resource, ResourceTemplate,
+    ResourceUpdatedNotificationParam, RootsCapabilities, SamplingCapability, ServerCapabilities,
+    ServerNotification, ServerRequest, Tool, UrlElicitationCapability,
 };
-use rmcp::service::{NotificationContext, RunningService};
+use rmcp::service::{InboundStreamOrigin, NotificationContext, RequestContext, RunningService};
 use rmcp::transport::async_rw::AsyncRwTransport;
-use rmcp::{ClientHandler, Peer, RoleClient, ServiceExt};
-use tokio::sync::watch;
+use rmcp::{ClientHandler, ErrorData, Peer, RoleClient, ServiceExt};
+use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::downstream::Sessions;
+use crate::names::ToolFilter;
+use crate::routes::{Relay, Routes, Target};
 use crate::spawn::{filter_stdout, kill_group_now, spawn_stdio, stop_group};
 
 /// Longest JSON-RPC line accepted from an upstream's stdout.
@@ -36,11 +49,35 @@ pub struct UpstreamSpec {
     /// Extra environment, typically secrets: never printed.
     pub env: Vec<(String, String)>,
     pub cwd: Option<PathBuf>,
+    /// What tool and prompt names start with; `None` offers the upstream's
+    /// own names. Defaults to the server name.
+    pub prefix: Option<String>,
+    /// Which of its tools are offered.
+    pub tools: ToolFilter,
 }
 
 impl UpstreamSpec {
     pub fn new(name: impl Into<String>, command: impl Into<PathBuf>) -> Self {
-        Self { name: name.into(), command: command.into(), args: Vec::new(), env: Vec::new(), cwd: None }
+        let name = name.into();
+        Self {
+            prefix: Some(name.clone()),
+            name,
+            command: command.into(),
+            args: Vec::new(),
+            env: Vec::new(),
+            cwd: None,
+            tools: ToolFilter::default(),
+        }
+    }
+
+    pub fn prefix(mut self, prefix: Option<String>) -> Self {
+        self.prefix = prefix;
+        self
+    }
+
+    pub fn tools(mut self, tools: ToolFilter) -> Self {
+        self.tools = tools;
+        self
     }
 
     pub fn args(mut self, args: impl IntoIterator<Item = impl Into<String>>) -> Self {
@@ -68,6 +105,8 @@ impl fmt::Debug for UpstreamSpec {
             .field("args", &self.args)
             .field("env_keys", &env_keys)
             .field("cwd", &self.cwd)
+            .field("prefix", &self.prefix)
+            .field("tools", &self.tools)
             .finish()
     }
 }
@@ -104,6 +143,18 @@ pub(crate) struct Catalog {
     pub(crate) resource_templates: Vec<ResourceTemplate>,
     pub(crate) prompts: Vec<Prompt>,
     pub(crate) instructions: Option<String>,
+    pub(crate) capabilities: ServerCapabilities,
+    /// Grows on every change, so that derived data (the offered names) knows
+    /// when to rebuild.
+    pub(crate) generation: u64,
+}
+
+/// What the upstream client shares with the gateway: where to send what an
+/// upstream says during a request, and the sessions to tell about changes.
+#[derive(Debug, Clone)]
+pub(crate) struct Links {
+    pub(crate) routes: Arc<Routes>,
+    pub(crate) sessions: Arc<Sessions>,
 }
 
 /// The MCP client side of the connection to one upstream.
@@ -111,14 +162,197 @@ pub(crate) struct Catalog {
 pub(crate) struct UpstreamClient {
     name: String,
     catalog: Arc<RwLock<Catalog>>,
+    links: Links,
+}
+
+/// The client capabilities mcpsock declares upstream: everything a client
+/// may offer, because a downstream client may offer it. A request the
+/// downstream client cannot serve is answered with its error.
+fn relayed_capabilities() -> ClientCapabilities {
+    let mut capabilities = ClientCapabilities::default();
+    capabilities.elicitation = Some(
+        ElicitationCapability::new()
+            .with_form(FormElicitationCapability::new())
+            .with_url(UrlElicitationCapability::new()),
+    );
+    capabilities.sampling = Some(SamplingCapability::default());
+    let mut roots = RootsCapabilities::default();
+    roots.list_changed = Some(true);
+    capabilities.roots = Some(roots);
+    capabilities
+}
+
+impl UpstreamClient {
+    /// Hands a server-initiated request to the downstream request that
+    /// caused it and waits for its client's answer. Over Streamable HTTP the
+    /// upstream's stream says which request that is; over stdio it is the
+    /// request in flight, provided all in-flight requests come from one
+    /// session.
+    async fn relay(
+        &self,
+        request: ServerRequest,
+        context: &RequestContext<RoleClient>,
+    ) -> Result<ClientResult, ErrorData> {
+        let method = method_of(&request);
+        let associated = match context.extensions.get::<InboundStreamOrigin>() {
+            Some(InboundStreamOrigin::OutboundRequest(id)) => self.links.routes.by_request(id),
+            _ => None,
+        };
+        let route = match associated.map(Target::Route).unwrap_or_else(|| self.links.routes.unassociated()) {
+            Target::Route(route) => route,
+            Target::Ambiguous(sessions) => {
+                tracing::warn!(upstream = %self.name, method, ?sessions, "a server request could belong to several sessions; refused");
+                return Err(ErrorData::invalid_request(
+                    format!(
+                        "mcpsock cannot tell which of {} client sessions this {} belongs to; give upstream {} \"isolation\": \"per-session\"",
+                        sessions.len(),
+                        method,
+                        self.name
+                    ),
+                    None,
+                ));
+            }
+            Target::Idle => {
+                return Err(ErrorData::invalid_request(
+                    format!("{} is only relayed while a client request to this server is in flight", method),
+                    None,
+                ));
+            }
+        };
+        let (reply, answer) = oneshot::channel();
+        if route.relay.send(Relay::Request { request, reply }).await.is_err() {
+            return Err(ErrorData::internal_error("the client request that caused this has ended", None));
+        }
+        tokio::select! {
+            answer = answer => answer.unwrap_or_else(|_| Err(ErrorData::internal_error("the client request that caused this has ended", None))),
+            // The upstream cancelled its request: dropping `answer` makes the
+            // relaying task cancel the client's side too.
+            () = context.ct.cancelled() => Err(ErrorData::internal_error("cancelled by the server", None)),
+        }
+    }
+
+    /// Sends a notification to every live session.
+    async fn broadcast(&self, notification: ServerNotification) {
+        for session in self.links.sessions.live() {
+            session.notify(notification.clone()).await;
+        }
+    }
+}
+
+fn method_of(request: &ServerRequest) -> String {
+    match request {
+        ServerRequest::PingRequest(_) => "ping".into(),
+        ServerRequest::CreateMessageRequest(_) => "sampling/createMessage".into(),
+        ServerRequest::ListRootsRequest(_) => "roots/list".into(),
+        ServerRequest::ElicitRequest(_) => "elicitation/create".into(),
+        ServerRequest::CustomRequest(request) => request.method.clone(),
+        _ => "a server request".into(),
+    }
+}
+
+fn unexpected(result: ClientResult) -> ErrorData {
+    tracing::debug!(?result, "a client answered a relayed request with the wrong result type");
+    ErrorData::internal_error("the client answered with an unexpected result type", None)
 }
 
 impl ClientHandler for UpstreamClient {
     fn get_info(&self) -> ClientConfig {
-        ClientConfig::new(
-            ClientCapabilities::default(),
-            Implementation::new("mcpsock", env!("CARGO_PKG_VERSION")),
-        )
+        ClientConfig::new(relayed_capabilities(), Implementation::new("mcpsock", env!("CARGO_PKG_VERSION")))
+    }
+
+    async fn create_elicitation(
+        &self,
+        request: ElicitRequestParams,
+        context: RequestContext<RoleClient>,
+    ) -> Result<ElicitResult, ErrorData> {
+        match self.relay(ServerRequest::ElicitRequest(Request::new(request)), &context).await? {
+            ClientResult::ElicitResult(result) => Ok(result),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn create_message(
+        &self,
+        params: CreateMessageRequestParams,
+        context: RequestContext<RoleClient>,
+    ) -> Result<CreateMessageResult, ErrorData> {
+        match self.relay(ServerRequest::CreateMessageRequest(Request::new(params)), &context).await? {
+            ClientResult::CreateMessageResult(result) => Ok(*result),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn list_roots(&self, context: RequestContext<RoleClient>) -> Result<ListRootsResult, ErrorData> {
+        let request = RequestNoParam { method: Default::default(), extensions: Default::default() };
+        match self.relay(ServerRequest::ListRootsRequest(request), &context).await? {
+            ClientResult::ListRootsResult(result) => Ok(result),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn on_custom_request(
+        &self,
+        request: CustomRequest,
+        context: RequestContext<RoleClient>,
+    ) -> Result<CustomResult, ErrorData> {
+        match self.relay(ServerRequest::CustomRequest(request), &context).await? {
+            ClientResult::CustomResult(result) => Ok(result),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn on_progress(
+        &self,
+        mut params: ProgressNotificationParam,
+        _context: NotificationContext<RoleClient>,
+    ) {
+        // rmcp gives every upstream request a progress token of its own; the
+        // client's token (if it asked for progress at all) goes back on.
+        let Some(route) = self.links.routes.by_progress(&params.progress_token) else { return };
+        let Some(token) = route.progress_token.clone() else { return };
+        params.progress_token = token;
+        let notification = ServerNotification::ProgressNotification(Notification::new(params));
+        // Progress is advisory: a client too slow to take it loses some.
+        let _ = route.relay.try_send(Relay::Notification(notification));
+    }
+
+    async fn on_logging_message(
+        &self,
+        params: LoggingMessageNotificationParam,
+        _context: NotificationContext<RoleClient>,
+    ) {
+        let level = params.level;
+        let notification = ServerNotification::LoggingMessageNotification(Notification::new(params));
+        match self.links.routes.unassociated() {
+            Target::Route(route) => {
+                if self.links.sessions.get(route.session).is_some_and(|session| session.wants_log(level)) {
+                    let _ = route.relay.try_send(Relay::Notification(notification));
+                }
+            }
+            // Not tied to one session's request: every session that asked
+            // for log messages at this level gets it.
+            Target::Ambiguous(_) | Target::Idle => {
+                for session in self.links.sessions.live() {
+                    if session.log_level().is_some() && session.wants_log(level) {
+                        session.notify(notification.clone()).await;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn on_resource_updated(
+        &self,
+        params: ResourceUpdatedNotificationParam,
+        _context: NotificationContext<RoleClient>,
+    ) {
+        for session in self.links.sessions.live() {
+            if session.is_subscribed(&params.uri) {
+                let notification =
+                    ServerNotification::ResourceUpdatedNotification(Notification::new(params.clone()));
+                session.notify(notification).await;
+            }
+        }
     }
 
     async fn on_tool_list_changed(&self, context: NotificationContext<RoleClient>) {
@@ -128,15 +362,26 @@ impl ClientHandler for UpstreamClient {
                 tracing::warn!(upstream = %self.name, %error, "could not refresh the tool list")
             }
         }
+        self.broadcast(ServerNotification::ToolListChangedNotification(Default::default())).await;
     }
 
     async fn on_resource_list_changed(&self, context: NotificationContext<RoleClient>) {
-        match context.peer.list_all_resources().await {
-            Ok(resources) => write(&self.catalog).resources = resources,
+        let refreshed = async {
+            let resources = context.peer.list_all_resources().await?;
+            let templates = context.peer.list_all_resource_templates().await?;
+            Ok::<_, rmcp::ServiceError>((resources, templates))
+        };
+        match refreshed.await {
+            Ok((resources, templates)) => {
+                let mut catalog = write(&self.catalog);
+                catalog.resources = resources;
+                catalog.resource_templates = templates;
+            }
             Err(error) => {
                 tracing::warn!(upstream = %self.name, %error, "could not refresh the resource list")
             }
         }
+        self.broadcast(ServerNotification::ResourceListChangedNotification(Default::default())).await;
     }
 
     async fn on_prompt_list_changed(&self, context: NotificationContext<RoleClient>) {
@@ -146,6 +391,7 @@ impl ClientHandler for UpstreamClient {
                 tracing::warn!(upstream = %self.name, %error, "could not refresh the prompt list")
             }
         }
+        self.broadcast(ServerNotification::PromptListChangedNotification(Default::default())).await;
     }
 }
 
@@ -177,9 +423,12 @@ pub(crate) fn restart_delay(recent_restarts: usize) -> Option<Duration> {
 /// process ends.
 pub(crate) struct Upstream {
     pub(crate) name: String,
-    spec: UpstreamSpec,
+    pub(crate) spec: UpstreamSpec,
     timing: Timing,
     pub(crate) catalog: Arc<RwLock<Catalog>>,
+    /// The downstream requests in flight on this upstream.
+    pub(crate) routes: Arc<Routes>,
+    links: Links,
     connection: Mutex<Connection>,
     restarts: AtomicU32,
     /// Lines from the upstream's stdout that were not valid JSON-RPC.
@@ -214,10 +463,11 @@ impl Upstream {
     /// `init_timeout`, and reads the catalog. Never fails: a failure is
     /// recorded in the upstream's state, where health reports show it. A
     /// started upstream whose process later ends is restarted with backoff.
-    pub(crate) async fn start(spec: &UpstreamSpec, timing: Timing) -> Arc<Self> {
+    pub(crate) async fn start(spec: &UpstreamSpec, timing: Timing, sessions: Arc<Sessions>) -> Arc<Self> {
         let catalog = Arc::new(RwLock::new(Catalog::default()));
         let dropped_messages = Arc::new(AtomicU64::new(0));
-        let connection = match connect(spec, &catalog, &dropped_messages, timing).await {
+        let links = Links { routes: Arc::new(Routes::default()), sessions };
+        let connection = match connect(spec, &catalog, &links, &dropped_messages, timing).await {
             Ok(connection) => {
                 tracing::info!(upstream = %spec.name, tools = read(&catalog).tools.len(), "upstream started");
                 connection
@@ -233,6 +483,8 @@ impl Upstream {
             spec: spec.clone(),
             timing,
             catalog,
+            routes: links.routes.clone(),
+            links,
             connection: Mutex::new(connection),
             restarts: AtomicU32::new(0),
             dropped_messages,
@@ -277,7 +529,9 @@ impl Upstream {
                     () = self.stopping.cancelled() => return,
                 }
                 recent.push_back(Instant::now());
-                match connect(&self.spec, &self.catalog, &self.dropped_messages, self.timing).await {
+                match connect(&self.spec, &self.catalog, &self.links, &self.dropped_messages, self.timing)
+                    .await
+                {
                     Ok(connection) => {
                         self.restarts.fetch_add(1, Ordering::Relaxed);
                         tracing::info!(upstream = %self.name, "upstream restarted");
@@ -370,6 +624,7 @@ impl Upstream {
 async fn connect(
     spec: &UpstreamSpec,
     catalog: &Arc<RwLock<Catalog>>,
+    links: &Links,
     dropped_messages: &Arc<AtomicU64>,
     timing: Timing,
 ) -> Result<Connection, String> {
@@ -386,7 +641,7 @@ async fn connect(
     })?;
     let pid = child.pid;
     let mut exited = child.exited;
-    let client = UpstreamClient { name: spec.name.clone(), catalog: catalog.clone() };
+    let client = UpstreamClient { name: spec.name.clone(), catalog: catalog.clone(), links: links.clone() };
     // Only valid JSON-RPC reaches rmcp; everything else the child prints on
     // stdout is dropped and counted.
     let (filtered, filter_output) = tokio::io::duplex(FILTER_BUFFER);
@@ -429,13 +684,13 @@ async fn load_catalog(peer: &Peer<RoleClient>, catalog: &RwLock<Catalog>) -> Res
         (Vec::new(), Vec::new())
     };
     let prompts = if capabilities.prompts.is_some() { peer.list_all_prompts().await? } else { Vec::new() };
-    *write(catalog) = Catalog {
-        tools,
-        resources,
-        resource_templates,
-        prompts,
-        instructions: info.and_then(|info| info.instructions.clone()),
-    };
+    let mut catalog = write(catalog);
+    catalog.tools = tools;
+    catalog.resources = resources;
+    catalog.resource_templates = resource_templates;
+    catalog.prompts = prompts;
+    catalog.instructions = info.as_ref().and_then(|info| info.instructions.clone());
+    catalog.capabilities = capabilities;
     Ok(())
 }
 
@@ -454,8 +709,11 @@ pub(crate) fn read(lock: &RwLock<Catalog>) -> std::sync::RwLockReadGuard<'_, Cat
     lock.read().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// Write access to a catalog, which counts as a change.
 fn write(lock: &RwLock<Catalog>) -> std::sync::RwLockWriteGuard<'_, Catalog> {
-    lock.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+    let mut catalog = lock.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+    catalog.generation += 1;
+    catalog
 }
 
 #[cfg(test)]

@@ -103,7 +103,10 @@ fn sec38_terminal_escapes_and_newlines_cannot_forge_log_lines() {
     let output = sandbox.client(&["call", "fake__ansi"]);
     assert_eq!(stdout(&output).trim(), "ansi done", "{}", stderr(&output));
     let tools = sandbox.client(&["tools", "--json"]);
-    assert!(stdout(&tools).contains(r#"fake__evil\u001b[31m\nname"#), "{}", stdout(&tools));
+    // Offered tool names follow the MCP tool-name rules: the escape and the
+    // newline become `_`.
+    assert!(stdout(&tools).contains(r#""fake__evil__31m_name""#), "{}", stdout(&tools));
+    assert!(!stdout(&tools).contains(r"\u001b"), "{}", stdout(&tools));
     wait_until("the escaped stderr line is logged", || daemon.log_text().contains(r"\u{1b}[31mred"));
     let log = daemon.log_text();
     assert!(!log.contains('\u{1b}'), "a raw escape reached the log");
