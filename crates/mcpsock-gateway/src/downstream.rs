@@ -11,7 +11,8 @@ use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
-use rmcp::model::{LoggingLevel, ServerNotification};
+use rmcp::model::{LoggingLevel, RequestId, ServerNotification};
+use rmcp::service::{SubscriptionSendError, SubscriptionSink};
 use rmcp::{Peer, RoleServer};
 
 /// One downstream session (one handler clone of rmcp's HTTP service).
@@ -82,6 +83,8 @@ impl Session {
 pub(crate) struct Sessions {
     next_id: AtomicU64,
     live: Mutex<Vec<Weak<Session>>>,
+    /// Open `subscriptions/listen` streams of 2026-07-28 clients.
+    listeners: Mutex<Vec<SubscriptionSink>>,
 }
 
 impl Sessions {
@@ -111,9 +114,49 @@ impl Sessions {
         self.live().iter().filter_map(|session| session.log_level()).min_by_key(|level| severity(*level))
     }
 
-    /// Whether any live session is subscribed to `uri`.
+    /// Whether any live session or open listen stream is subscribed to `uri`.
     pub(crate) fn anyone_subscribed(&self, uri: &str) -> bool {
         self.live().iter().any(|session| session.is_subscribed(uri))
+            || lock(&self.listeners).iter().any(|sink| {
+                sink.accepted()
+                    .resource_subscriptions
+                    .as_ref()
+                    .is_some_and(|uris| uris.iter().any(|u| u == uri))
+            })
+    }
+
+    pub(crate) fn add_listener(&self, sink: SubscriptionSink) {
+        lock(&self.listeners).push(sink);
+    }
+
+    pub(crate) fn remove_listener(&self, id: &RequestId) {
+        lock(&self.listeners).retain(|sink| sink.id() != id);
+    }
+
+    /// Tells every session (earlier revisions: on its standalone stream;
+    /// 2026-07-28: on each listen stream whose filter asked for it) about a
+    /// change no request of its own caused. A resource update goes only to
+    /// those subscribed to the resource.
+    pub(crate) async fn broadcast(&self, notification: ServerNotification) {
+        let updated = match &notification {
+            ServerNotification::ResourceUpdatedNotification(update) => Some(update.params.uri.clone()),
+            _ => None,
+        };
+        for session in self.live() {
+            if updated.as_deref().is_none_or(|uri| session.is_subscribed(uri)) {
+                session.notify(notification.clone()).await;
+            }
+        }
+        let listeners = lock(&self.listeners).clone();
+        for sink in listeners {
+            match sink.send(notification.clone()).await {
+                Ok(()) | Err(SubscriptionSendError::NotificationNotAccepted(_)) => {}
+                Err(error) => {
+                    tracing::debug!(%error, "a listen stream is gone");
+                    self.remove_listener(sink.id());
+                }
+            }
+        }
     }
 }
 

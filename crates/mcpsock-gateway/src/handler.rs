@@ -30,9 +30,9 @@ use rmcp::model::{
     ListResourcesResult, ListToolsResult, LoggingLevel, Notification, PaginatedRequestParams,
     ReadResourceRequestParams, ReadResourceResponse, Reference, Request, RequestId, ResultType,
     ServerCapabilities, ServerConfig, ServerNotification, ServerRequest, ServerResult, SetLevelRequestParams,
-    SubscribeRequestParams, UnsubscribeRequestParams,
+    SubscribeRequestParams, SubscriptionFilter, UnsubscribeRequestParams,
 };
-use rmcp::service::{NotificationContext, PeerRequestOptions, RequestContext};
+use rmcp::service::{NotificationContext, PeerRequestOptions, RequestContext, SubscriptionContext};
 use rmcp::{ErrorData, Peer, RoleClient, RoleServer, ServerHandler, ServiceError};
 use tokio::sync::{mpsc, oneshot};
 
@@ -303,6 +303,23 @@ impl Gateway {
             ServerResult::EmptyResult(_) => Ok(()),
             other => Err(unexpected(upstream, &other)),
         }
+    }
+
+    /// A request the gateway makes on its own behalf (no client request to
+    /// relay to), bounded by the request timeout.
+    async fn forward_upstream_only(
+        &self,
+        upstream: &Upstream,
+        request: ClientRequest,
+    ) -> Result<ServerResult, ErrorData> {
+        let peer = upstream.peer().map_err(|message| ErrorData::internal_error(message, None))?;
+        let timeout = self.inner.options.request_timeout;
+        // With a timeout, rmcp cancels the request upstream when it expires.
+        let handle = peer
+            .send_request_with_option(request, PeerRequestOptions::with_timeout(timeout))
+            .await
+            .map_err(|error| upstream_error(upstream, error))?;
+        handle.await_response().await.map_err(|error| upstream_error(upstream, error))
     }
 
     fn running(&self) -> impl Iterator<Item = (usize, &Upstream)> {
@@ -667,6 +684,41 @@ impl ServerHandler for Gateway {
             ServerResult::InputRequiredResult(result) => Ok(GetPromptResponse::InputRequired(result)),
             other => Err(unexpected(upstream, &other)),
         }
+    }
+
+    /// 2026-07-28 clients learn of changes on `subscriptions/listen`
+    /// streams; the gateway offers everything it can relay.
+    fn accepted_subscription_filter(&self, requested: &SubscriptionFilter) -> Option<SubscriptionFilter> {
+        Some(requested.clone())
+    }
+
+    async fn listen(&self, context: SubscriptionContext) -> Result<(), ErrorData> {
+        let uris = context.accepted().resource_subscriptions.clone().unwrap_or_default();
+        let request = context.request_context();
+        // Upstream subscriptions are of the earlier revisions' kind; the
+        // gateway holds one per resource for every listener together.
+        for uri in &uris {
+            let Some(upstream) = self.resource_owner(uri) else { continue };
+            let subscribe =
+                ClientRequest::SubscribeRequest(Request::new(SubscribeRequestParams::new(uri.clone())));
+            if let Err(error) = self.forward_upstream_only(upstream, subscribe).await {
+                tracing::debug!(upstream = %upstream.name, %error.message, "resource subscription refused upstream");
+            }
+        }
+        let id = request.id.clone();
+        self.inner.sessions.add_listener(context.sink().clone());
+        context.cancelled().await;
+        self.inner.sessions.remove_listener(&id);
+        for uri in &uris {
+            if self.inner.sessions.anyone_subscribed(uri) {
+                continue;
+            }
+            let Some(upstream) = self.resource_owner(uri) else { continue };
+            let unsubscribe =
+                ClientRequest::UnsubscribeRequest(Request::new(UnsubscribeRequestParams::new(uri.clone())));
+            let _ = self.forward_upstream_only(upstream, unsubscribe).await;
+        }
+        Ok(())
     }
 
     async fn on_roots_list_changed(&self, _context: NotificationContext<RoleServer>) {

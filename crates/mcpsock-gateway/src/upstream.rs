@@ -231,11 +231,8 @@ impl UpstreamClient {
         }
     }
 
-    /// Sends a notification to every live session.
     async fn broadcast(&self, notification: ServerNotification) {
-        for session in self.links.sessions.live() {
-            session.notify(notification.clone()).await;
-        }
+        self.links.sessions.broadcast(notification).await;
     }
 }
 
@@ -346,13 +343,7 @@ impl ClientHandler for UpstreamClient {
         params: ResourceUpdatedNotificationParam,
         _context: NotificationContext<RoleClient>,
     ) {
-        for session in self.links.sessions.live() {
-            if session.is_subscribed(&params.uri) {
-                let notification =
-                    ServerNotification::ResourceUpdatedNotification(Notification::new(params.clone()));
-                session.notify(notification).await;
-            }
-        }
+        self.broadcast(ServerNotification::ResourceUpdatedNotification(Notification::new(params))).await;
     }
 
     async fn on_tool_list_changed(&self, context: NotificationContext<RoleClient>) {

@@ -24,11 +24,12 @@ use std::time::Duration;
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ClientResult, CompleteRequestParams,
     CompleteResult, CreateMessageRequestParams, ElicitRequestParams, GetPromptRequestParams,
-    GetPromptResponse, GetPromptResult, Implementation, ListPromptsResult, ListResourceTemplatesResult,
-    ListResourcesResult, ListToolsResult, LoggingLevel, LoggingMessageNotificationParam,
-    PaginatedRequestParams, ProgressNotificationParam, ReadResourceRequestParams, ReadResourceResponse,
-    ReadResourceResult, Request, ResourceUpdatedNotificationParam, ServerCapabilities, ServerConfig,
-    ServerRequest, SetLevelRequestParams, SubscribeRequestParams, Tool, UnsubscribeRequestParams,
+    GetPromptResponse, GetPromptResult, Implementation, InputRequiredResult, ListPromptsResult,
+    ListResourceTemplatesResult, ListResourcesResult, ListToolsResult, LoggingLevel,
+    LoggingMessageNotificationParam, PaginatedRequestParams, ProgressNotificationParam,
+    ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, Request, RequestStateCodec,
+    ResourceUpdatedNotificationParam, ServerCapabilities, ServerConfig, ServerRequest, SetLevelRequestParams,
+    SubscribeRequestParams, Tool, UnsubscribeRequestParams,
 };
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData, Peer, RoleServer, ServerHandler, ServiceExt};
@@ -39,9 +40,19 @@ const TEST_IMAGE_BASE64: &str =
 const TEST_AUDIO_BASE64: &str = "UklGRiYAAABXQVZFZm10IBAAAAABAAEAQB8AAAB9AAACABAAZGF0YQIAAAA=";
 const WATCHED: &str = "test://watched-resource";
 
-#[derive(Clone, Default)]
+#[derive(Clone)]
 struct Fixture {
     subscriptions: Arc<Mutex<BTreeSet<String>>>,
+    /// Seals `requestState` so that a client cannot forge or alter it.
+    codec: Arc<RequestStateCodec>,
+}
+
+impl Fixture {
+    fn new() -> Result<Self, Box<dyn std::error::Error>> {
+        let mut key = [0u8; 32];
+        getrandom::fill(&mut key).map_err(|error| format!("no random key: {error}"))?;
+        Ok(Self { subscriptions: Arc::default(), codec: Arc::new(RequestStateCodec::try_new(key.to_vec())?) })
+    }
 }
 
 fn object(value: Value) -> Arc<serde_json::Map<String, Value>> {
@@ -60,7 +71,7 @@ fn empty_schema() -> Value {
 }
 
 fn tools() -> Vec<Tool> {
-    vec![
+    let mut tools = vec![
         tool("test_simple_text", "Tests simple text content response", empty_schema()),
         tool("test_image_content", "Tests image content response", empty_schema()),
         tool("test_audio_content", "Tests audio content response", empty_schema()),
@@ -83,7 +94,11 @@ fn tools() -> Vec<Tool> {
             "Tests server-initiated elicitation (user input request)",
             json!({"type": "object", "properties": {"message": {"type": "string", "description": "The message to show the user"}}, "required": ["message"]}),
         ),
-        tool("test_elicitation_sep1034_defaults", "Tests elicitation with default values per SEP-1034", empty_schema()),
+        tool(
+            "test_elicitation_sep1034_defaults",
+            "Tests elicitation with default values per SEP-1034",
+            empty_schema(),
+        ),
         tool(
             "test_elicitation_sep1330_enums",
             "Tests elicitation with enum schema improvements per SEP-1330",
@@ -100,13 +115,86 @@ fn tools() -> Vec<Tool> {
                 "additionalProperties": false
             }),
         ),
-    ]
+    ];
+    // The 2026-07-28 scenarios: multi-round requests, capability checks and
+    // the hooks the suite uses to make the server change its lists.
+    for (name, description) in [
+        ("test_missing_capability", "Test tool requiring sampling"),
+        (
+            "test_input_required_result_elicitation",
+            "MRTR: returns InputRequiredResult with elicitation request",
+        ),
+        ("test_input_required_result_sampling", "MRTR: returns InputRequiredResult with sampling request"),
+        (
+            "test_input_required_result_list_roots",
+            "MRTR: returns InputRequiredResult with roots/list request",
+        ),
+        ("test_input_required_result_request_state", "MRTR: returns InputRequiredResult with requestState"),
+        (
+            "test_input_required_result_multiple_inputs",
+            "MRTR: returns InputRequiredResult with multiple input requests",
+        ),
+        ("test_input_required_result_multi_round", "MRTR: multi-round InputRequiredResult workflow"),
+        ("test_input_required_result_tampered_state", "MRTR: HMAC-signed requestState integrity test"),
+        ("test_input_required_result_capabilities", "MRTR: respects client capabilities in inputRequests"),
+        ("test_streaming_elicitation", "Diagnostic tool validating response progress streams"),
+        ("test_logging_tool", "Diagnostic logging validator tool"),
+        ("test_trigger_tool_change", "Announces a change of the tool list"),
+        ("test_trigger_prompt_change", "Announces a change of the prompt list"),
+    ] {
+        tools.push(tool(name, description, empty_schema()));
+    }
+    tools
+}
+
+fn elicit_request(message: &str, field: &str, kind: &str) -> Value {
+    json!({
+        "method": "elicitation/create",
+        "params": {
+            "mode": "form",
+            "message": message,
+            "requestedSchema": {"type": "object", "properties": {field: {"type": kind}}, "required": [field]}
+        }
+    })
+}
+
+fn sampling_request(text: &str, max_tokens: u32) -> Value {
+    json!({
+        "method": "sampling/createMessage",
+        "params": {"messages": [{"role": "user", "content": {"type": "text", "text": text}}], "maxTokens": max_tokens}
+    })
+}
+
+fn input_required(
+    input_requests: Value,
+    request_state: Option<String>,
+) -> Result<CallToolResponse, ErrorData> {
+    let mut result = json!({"resultType": "input_required", "inputRequests": input_requests});
+    if let Some(state) = request_state {
+        result["requestState"] = json!(state);
+    }
+    Ok(CallToolResponse::InputRequired(from_json::<InputRequiredResult>(result)?))
+}
+
+/// `inputResponses[key].content[field]` as text, the way the suite's own
+/// fixture reads answers.
+fn answer_text(responses: &Value, key: &str, field: &str) -> String {
+    responses
+        .pointer(&format!("/{key}/content/{field}"))
+        .and_then(Value::as_str)
+        .unwrap_or("unknown")
+        .to_string()
+}
+
+fn complete(content: Vec<Value>) -> Result<CallToolResponse, ErrorData> {
+    success(content).map(CallToolResponse::Complete)
 }
 
 /// Builds a model value from its JSON form: the suite specifies the wire
 /// shapes, so writing them as JSON keeps the fixture next to its spec.
 fn from_json<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, ErrorData> {
-    serde_json::from_value(value).map_err(|error| ErrorData::internal_error(format!("fixture value: {error}"), None))
+    serde_json::from_value(value)
+        .map_err(|error| ErrorData::internal_error(format!("fixture value: {error}"), None))
 }
 
 fn text(text: impl Into<String>) -> Value {
@@ -166,7 +254,8 @@ fn sep1330_schema() -> Value {
 }
 
 async fn log(peer: &Peer<RoleServer>, level: LoggingLevel, message: &str) {
-    let params = LoggingMessageNotificationParam::new(level, json!(message)).with_logger("conformance-test-server");
+    let params =
+        LoggingMessageNotificationParam::new(level, json!(message)).with_logger("conformance-test-server");
     let _ = peer.notify_logging_message(params).await;
 }
 
@@ -192,10 +281,190 @@ impl Fixture {
         success(vec![text(line)])
     }
 
-    async fn call(&self, request: CallToolRequestParams, context: RequestContext<RoleServer>) -> Result<CallToolResult, ErrorData> {
+    /// The tools of the 2026-07-28 scenarios; `None` for the others.
+    async fn call_multi_round(
+        &self,
+        request: &CallToolRequestParams,
+        context: &RequestContext<RoleServer>,
+    ) -> Result<Option<CallToolResponse>, ErrorData> {
+        let responses = serde_json::to_value(&request.input_responses).unwrap_or_default();
+        let answered = |key: &str| responses.get(key).is_some_and(|value| !value.is_null());
+        let state = request.request_state.as_deref();
+        let sealed = |value: Value| {
+            self.codec.seal_json(&value).map_err(|error| ErrorData::internal_error(error.to_string(), None))
+        };
+        let opened = |state: &str| self.codec.open_json::<Value>(state).ok();
+        let response = match request.name.as_ref() {
+            "test_missing_capability" => {
+                if context
+                    .meta
+                    .client_capabilities()
+                    .is_none_or(|capabilities| capabilities.sampling.is_none())
+                {
+                    let mut required = rmcp::model::ClientCapabilities::default();
+                    required.sampling = Some(Default::default());
+                    return Err(ErrorData::missing_required_client_capability(required));
+                }
+                complete(vec![text("Success")])
+            }
+            "test_input_required_result_elicitation" if answered("user_name") => {
+                complete(vec![text(format!("Hello, {}!", answer_text(&responses, "user_name", "name")))])
+            }
+            "test_input_required_result_elicitation" => input_required(
+                json!({"user_name": elicit_request("What is your name?", "name", "string")}),
+                None,
+            ),
+            "test_input_required_result_sampling" if answered("sample_request") => {
+                let reply = responses
+                    .pointer("/sample_request/content/text")
+                    .and_then(Value::as_str)
+                    .unwrap_or("no response");
+                complete(vec![text(format!("Sampling result: {reply}"))])
+            }
+            "test_input_required_result_sampling" => input_required(
+                json!({"sample_request": sampling_request("What is the capital of France?", 100)}),
+                None,
+            ),
+            "test_input_required_result_list_roots" if answered("roots_request") => {
+                let roots =
+                    responses.pointer("/roots_request/roots").and_then(Value::as_array).map_or(0, Vec::len);
+                complete(vec![text(format!("Found {roots} root(s)"))])
+            }
+            "test_input_required_result_list_roots" => {
+                input_required(json!({"roots_request": {"method": "roots/list", "params": {}}}), None)
+            }
+            "test_input_required_result_request_state" => {
+                let confirmed = responses.pointer("/confirm/content/ok") == Some(&json!(true));
+                match state.and_then(opened) {
+                    Some(state) if state["kind"] == "request-state" && confirmed => {
+                        complete(vec![text("state-ok: requestState validated")])
+                    }
+                    _ => input_required(
+                        json!({"confirm": elicit_request("Please confirm", "ok", "boolean")}),
+                        Some(sealed(json!({"kind": "request-state"}))?),
+                    ),
+                }
+            }
+            "test_input_required_result_multiple_inputs" => {
+                let all = answered("user_name") && answered("greeting") && answered("client_roots");
+                match state.and_then(opened) {
+                    Some(state) if state["kind"] == "multiple-inputs" && all => {
+                        let greeting = responses
+                            .pointer("/greeting/content/text")
+                            .and_then(Value::as_str)
+                            .unwrap_or("Hello there!");
+                        let roots = responses
+                            .pointer("/client_roots/roots")
+                            .and_then(Value::as_array)
+                            .map_or(0, Vec::len);
+                        complete(vec![text(format!(
+                            "Name: {}; Greeting: {greeting}; Roots: {roots}",
+                            answer_text(&responses, "user_name", "name")
+                        ))])
+                    }
+                    _ => input_required(
+                        json!({
+                            "user_name": elicit_request("What is your name?", "name", "string"),
+                            "greeting": sampling_request("Generate a greeting", 50),
+                            "client_roots": {"method": "roots/list", "params": {}}
+                        }),
+                        Some(sealed(json!({"kind": "multiple-inputs"}))?),
+                    ),
+                }
+            }
+            "test_input_required_result_multi_round" => {
+                let first_round = || {
+                    input_required(
+                        json!({"step1": elicit_request("Step 1: What is your name?", "name", "string")}),
+                        Some(sealed(json!({"round": 1}))?),
+                    )
+                };
+                match state.and_then(opened) {
+                    Some(state) if state["round"] == 1 && answered("step1") => input_required(
+                        json!({"step2": elicit_request("Step 2: What is your favorite color?", "color", "string")}),
+                        Some(sealed(json!({"round": 2, "name": answer_text(&responses, "step1", "name")}))?),
+                    ),
+                    Some(state) if state["round"] == 2 && answered("step2") => {
+                        let name = state["name"].as_str().unwrap_or("friend").to_string();
+                        let color = answer_text(&responses, "step2", "color");
+                        complete(vec![text(format!("Multi-round complete for {name} who likes {color}"))])
+                    }
+                    _ => first_round(),
+                }
+            }
+            "test_input_required_result_tampered_state" => match state {
+                Some(state) => match opened(state) {
+                    None => Err(ErrorData::invalid_params("requestState integrity check failed", None)),
+                    Some(state) if state["kind"] == "tamper-test" && answered("confirm") => {
+                        complete(vec![text("integrity-ok: state verified")])
+                    }
+                    Some(_) => input_required(
+                        json!({"confirm": elicit_request("Please confirm", "ok", "boolean")}),
+                        Some(sealed(json!({"kind": "tamper-test"}))?),
+                    ),
+                },
+                None => input_required(
+                    json!({"confirm": elicit_request("Please confirm", "ok", "boolean")}),
+                    Some(sealed(json!({"kind": "tamper-test"}))?),
+                ),
+            },
+            "test_input_required_result_capabilities" => {
+                let capabilities = context.meta.client_capabilities().unwrap_or_default();
+                let mut requests = serde_json::Map::new();
+                if capabilities.elicitation.is_some() {
+                    requests.insert(
+                        "elicit_input".into(),
+                        elicit_request("Elicitation input", "value", "string"),
+                    );
+                }
+                if capabilities.sampling.is_some() {
+                    requests.insert("sample_input".into(), sampling_request("Sample request", 50));
+                }
+                let received: Vec<&String> =
+                    responses.as_object().map(|answers| answers.keys().collect()).unwrap_or_default();
+                if !received.is_empty() {
+                    let names: Vec<&str> = received.iter().map(|name| name.as_str()).collect();
+                    complete(vec![text(format!("capabilities-ok: received {}", names.join(",")))])
+                } else if requests.is_empty() {
+                    complete(vec![text("No supported capabilities declared")])
+                } else {
+                    input_required(
+                        Value::Object(requests),
+                        Some(sealed(json!({"kind": "capabilities-test"}))?),
+                    )
+                }
+            }
+            "test_streaming_elicitation" => complete(vec![text("Streaming complete")]),
+            "test_logging_tool" => {
+                // 2026-07-28: log messages only when the request asked for them.
+                if let Some(level) = context.meta.log_level() {
+                    let _ = level;
+                    log(&context.peer, LoggingLevel::Info, "Diagnostic trace logging activated").await;
+                }
+                complete(vec![text("Logging evaluated")])
+            }
+            "test_trigger_tool_change" => {
+                let _ = context.peer.notify_tool_list_changed().await;
+                complete(vec![text("Mutation triggered")])
+            }
+            "test_trigger_prompt_change" => {
+                let _ = context.peer.notify_prompt_list_changed().await;
+                complete(vec![text("Mutation triggered")])
+            }
+            _ => return Ok(None),
+        };
+        response.map(Some)
+    }
+
+    async fn call(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, ErrorData> {
         let peer = &context.peer;
         let arguments = request.arguments.clone().unwrap_or_default();
-        let argument = |name: &str| arguments.get(name).and_then(Value::as_str).unwrap_or_default().to_string();
+        let argument =
+            |name: &str| arguments.get(name).and_then(Value::as_str).unwrap_or_default().to_string();
         match request.name.as_ref() {
             "test_simple_text" => success(vec![text("This is a simple text response for testing.")]),
             "test_image_content" => success(vec![image()]),
@@ -210,10 +479,18 @@ impl Fixture {
             "test_multiple_content_types" => success(vec![
                 text("Multiple content types test:"),
                 image(),
-                embedded("test://mixed-content-resource", "application/json", &json!({"test": "data", "value": 123}).to_string()),
+                embedded(
+                    "test://mixed-content-resource",
+                    "application/json",
+                    &json!({"test": "data", "value": 123}).to_string(),
+                ),
             ]),
             "test_tool_with_logging" => {
-                for (step, message) in ["Tool execution started", "Tool processing data", "Tool execution completed"].iter().enumerate() {
+                for (step, message) in
+                    ["Tool execution started", "Tool processing data", "Tool execution completed"]
+                        .iter()
+                        .enumerate()
+                {
                     if step > 0 {
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
@@ -269,10 +546,22 @@ impl Fixture {
                 self.elicit(peer, &argument("message"), schema, "User response").await
             }
             "test_elicitation_sep1034_defaults" => {
-                self.elicit(peer, "Please review and update the form fields with defaults", sep1034_schema(), "Elicitation completed").await
+                self.elicit(
+                    peer,
+                    "Please review and update the form fields with defaults",
+                    sep1034_schema(),
+                    "Elicitation completed",
+                )
+                .await
             }
             "test_elicitation_sep1330_enums" => {
-                self.elicit(peer, "Please select options from the enum fields", sep1330_schema(), "Elicitation completed").await
+                self.elicit(
+                    peer,
+                    "Please select options from the enum fields",
+                    sep1330_schema(),
+                    "Elicitation completed",
+                )
+                .await
             }
             "json_schema_2020_12_tool" => success(vec![text(format!(
                 "JSON Schema 2020-12 tool called with: {}",
@@ -304,7 +593,8 @@ impl ServerHandler for Fixture {
             .enable_logging()
             .enable_completions()
             .build();
-        ServerConfig::new(capabilities).with_server_info(Implementation::new("mcp-conformance-test-server", "1.0.0"))
+        ServerConfig::new(capabilities)
+            .with_server_info(Implementation::new("mcp-conformance-test-server", "1.0.0"))
     }
 
     async fn list_tools(
@@ -320,6 +610,9 @@ impl ServerHandler for Fixture {
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
+        if let Some(response) = self.call_multi_round(&request, &context).await? {
+            return Ok(response);
+        }
         self.call(request, context).await.map(CallToolResponse::Complete)
     }
 
@@ -367,7 +660,8 @@ impl ServerHandler for Fixture {
                 Some(id) => text_resource(
                     uri,
                     "application/json",
-                    &json!({"id": id, "templateTest": true, "data": format!("Data for ID: {id}")}).to_string(),
+                    &json!({"id": id, "templateTest": true, "data": format!("Data for ID: {id}")})
+                        .to_string(),
                 )?,
                 None => {
                     return Err(ErrorData::resource_not_found(
@@ -380,8 +674,15 @@ impl ServerHandler for Fixture {
         Ok(ReadResourceResponse::Complete(result))
     }
 
-    async fn subscribe(&self, request: SubscribeRequestParams, context: RequestContext<RoleServer>) -> Result<(), ErrorData> {
-        self.subscriptions.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(request.uri.clone());
+    async fn subscribe(
+        &self,
+        request: SubscribeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        self.subscriptions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(request.uri.clone());
         log(&context.peer, LoggingLevel::Info, &format!("Subscribed to resource: {}", request.uri)).await;
         // Announce an update at once, so a subscriber sees one arrive.
         let peer = context.peer.clone();
@@ -393,7 +694,11 @@ impl ServerHandler for Fixture {
         Ok(())
     }
 
-    async fn unsubscribe(&self, request: UnsubscribeRequestParams, context: RequestContext<RoleServer>) -> Result<(), ErrorData> {
+    async fn unsubscribe(
+        &self,
+        request: UnsubscribeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
         self.subscriptions.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&request.uri);
         log(&context.peer, LoggingLevel::Info, &format!("Unsubscribed from resource: {}", request.uri)).await;
         Ok(())
@@ -412,7 +717,8 @@ impl ServerHandler for Fixture {
             {"name": "test_prompt_with_embedded_resource", "title": "Prompt With Embedded Resource",
              "description": "A prompt that includes an embedded resource",
              "arguments": [argument("resourceUri", "URI of the resource to embed")]},
-            {"name": "test_prompt_with_image", "title": "Prompt With Image", "description": "A prompt that includes image content"}
+            {"name": "test_prompt_with_image", "title": "Prompt With Image", "description": "A prompt that includes image content"},
+            {"name": "test_input_required_result_prompt", "description": "MRTR: prompt that requires elicitation input"}
         ]}))
     }
 
@@ -421,8 +727,23 @@ impl ServerHandler for Fixture {
         request: GetPromptRequestParams,
         _context: RequestContext<RoleServer>,
     ) -> Result<GetPromptResponse, ErrorData> {
+        if request.name == "test_input_required_result_prompt" {
+            let responses = serde_json::to_value(&request.input_responses).unwrap_or_default();
+            if responses.get("user_context").is_some_and(|value| !value.is_null()) {
+                let context = answer_text(&responses, "user_context", "context");
+                let result: GetPromptResult =
+                    from_json(json!({"messages": [user(text(format!("Prompt with context: {context}")))]}))?;
+                return Ok(GetPromptResponse::Complete(result));
+            }
+            let result: InputRequiredResult = from_json(json!({
+                "resultType": "input_required",
+                "inputRequests": {"user_context": elicit_request("What context should the prompt use?", "context", "string")}
+            }))?;
+            return Ok(GetPromptResponse::InputRequired(result));
+        }
         let arguments = request.arguments.unwrap_or_default();
-        let argument = |name: &str| arguments.get(name).and_then(Value::as_str).unwrap_or_default().to_string();
+        let argument =
+            |name: &str| arguments.get(name).and_then(Value::as_str).unwrap_or_default().to_string();
         let messages = match request.name.as_str() {
             "test_simple_prompt" => vec![user(text("This is a simple prompt for testing."))],
             "test_prompt_with_arguments" => vec![user(text(format!(
@@ -431,7 +752,11 @@ impl ServerHandler for Fixture {
                 argument("arg2")
             )))],
             "test_prompt_with_embedded_resource" => vec![
-                user(embedded(&argument("resourceUri"), "text/plain", "Embedded resource content for testing.")),
+                user(embedded(
+                    &argument("resourceUri"),
+                    "text/plain",
+                    "Embedded resource content for testing.",
+                )),
                 user(text("Please process the embedded resource above.")),
             ],
             "test_prompt_with_image" => vec![user(image()), user(text("Please analyze the image above."))],
@@ -441,9 +766,18 @@ impl ServerHandler for Fixture {
         Ok(GetPromptResponse::Complete(result))
     }
 
-    async fn set_level(&self, request: SetLevelRequestParams, context: RequestContext<RoleServer>) -> Result<(), ErrorData> {
+    async fn set_level(
+        &self,
+        request: SetLevelRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
         let level = serde_json::to_value(request.level).unwrap_or_default();
-        log(&context.peer, LoggingLevel::Info, &format!("Log level set to: {}", level.as_str().unwrap_or_default())).await;
+        log(
+            &context.peer,
+            LoggingLevel::Info,
+            &format!("Log level set to: {}", level.as_str().unwrap_or_default()),
+        )
+        .await;
         Ok(())
     }
 
@@ -458,7 +792,7 @@ impl ServerHandler for Fixture {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let service = Fixture::default().serve(rmcp::transport::stdio()).await?;
+    let service = Fixture::new()?.serve(rmcp::transport::stdio()).await?;
     service.waiting().await?;
     Ok(())
 }
