@@ -731,5 +731,8 @@ impl ServerHandler for Gateway {
 }
 
 fn not_offered(uri: &str) -> ErrorData {
-    ErrorData::resource_not_found(format!("no upstream offers the resource {uri:?}"), None)
+    ErrorData::resource_not_found(
+        format!("no upstream offers the resource {uri:?}"),
+        Some(serde_json::json!({"uri": uri})),
+    )
 }

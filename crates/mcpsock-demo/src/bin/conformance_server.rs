@@ -288,6 +288,13 @@ impl Fixture {
         context: &RequestContext<RoleServer>,
     ) -> Result<Option<CallToolResponse>, ErrorData> {
         let responses = serde_json::to_value(&request.input_responses).unwrap_or_default();
+        // Every answer is a result object (an ElicitResult, a
+        // CreateMessageResult, a ListRootsResult); anything else is refused.
+        if let Some((key, _)) =
+            responses.as_object().and_then(|answers| answers.iter().find(|(_, answer)| !answer.is_object()))
+        {
+            return Err(ErrorData::invalid_params(format!("inputResponses.{key} must be an object"), None));
+        }
         let answered = |key: &str| responses.get(key).is_some_and(|value| !value.is_null());
         let state = request.request_state.as_deref();
         let sealed = |value: Value| {
