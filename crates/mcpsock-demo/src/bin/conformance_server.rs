@@ -22,16 +22,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, ClientResult, CompleteRequestParams,
-    CompleteResult, CreateMessageRequestParams, ElicitRequestParams, GetPromptRequestParams,
-    GetPromptResponse, GetPromptResult, Implementation, InputRequiredResult, ListPromptsResult,
-    ListResourceTemplatesResult, ListResourcesResult, ListToolsResult, LoggingLevel,
-    LoggingMessageNotificationParam, PaginatedRequestParams, ProgressNotificationParam,
+    CallToolRequestParams, CallToolResponse, CallToolResult, CancelledNotificationParam, ClientResult,
+    CompleteRequestParams, CompleteResult, CreateMessageRequestParams, ElicitRequestParams,
+    GetPromptRequestParams, GetPromptResponse, GetPromptResult, Implementation, InputRequiredResult,
+    ListPromptsResult, ListResourceTemplatesResult, ListResourcesResult, ListToolsResult, LoggingLevel,
+    LoggingMessageNotificationParam, Notification, PaginatedRequestParams, ProgressNotificationParam,
     ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, Request, RequestStateCodec,
-    ResourceUpdatedNotificationParam, ServerCapabilities, ServerConfig, ServerRequest, SetLevelRequestParams,
-    SubscribeRequestParams, Tool, UnsubscribeRequestParams,
+    ResourceUpdatedNotificationParam, ServerCapabilities, ServerConfig, ServerNotification, ServerRequest,
+    SetLevelRequestParams, SubscribeRequestParams, Tool, UnsubscribeRequestParams,
 };
-use rmcp::service::RequestContext;
+use rmcp::service::{NotificationContext, RequestContext};
 use rmcp::{ErrorData, Peer, RoleServer, ServerHandler, ServiceExt};
 use serde_json::{Value, json};
 
@@ -43,6 +43,8 @@ const WATCHED: &str = "test://watched-resource";
 #[derive(Clone)]
 struct Fixture {
     subscriptions: Arc<Mutex<BTreeSet<String>>>,
+    /// Signalled by `notifications/roots/list_changed`.
+    roots_changed: Arc<tokio::sync::Notify>,
     /// Seals `requestState` so that a client cannot forge or alter it.
     codec: Arc<RequestStateCodec>,
 }
@@ -51,7 +53,11 @@ impl Fixture {
     fn new() -> Result<Self, Box<dyn std::error::Error>> {
         let mut key = [0u8; 32];
         getrandom::fill(&mut key).map_err(|error| format!("no random key: {error}"))?;
-        Ok(Self { subscriptions: Arc::default(), codec: Arc::new(RequestStateCodec::try_new(key.to_vec())?) })
+        Ok(Self {
+            subscriptions: Arc::default(),
+            roots_changed: Arc::default(),
+            codec: Arc::new(RequestStateCodec::try_new(key.to_vec())?),
+        })
     }
 }
 
@@ -141,6 +147,10 @@ fn tools() -> Vec<Tool> {
         ("test_logging_tool", "Diagnostic logging validator tool"),
         ("test_trigger_tool_change", "Announces a change of the tool list"),
         ("test_trigger_prompt_change", "Announces a change of the prompt list"),
+        (
+            "test_withdrawn_elicitation",
+            "Asks the client a question and withdraws it (notifications/cancelled) once the client says its roots changed",
+        ),
     ] {
         tools.push(tool(name, description, empty_schema()));
     }
@@ -570,6 +580,26 @@ impl Fixture {
                 )
                 .await
             }
+            "test_withdrawn_elicitation" => {
+                let request = ServerRequest::ElicitRequest(Request::new(form_elicitation(
+                    "This question will be withdrawn",
+                    json!({"type": "object", "properties": {"response": {"type": "string"}}}),
+                )?));
+                let handle = peer
+                    .send_request_with_option(request, Default::default())
+                    .await
+                    .map_err(|error| ErrorData::internal_error(error.to_string(), None))?;
+                let id = handle.id.clone();
+                let outcome = tokio::select! {
+                    answer = handle.await_response() => format!("answered: {answer:?}"),
+                    () = self.roots_changed.notified() => {
+                        let params = CancelledNotificationParam::new(Some(id), Some("withdrawn".into()));
+                        let _ = peer.send_notification(ServerNotification::CancelledNotification(Notification::new(params))).await;
+                        "withdrawn".to_string()
+                    }
+                };
+                success(vec![text(outcome)])
+            }
             "json_schema_2020_12_tool" => success(vec![text(format!(
                 "JSON Schema 2020-12 tool called with: {}",
                 Value::Object(arguments.clone())
@@ -771,6 +801,10 @@ impl ServerHandler for Fixture {
         };
         let result: GetPromptResult = from_json(json!({"messages": messages}))?;
         Ok(GetPromptResponse::Complete(result))
+    }
+
+    async fn on_roots_list_changed(&self, _context: NotificationContext<RoleServer>) {
+        self.roots_changed.notify_one();
     }
 
     async fn set_level(

@@ -3,6 +3,7 @@
 //! Each test has its own directory, config and socket.
 
 mod backlog;
+mod passthrough;
 mod security;
 mod serve;
 mod socket;
