@@ -238,6 +238,11 @@ impl Gateway {
         let mut meta = context.meta.clone();
         // rmcp sets a progress token of its own on the upstream request.
         meta.0.0.remove("progressToken");
+        if !read(&upstream.catalog).accepts_modern_envelope {
+            for key in MODERN_ENVELOPE {
+                meta.0.0.remove(key);
+            }
+        }
         let options = PeerRequestOptions::no_options().with_meta(meta);
         let handle = peer
             .send_request_with_option(request, options)
@@ -331,6 +336,15 @@ impl Gateway {
             .map(|(position, upstream)| (position, &**upstream))
     }
 }
+
+/// The `_meta` keys of the 2026-07-28 per-request envelope, which an upstream
+/// session begun with `initialize` may refuse.
+const MODERN_ENVELOPE: [&str; 4] = [
+    "io.modelcontextprotocol/protocolVersion",
+    "io.modelcontextprotocol/clientInfo",
+    "io.modelcontextprotocol/clientCapabilities",
+    "io.modelcontextprotocol/logLevel",
+];
 
 /// Sends `notifications/cancelled` for an upstream request that is dropped
 /// before its answer arrived.

@@ -14,14 +14,17 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use rmcp::model::{
-    ClientCapabilities, ClientConfig, ClientResult, CreateMessageRequestParams, CreateMessageResult,
-    CustomRequest, CustomResult, ElicitRequestParams, ElicitResult, ElicitationCapability,
-    FormElicitationCapability, Implementation, ListRootsResult, LoggingMessageNotificationParam,
-    Notification, ProgressNotificationParam, Prompt, Request, RequestNoParam, Resource, ResourceTemplate,
-    ResourceUpdatedNotificationParam, RootsCapabilities, SamplingCapability, ServerCapabilities,
-    ServerNotification, ServerRequest, Tool, UrlElicitationCapability,
+    ClientCapabilities, ClientConfig, ClientRequest, ClientResult, CreateMessageRequestParams,
+    CreateMessageResult, CustomRequest, CustomResult, ElicitRequestParams, ElicitResult,
+    ElicitationCapability, FormElicitationCapability, Implementation, ListRootsResult,
+    LoggingMessageNotificationParam, Notification, ProgressNotificationParam, Prompt, ProtocolVersion,
+    Request, RequestMetaObject, RequestNoParam, Resource, ResourceTemplate, ResourceUpdatedNotificationParam,
+    RootsCapabilities, SamplingCapability, ServerCapabilities, ServerNotification, ServerRequest, Tool,
+    UrlElicitationCapability,
 };
-use rmcp::service::{InboundStreamOrigin, NotificationContext, RequestContext, RunningService};
+use rmcp::service::{
+    InboundStreamOrigin, NotificationContext, PeerRequestOptions, RequestContext, RunningService,
+};
 use rmcp::transport::async_rw::AsyncRwTransport;
 use rmcp::{ClientHandler, ErrorData, Peer, RoleClient, ServiceExt};
 use tokio::sync::{oneshot, watch};
@@ -144,6 +147,11 @@ pub(crate) struct Catalog {
     pub(crate) prompts: Vec<Prompt>,
     pub(crate) instructions: Option<String>,
     pub(crate) capabilities: ServerCapabilities,
+    /// Whether the upstream serves requests that carry the 2026-07-28
+    /// per-request envelope (`_meta` protocol version, client info and
+    /// capabilities) on its session. Only then is a 2026-07-28 client's
+    /// envelope passed on; other upstreams get the request without it.
+    pub(crate) accepts_modern_envelope: bool,
     /// Grows on every change, so that derived data (the offered names) knows
     /// when to rebuild.
     pub(crate) generation: u64,
@@ -656,7 +664,7 @@ async fn connect(
             return Err(format!("no answer to initialize within {}", humanize(init_timeout)));
         }
     };
-    if let Err(error) = load_catalog(service.peer(), catalog).await {
+    if let Err(error) = load_catalog(service.peer(), catalog, init_timeout).await {
         // Dropping the service closes its transport (stdin) at once.
         drop(service);
         stop_group(pid, &mut exited, stop_grace).await;
@@ -665,7 +673,40 @@ async fn connect(
     Ok(Connection::Running { service, pid, exited })
 }
 
-async fn load_catalog(peer: &Peer<RoleClient>, catalog: &RwLock<Catalog>) -> Result<(), rmcp::ServiceError> {
+/// Asks the upstream for a list with a 2026-07-28 envelope in `_meta`: rmcp
+/// servers serve such requests on any session, others (the Python SDK's, for
+/// one) refuse them on a session that began with `initialize`.
+async fn accepts_modern_envelope(
+    peer: &Peer<RoleClient>,
+    capabilities: &ServerCapabilities,
+    timeout: Duration,
+) -> bool {
+    let request = if capabilities.tools.is_some() {
+        ClientRequest::ListToolsRequest(Default::default())
+    } else if capabilities.prompts.is_some() {
+        ClientRequest::ListPromptsRequest(Default::default())
+    } else if capabilities.resources.is_some() {
+        ClientRequest::ListResourcesRequest(Default::default())
+    } else {
+        return false;
+    };
+    let envelope = RequestMetaObject::with_client_context(
+        ProtocolVersion::V_2026_07_28,
+        Implementation::new("mcpsock", env!("CARGO_PKG_VERSION")),
+        relayed_capabilities(),
+    );
+    let options = PeerRequestOptions::with_timeout(timeout).with_meta(envelope);
+    match peer.send_request_with_option(request, options).await {
+        Ok(handle) => handle.await_response().await.is_ok(),
+        Err(_) => false,
+    }
+}
+
+async fn load_catalog(
+    peer: &Peer<RoleClient>,
+    catalog: &RwLock<Catalog>,
+    probe_timeout: Duration,
+) -> Result<(), rmcp::ServiceError> {
     let info = peer.peer_info();
     let capabilities = info.as_ref().map(|info| info.capabilities.clone()).unwrap_or_default();
     let tools = if capabilities.tools.is_some() { peer.list_all_tools().await? } else { Vec::new() };
@@ -675,7 +716,9 @@ async fn load_catalog(peer: &Peer<RoleClient>, catalog: &RwLock<Catalog>) -> Res
         (Vec::new(), Vec::new())
     };
     let prompts = if capabilities.prompts.is_some() { peer.list_all_prompts().await? } else { Vec::new() };
+    let accepts_modern_envelope = accepts_modern_envelope(peer, &capabilities, probe_timeout).await;
     let mut catalog = write(catalog);
+    catalog.accepts_modern_envelope = accepts_modern_envelope;
     catalog.tools = tools;
     catalog.resources = resources;
     catalog.resource_templates = resource_templates;
