@@ -8,4 +8,5 @@ mod security;
 mod serve;
 mod socket;
 mod support;
+mod tools;
 mod upstream;
