@@ -87,6 +87,8 @@ const DEFAULT_STREAM_STALL_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_MAX_SESSIONS_PER_PRINCIPAL: usize = 1000;
 const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 const DEFAULT_INIT_TIMEOUT: Duration = Duration::from_secs(60);
+const DEFAULT_MAX_QUEUED_REQUESTS: usize = 100;
+const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A validated configuration: every field has its final value.
 #[derive(Clone, Debug)]
@@ -184,6 +186,13 @@ pub struct ServerConfig {
     pub enabled_tools: Option<Vec<String>>,
     /// These of its tools are never offered (`disabled_tools`).
     pub disabled_tools: Vec<String>,
+    /// Client requests it serves at once (`max_concurrent_requests`); no
+    /// limit when `None`.
+    pub max_concurrent_requests: Option<usize>,
+    /// Client requests that may wait for a slot (`max_queued_requests`).
+    pub max_queued_requests: usize,
+    /// How long a request may wait for a slot (`queue_timeout`).
+    pub queue_timeout: Duration,
 }
 
 #[derive(Deserialize)]
@@ -250,6 +259,12 @@ struct RawServer {
     enabled_tools: Option<Vec<String>>,
     #[serde(default)]
     disabled_tools: Vec<String>,
+    #[serde(default)]
+    max_concurrent_requests: Option<usize>,
+    #[serde(default)]
+    max_queued_requests: Option<usize>,
+    #[serde(default, deserialize_with = "duration")]
+    queue_timeout: Option<Duration>,
 }
 
 /// Durations are a number of seconds (`5`, `0.5`) or a human string (`"5s"`,
@@ -390,7 +405,13 @@ impl Config {
                     )));
                 }
             };
+            if server.max_concurrent_requests == Some(0) {
+                return Err(at("max_concurrent_requests must be at least 1".into()));
+            }
             servers.push(ServerConfig {
+                max_concurrent_requests: server.max_concurrent_requests,
+                max_queued_requests: server.max_queued_requests.unwrap_or(DEFAULT_MAX_QUEUED_REQUESTS),
+                queue_timeout: server.queue_timeout.unwrap_or(DEFAULT_QUEUE_TIMEOUT),
                 command: resolve_command(&command, config_dir),
                 name,
                 args: server.args,
@@ -535,6 +556,18 @@ mod tests {
         assert_eq!(config.servers[1].enabled_tools, Some(vec!["t".to_string()]));
         assert_eq!(config.servers[1].disabled_tools, ["u"]);
         assert_eq!(config.servers[2].prefix.as_deref(), Some("see"));
+        assert_eq!(config.servers[0].max_concurrent_requests, None);
+        let config = parse(
+            r#"{"mcpServers": {"a": {"command": "x", "max_concurrent_requests": 2, "max_queued_requests": 0, "queue_timeout": "250ms"}}}"#,
+        )
+        .unwrap();
+        assert_eq!(config.servers[0].max_concurrent_requests, Some(2));
+        assert_eq!(config.servers[0].max_queued_requests, 0);
+        assert_eq!(config.servers[0].queue_timeout, Duration::from_millis(250));
+        check_error(
+            r#"{"mcpServers": {"a": {"command": "x", "max_concurrent_requests": 0}}}"#,
+            "max_concurrent_requests must be at least 1",
+        );
         check_error(
             r#"{"mcpServers": {"a": {"command": "x", "prefix": "a b"}}}"#,
             "prefix \"a b\" may use only",

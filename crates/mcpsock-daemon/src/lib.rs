@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use mcpsock_config::Config;
-use mcpsock_gateway::{Gateway, GatewayOptions, ToolFilter, UpstreamSpec};
+use mcpsock_gateway::{Gateway, GatewayOptions, RequestLimits, ToolFilter, UpstreamSpec};
 
 pub use mcpsock_transport::{PeerPolicy, SocketError, SocketGuard, SystemdEnv};
 pub use server::{HealthReporter, ListenOptions, LockedSocket, Serving};
@@ -102,6 +102,11 @@ pub async fn run(options: DaemonOptions, shutdown: impl Future<Output = ()>) -> 
                 .tools(ToolFilter {
                     enabled: server.enabled_tools.clone(),
                     disabled: server.disabled_tools.clone(),
+                })
+                .limits(RequestLimits {
+                    max_concurrent: server.max_concurrent_requests,
+                    max_queued: server.max_queued_requests,
+                    queue_timeout: server.queue_timeout,
                 })
         })
         .collect();

@@ -234,6 +234,10 @@ impl Gateway {
         request: ClientRequest,
         context: &RequestContext<RoleServer>,
     ) -> Result<ServerResult, ErrorData> {
+        let _slot = tokio::select! {
+            slot = upstream.limiter.admit(&upstream.name) => slot?,
+            () = context.ct.cancelled() => return Err(ErrorData::internal_error("the request was cancelled", None)),
+        };
         let peer = upstream.peer().map_err(|message| ErrorData::internal_error(message, None))?;
         let mut meta = context.meta.clone();
         // rmcp sets a progress token of its own on the upstream request.

@@ -6,11 +6,13 @@
 
 mod downstream;
 mod handler;
+mod limits;
 mod names;
 mod routes;
 mod spawn;
 mod upstream;
 
 pub use handler::{Gateway, GatewayOptions};
+pub use limits::RequestLimits;
 pub use names::ToolFilter;
 pub use upstream::{UpstreamReport, UpstreamSpec, UpstreamState};

@@ -31,6 +31,7 @@ use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::downstream::Sessions;
+use crate::limits::{Limiter, RequestLimits};
 use crate::names::ToolFilter;
 use crate::routes::{Relay, Routes, Target};
 use crate::spawn::{filter_stdout, kill_group_now, spawn_stdio, stop_group};
@@ -57,6 +58,8 @@ pub struct UpstreamSpec {
     pub prefix: Option<String>,
     /// Which of its tools are offered.
     pub tools: ToolFilter,
+    /// How many client requests it serves at once, and how many may wait.
+    pub limits: RequestLimits,
 }
 
 impl UpstreamSpec {
@@ -70,7 +73,13 @@ impl UpstreamSpec {
             env: Vec::new(),
             cwd: None,
             tools: ToolFilter::default(),
+            limits: RequestLimits::default(),
         }
+    }
+
+    pub fn limits(mut self, limits: RequestLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     pub fn prefix(mut self, prefix: Option<String>) -> Self {
@@ -110,6 +119,7 @@ impl fmt::Debug for UpstreamSpec {
             .field("cwd", &self.cwd)
             .field("prefix", &self.prefix)
             .field("tools", &self.tools)
+            .field("limits", &self.limits)
             .finish()
     }
 }
@@ -136,6 +146,12 @@ pub struct UpstreamReport {
     pub restarts: u32,
     /// Lines on its stdout that were not valid JSON-RPC, dropped.
     pub dropped_messages: u64,
+    /// Client requests being served now.
+    pub in_flight: usize,
+    /// Client requests waiting for a slot.
+    pub queued: usize,
+    /// Client requests refused by the limits.
+    pub shed: u64,
 }
 
 /// Everything an upstream offers, refreshed when it says its lists changed.
@@ -427,6 +443,8 @@ pub(crate) struct Upstream {
     pub(crate) catalog: Arc<RwLock<Catalog>>,
     /// The downstream requests in flight on this upstream.
     pub(crate) routes: Arc<Routes>,
+    /// `max_concurrent_requests` and its queue.
+    pub(crate) limiter: Limiter,
     links: Links,
     connection: Mutex<Connection>,
     restarts: AtomicU32,
@@ -483,6 +501,7 @@ impl Upstream {
             timing,
             catalog,
             routes: links.routes.clone(),
+            limiter: Limiter::new(spec.limits),
             links,
             connection: Mutex::new(connection),
             restarts: AtomicU32::new(0),
@@ -601,6 +620,9 @@ impl Upstream {
             error,
             restarts: self.restarts.load(Ordering::Relaxed),
             dropped_messages: self.dropped_messages.load(Ordering::Relaxed),
+            in_flight: self.limiter.load.in_flight.load(Ordering::Relaxed),
+            queued: self.limiter.load.queued.load(Ordering::Relaxed),
+            shed: self.limiter.load.shed.load(Ordering::Relaxed),
         }
     }
 
