@@ -13,7 +13,10 @@ server pinned to core 0 and the load generator to core 1:
   in session mode (SSE) and stateless with JSON replies;
 - mcpsock serving the same echo handler in-process (bench-rmcp-echo --mcpsock,
   i.e. mcpsock_daemon::LockedSocket, the daemon's serving path);
-- the gateway path: `mcpsock serve` fronting the Rust stdio demo server;
+- the same with sessions and events persisted in SQLite (the daemon's
+  default), plain and encrypted (bench-rmcp-echo --mcpsock --db);
+- the gateway path: `mcpsock serve` fronting the Rust stdio demo server
+  (with its default SQLite store);
 - the same demo server called directly over stdio (gateway overhead);
 
 over UDS (and TCP where the server has a TCP listener) at 1, 16 and 64
@@ -176,6 +179,23 @@ def main() -> None:
             return Server([str(RELEASE / binary), "--unix", str(socket), *argv_tail], work), []
         return start
 
+    def stored_server(encrypted: bool):
+        """mcpsock in-process with its sessions and events in SQLite, as the
+        daemon keeps them by default; optionally encrypted."""
+        def start():
+            directory = work / f"d{time.monotonic_ns()}"
+            directory.mkdir(mode=0o700)
+            socket = directory / "b.sock"
+            argv = [str(RELEASE / "bench-rmcp-echo"), "--unix", str(socket), "--mcpsock", "--db",
+                    str(directory / "state.db")]
+            if encrypted:
+                secret = directory / "secret"
+                secret.write_text("bench-secret-" + "0123456789abcdef" * 2)
+                secret.chmod(0o600)
+                argv += ["--encryption-secret-file", str(secret)]
+            return Server(argv, work), []
+        return start
+
     def tcp_server(argv_tail: list[str], binary: str):
         def start():
             return Server([str(RELEASE / binary), "--tcp", "127.0.0.1:0", *argv_tail], work), []
@@ -189,8 +209,10 @@ def main() -> None:
         directory.mkdir(mode=0o700)
         config = directory / "config.json"
         # Room for the idle-session figures: the default cap is 1000 per user.
+        # Sessions in a database of its own (SQLite, the daemon's default).
         config.write_text(json.dumps({"mcpServers": {"demo": {"command": str(demo)}},
-                                      "max_sessions_per_principal": 20000}))
+                                      "max_sessions_per_principal": 20000,
+                                      "db": str(directory / "state.db")}))
         socket = directory / "run" / "mcpsock.sock"
         server = Server([str(MCPSOCK), "serve", "--config", str(config), "--socket", str(socket)], work, socket)
         server.address = str(socket)
@@ -206,6 +228,8 @@ def main() -> None:
          "legacy")
     cell("mcpsock in-process, legacy", "tcp", tcp_server(["--mcpsock"], "bench-rmcp-echo"), tcp_endpoint, "echo",
          "legacy")
+    cell("mcpsock in-process, SQLite", "uds", stored_server(False), unix_endpoint, "echo", "legacy")
+    cell("mcpsock in-process, SQLite+AES", "uds", stored_server(True), unix_endpoint, "echo", "legacy")
     cell("mcpsock in-process, 2026", "uds", unix_server(["--mcpsock"], "bench-rmcp-echo"), unix_endpoint, "echo",
          "2026-07-28")
     cell("mcpsock gateway → stdio", "uds", gateway, unix_endpoint, "demo__echo", "legacy", with_upstreams=True)
@@ -361,6 +385,8 @@ def render(results: list[dict], memory: dict, args) -> str:
     floor_cpu = median("floor: raw hyper", "uds", 16, cpu)
     mine_cpu = median("mcpsock in-process, legacy", "uds", 16, cpu)
     mine_tcp16 = median("mcpsock in-process, legacy", "tcp", 16, rps)
+    stored16 = median("mcpsock in-process, SQLite", "uds", 16, rps)
+    sealed16 = median("mcpsock in-process, SQLite+AES", "uds", 16, rps)
     mine_tcp_p50 = median("mcpsock in-process, legacy", "tcp", 1, p50)
     lines += [
         "## Against the targets", "",
@@ -374,6 +400,8 @@ def render(results: list[dict], memory: dict, args) -> str:
         f"{(gateway_p50 - direct_p50):.0f} µs |" if gateway_p50 and direct_p50 else "| gateway overhead | – |",
         f"| mcpsock UDS vs TCP: higher req/s (16 conns) and lower p50 (1 conn) on UDS | {ratio(mine16, mine_tcp16)} × "
         f"req/s; p50 {mine_p50:.0f} µs vs {mine_tcp_p50:.0f} µs |" if mine_tcp_p50 else "| UDS vs TCP | – |",
+        f"| sessions and events in SQLite, UDS, 16 conns: ≥ 0.7 × in-memory req/s | {ratio(stored16, mine16)} × |",
+        f"| same, encrypted (AES-256-GCM): ≥ 0.6 × in-memory req/s | {ratio(sealed16, mine16)} × |",
         "",
     ]
 

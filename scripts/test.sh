@@ -25,6 +25,20 @@ step "build"
 # including the demo server of another package, so build them all first.
 cargo build --workspace --locked
 
+step "deployment examples"
+bash scripts/check-examples.sh target/debug/mcpsock
+
+step "system tools the tests use"
+# The admin API tests read it with curl, as monitoring scripts do.
+if ! command -v curl >/dev/null 2>&1; then
+    if command -v apt-get >/dev/null 2>&1; then
+        apt-get update -qq && apt-get install -y -qq curl
+    else
+        echo "curl is needed by the tests; install it" >&2
+        exit 1
+    fi
+fi
+
 step "Rust tests"
 if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --workspace --locked --no-fail-fast

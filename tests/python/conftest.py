@@ -211,6 +211,7 @@ class Daemon:
     sock: Path
     log: Path
     _log_snapshot: str | None = field(default=None, repr=False)
+    killed: bool = False
 
     @property
     def pid(self) -> int:
@@ -272,9 +273,20 @@ class Daemon:
                 raise AssertionError(f"mcpsock not ready within {timeout}s (last: {last})")
             time.sleep(POLL_INTERVAL)
 
+    def kill(self) -> None:
+        """SIGKILL the daemon, as a crash would, and wait for it to be gone.
+
+        Its upstreams see their stdin close and exit by themselves."""
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=STOP_TIMEOUT)
+        self.killed = True
+        self._log_snapshot = self.log_text()
+
     def stop(self) -> None:
         """SIGTERM the daemon; it must exit 0 within STOP_TIMEOUT, remove its
         socket, and leave no upstream process behind."""
+        if self.killed:
+            return
         if self.proc.poll() is not None:
             self._log_snapshot = self.log_text()
             raise AssertionError(f"mcpsock serve had already exited with {self.proc.returncode}")
@@ -311,6 +323,11 @@ def _kill_pids(pids: list[int]) -> None:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def demo_server_config() -> dict[str, Any]:
+    """The workspace's demo server (echo, add, now, countdown) as ``demo``."""
+    return {"mcpServers": {"demo": {"command": str(mcpsock_bin().with_name("mcpsock-demo-server"))}}}
 
 
 def time_server_config() -> dict[str, Any]:

@@ -126,6 +126,13 @@ struct Args {
     /// MCPSOCK_API_KEY (read from the environment here too).
     #[arg(long, conflicts_with_all = ["stateless", "json_response"])]
     mcpsock: bool,
+    /// With --mcpsock: keep sessions and events in this SQLite database, as
+    /// the daemon does by default (otherwise in memory).
+    #[arg(long, value_name = "PATH", requires = "mcpsock")]
+    db: Option<PathBuf>,
+    /// With --db: encrypt it with the secret in this file.
+    #[arg(long, value_name = "PATH", requires = "db")]
+    encryption_secret_file: Option<PathBuf>,
 }
 
 type Service = StreamableHttpService<Echo, LocalSessionManager>;
@@ -259,6 +266,21 @@ async fn run_mcpsock(args: Args) -> io::Result<()> {
             _ = sigterm.recv() => {}
             _ = sigint.recv() => {}
         }
+    };
+    let locked = match &args.db {
+        Some(path) => {
+            let secret = args
+                .encryption_secret_file
+                .as_deref()
+                .map(mcpsock_store::EncryptionSecret::from_file)
+                .transpose()
+                .map_err(io::Error::other)?;
+            let store =
+                mcpsock_store::SqliteStore::open(mcpsock_store::SqliteOptions::new(path).secret(secret))
+                    .map_err(io::Error::other)?;
+            locked.with_store(Arc::new(store), std::time::Duration::from_secs(60))
+        }
+        None => locked,
     };
     let serving = locked.bind(Echo::new, health).map_err(io::Error::other)?;
     match (&args.unix, serving.tcp_address()) {

@@ -24,6 +24,13 @@ pub enum ClientError {
     },
     #[error("{endpoint}: {message}")]
     Protocol { endpoint: Endpoint, message: String },
+    /// The daemon answered with an error status and said why.
+    #[error("{message}")]
+    Refused { endpoint: Endpoint, status: u16, message: String },
+    #[error(
+        "the daemon at {endpoint} speaks admin API version {daemon}, this mcpsock speaks {client}; use the mcpsock binary of the same release as the daemon, or restart the daemon with this one"
+    )]
+    VersionMismatch { endpoint: Endpoint, daemon: u32, client: u32 },
     #[error("{0}")]
     InvalidEndpoint(String),
 }

@@ -4,6 +4,7 @@
 //! This crate is the light side of mcpsock: it never depends on the daemon,
 //! gateway or storage crates.
 
+mod admin;
 pub mod bench;
 mod bridge;
 mod endpoint;
@@ -22,6 +23,7 @@ use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig
 use rmcp::{RoleClient, ServiceExt};
 use tokio::net::UnixStream;
 
+pub use admin::{config, metrics, reload, server_action, servers, status};
 pub use bridge::bridge;
 pub use endpoint::Endpoint;
 pub use error::ClientError;
@@ -75,6 +77,30 @@ pub async fn api_key(endpoint: &Endpoint) -> Result<String, ClientError> {
 
 /// `GET path` over the socket, answered with JSON.
 async fn get_json<T: serde::de::DeserializeOwned>(endpoint: &Endpoint, path: &str) -> Result<T, ClientError> {
+    request_json(endpoint, http::Method::GET, path).await
+}
+
+/// `method path` over the socket, answered with JSON.
+pub(crate) async fn request_json<T: serde::de::DeserializeOwned>(
+    endpoint: &Endpoint,
+    method: http::Method,
+    path: &str,
+) -> Result<T, ClientError> {
+    let body = request(endpoint, method, path).await?;
+    serde_json::from_slice(&body).map_err(|error| ClientError::Protocol {
+        endpoint: endpoint.clone(),
+        message: format!("{path} sent an unexpected answer: {error}"),
+    })
+}
+
+/// `method path` over the socket: the body of a successful answer. A
+/// refusal carries the daemon's own explanation; a daemon speaking another
+/// admin API version is named as such.
+pub(crate) async fn request(
+    endpoint: &Endpoint,
+    method: http::Method,
+    path: &str,
+) -> Result<Bytes, ClientError> {
     let socket = endpoint.socket_path()?;
     let stream = probe(endpoint, socket).await?;
     let protocol = |message: String| ClientError::Protocol { endpoint: endpoint.clone(), message };
@@ -82,13 +108,29 @@ async fn get_json<T: serde::de::DeserializeOwned>(endpoint: &Endpoint, path: &st
         .await
         .map_err(|error| protocol(format!("HTTP handshake failed: {error}")))?;
     tokio::spawn(connection);
-    let request = http::Request::get(path)
+    let request = http::Request::builder()
+        .method(method)
+        .uri(path)
         .header(http::header::HOST, "localhost")
         .body(Empty::<Bytes>::new())
         .map_err(|error| protocol(error.to_string()))?;
     let response =
         sender.send_request(request).await.map_err(|error| protocol(format!("no answer: {error}")))?;
     let status = response.status();
+    let daemon_protocol = response
+        .headers()
+        .get(mcpsock_api::PROTOCOL_HEADER)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u32>().ok());
+    if let Some(daemon) = daemon_protocol
+        && daemon != mcpsock_api::ADMIN_PROTOCOL_VERSION
+    {
+        return Err(ClientError::VersionMismatch {
+            endpoint: endpoint.clone(),
+            daemon,
+            client: mcpsock_api::ADMIN_PROTOCOL_VERSION,
+        });
+    }
     let body = response
         .into_body()
         .collect()
@@ -96,12 +138,10 @@ async fn get_json<T: serde::de::DeserializeOwned>(endpoint: &Endpoint, path: &st
         .map_err(|error| protocol(format!("reading the answer failed: {error}")))?
         .to_bytes();
     if !status.is_success() {
-        let reason = serde_json::from_slice::<serde_json::Value>(&body)
-            .ok()
-            .and_then(|value| value.get("error").and_then(|error| error.as_str()).map(str::to_string))
-            .unwrap_or_else(|| status.to_string());
-        return Err(protocol(format!("{path}: {reason}")));
+        let message = serde_json::from_slice::<mcpsock_api::ApiError>(&body)
+            .map(|reply| reply.error)
+            .unwrap_or_else(|_| status.to_string());
+        return Err(ClientError::Refused { endpoint: endpoint.clone(), status: status.as_u16(), message });
     }
-    serde_json::from_slice(&body)
-        .map_err(|error| protocol(format!("{path} sent an unexpected answer: {error}")))
+    Ok(body)
 }

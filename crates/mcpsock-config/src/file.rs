@@ -89,6 +89,41 @@ const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 const DEFAULT_INIT_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_MAX_QUEUED_REQUESTS: usize = 100;
 const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_TTL_CLEANUP_INTERVAL: Duration = Duration::from_secs(60);
+const DEFAULT_EVENT_RETENTION: Duration = Duration::from_secs(3600);
+const DEFAULT_MAX_EVENTS_PER_SESSION: usize = 10_000;
+
+/// Where sessions and stream events are kept (`storage`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum StorageKind {
+    /// An SQLite database (`db`), so sessions survive restarts.
+    #[default]
+    Sqlite,
+    /// Process memory only: a restart forgets every session.
+    Memory,
+}
+
+/// How hard the database tries to reach the disk on commit (`durability`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Durability {
+    /// Survives a crash of the process (`synchronous=NORMAL`).
+    #[default]
+    Normal,
+    /// Survives a power loss too (`synchronous=FULL`), at some speed.
+    Full,
+}
+
+impl std::str::FromStr for Durability {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "normal" => Ok(Self::Normal),
+            "full" => Ok(Self::Full),
+            other => Err(format!("durability {other:?} must be \"normal\" or \"full\"")),
+        }
+    }
+}
 
 /// A validated configuration: every field has its final value.
 #[derive(Clone, Debug)]
@@ -138,6 +173,21 @@ pub struct Config {
     /// How long a stream's client may leave an event unread before the
     /// stream is dropped (`stream_stall_timeout`).
     pub stream_stall_timeout: Duration,
+    /// Where sessions and events are kept (`storage`).
+    pub storage: StorageKind,
+    /// The state database (`db`); `--db` and `MCPSOCK_DB` take precedence.
+    pub db: Option<PathBuf>,
+    /// Commit durability of the state database (`durability`).
+    pub durability: Durability,
+    /// File holding the encryption secret (`encryption_secret_file`).
+    pub encryption_secret_file: Option<PathBuf>,
+    /// How often expired sessions and old events are removed
+    /// (`ttl_cleanup_interval`).
+    pub ttl_cleanup_interval: Duration,
+    /// How long stream events are kept for resumption (`event_retention`).
+    pub event_retention: Duration,
+    /// Most events kept per session (`max_events_per_session`).
+    pub max_events_per_session: usize,
 }
 
 impl Default for Config {
@@ -163,6 +213,13 @@ impl Default for Config {
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             session_idle_ttl: DEFAULT_SESSION_IDLE_TTL,
             stream_stall_timeout: DEFAULT_STREAM_STALL_TIMEOUT,
+            storage: StorageKind::Sqlite,
+            db: None,
+            durability: Durability::Normal,
+            encryption_secret_file: None,
+            ttl_cleanup_interval: DEFAULT_TTL_CLEANUP_INTERVAL,
+            event_retention: DEFAULT_EVENT_RETENTION,
+            max_events_per_session: DEFAULT_MAX_EVENTS_PER_SESSION,
         }
     }
 }
@@ -236,6 +293,20 @@ struct RawConfig {
     session_idle_ttl: Option<Duration>,
     #[serde(default, deserialize_with = "duration")]
     stream_stall_timeout: Option<Duration>,
+    #[serde(default)]
+    storage: Option<String>,
+    #[serde(default)]
+    db: Option<PathBuf>,
+    #[serde(default)]
+    durability: Option<String>,
+    #[serde(default)]
+    encryption_secret_file: Option<PathBuf>,
+    #[serde(default, deserialize_with = "duration")]
+    ttl_cleanup_interval: Option<Duration>,
+    #[serde(default, deserialize_with = "duration")]
+    event_retention: Option<Duration>,
+    #[serde(default)]
+    max_events_per_session: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -450,7 +521,39 @@ impl Config {
             request_timeout: raw.request_timeout.unwrap_or(defaults.request_timeout),
             session_idle_ttl: raw.session_idle_ttl.unwrap_or(defaults.session_idle_ttl),
             stream_stall_timeout: raw.stream_stall_timeout.unwrap_or(defaults.stream_stall_timeout),
+            storage: match raw.storage.as_deref() {
+                None | Some("sqlite") => StorageKind::Sqlite,
+                Some("memory") => StorageKind::Memory,
+                Some(other) => {
+                    return Err(invalid(format!("storage {other:?} must be \"sqlite\" or \"memory\"")));
+                }
+            },
+            db: raw.db.map(|db| relative_to(path, db)),
+            durability: match raw.durability {
+                Some(text) => text.parse().map_err(invalid)?,
+                None => defaults.durability,
+            },
+            encryption_secret_file: raw.encryption_secret_file.map(|file| relative_to(path, file)),
+            ttl_cleanup_interval: match raw.ttl_cleanup_interval {
+                Some(interval) if interval.is_zero() => {
+                    return Err(invalid("ttl_cleanup_interval must be longer than zero".into()));
+                }
+                Some(interval) => interval,
+                None => defaults.ttl_cleanup_interval,
+            },
+            event_retention: raw.event_retention.unwrap_or(defaults.event_retention),
+            max_events_per_session: positive(raw.max_events_per_session, "max_events_per_session")?
+                .unwrap_or(defaults.max_events_per_session),
         })
+    }
+}
+
+/// A path from the config file: relative paths are taken from the config
+/// file's directory, so the file means the same wherever mcpsock starts.
+fn relative_to(config_file: &Path, path: PathBuf) -> PathBuf {
+    match config_file.parent() {
+        Some(dir) if path.is_relative() => dir.join(path),
+        _ => path,
     }
 }
 
@@ -585,6 +688,31 @@ mod tests {
         assert_eq!(config.tool_separator, ".");
         assert_eq!(config.shutdown_grace, Duration::from_millis(250));
         assert_eq!(config.init_timeout, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn storage_keys() {
+        let defaults = parse("{}").unwrap();
+        assert_eq!(defaults.storage, StorageKind::Sqlite);
+        assert_eq!(defaults.durability, Durability::Normal);
+        assert_eq!(defaults.ttl_cleanup_interval, Duration::from_secs(60));
+        assert_eq!(defaults.session_idle_ttl, Duration::from_secs(3600));
+        let config = parse(
+            r#"{"storage": "memory", "db": "state/mcpsock.db", "durability": "full", "encryption_secret_file": "/k",
+                "ttl_cleanup_interval": "5s", "event_retention": "10m", "max_events_per_session": 50}"#,
+        )
+        .unwrap();
+        assert_eq!(config.storage, StorageKind::Memory);
+        assert_eq!(config.db, Some(PathBuf::from("/etc/mcpsock/state/mcpsock.db")));
+        assert_eq!(config.durability, Durability::Full);
+        assert_eq!(config.encryption_secret_file, Some(PathBuf::from("/k")));
+        assert_eq!(config.ttl_cleanup_interval, Duration::from_secs(5));
+        assert_eq!(config.event_retention, Duration::from_secs(600));
+        assert_eq!(config.max_events_per_session, 50);
+        check_error(r#"{"storage": "redis"}"#, "storage \"redis\" must be");
+        check_error(r#"{"durability": "extra"}"#, "durability \"extra\" must be");
+        check_error(r#"{"ttl_cleanup_interval": 0}"#, "ttl_cleanup_interval must be longer than zero");
+        check_error(r#"{"max_events_per_session": 0}"#, "max_events_per_session must be at least 1");
     }
 
     #[test]

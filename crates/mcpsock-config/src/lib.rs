@@ -10,8 +10,8 @@
 mod file;
 mod paths;
 
-pub use file::{Config, ConfigError, Secret, ServerConfig};
+pub use file::{Config, ConfigError, Durability, Secret, ServerConfig, StorageKind};
 pub use paths::{
-    ConfigLocation, Env, ProcessEnv, SOCKET_PATH_MAX, check_socket_path, config_location, data_dir,
-    parse_listen, socket_path,
+    ConfigLocation, Env, ProcessEnv, SOCKET_PATH_MAX, app_db_path, app_socket_path, check_socket_path,
+    config_location, data_dir, db_path, default_db_path, log_file, parse_listen, socket_path,
 };

@@ -92,6 +92,61 @@ pub fn data_dir(env: &dyn Env) -> PathBuf {
         .join("mcpsock")
 }
 
+/// The state database: `--db` > `MCPSOCK_DB` > config `db` > `default`
+/// ([`default_db_path`] for `serve`, [`app_db_path`] for `socket`).
+pub fn db_path(flag: Option<&Path>, env: &dyn Env, from_config: Option<&Path>, default: PathBuf) -> PathBuf {
+    flag.map(Path::to_path_buf)
+        .or_else(|| env.var_os("MCPSOCK_DB").filter(|value| !value.is_empty()).map(PathBuf::from))
+        .or_else(|| from_config.map(Path::to_path_buf))
+        .unwrap_or(default)
+}
+
+/// The daemon's own database: `<data dir>/state.db`.
+pub fn default_db_path(env: &dyn Env) -> PathBuf {
+    data_dir(env).join("state.db")
+}
+
+/// The database of `mcpsock socket` for `app`: `<data dir>/sockets/<app>.db`,
+/// so that servers on their own sockets never share one.
+pub fn app_db_path(env: &dyn Env, app: &str) -> PathBuf {
+    data_dir(env).join("sockets").join(format!("{app}.db"))
+}
+
+/// The log file of a daemon in the background: `--log-file` >
+/// `$XDG_STATE_HOME/mcpsock/<socket name>.log` >
+/// `$HOME/.local/state/mcpsock/<socket name>.log`, where `<socket name>` is
+/// the socket's file name without `.sock` (`mcpsock`, or the app of
+/// `mcpsock socket`). `mcpsock logs` finds it the same way.
+pub fn log_file(flag: Option<&Path>, env: &dyn Env, socket_path: &Path) -> PathBuf {
+    if let Some(path) = flag {
+        return path.to_path_buf();
+    }
+    let stem = socket_path.file_stem().map(|stem| stem.to_string_lossy().into_owned());
+    let state = env
+        .var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| env.var_os("HOME").map(|home| PathBuf::from(home).join(".local").join("state")))
+        .unwrap_or_else(|| PathBuf::from(format!("/tmp/mcpsock-{}-state", env.uid())));
+    state.join("mcpsock").join(format!("{}.log", stem.as_deref().unwrap_or("mcpsock")))
+}
+
+/// The socket of `mcpsock socket` for `app`: `$XDG_RUNTIME_DIR/mcpsock/sockets/<app>.sock`,
+/// else `/tmp/mcpsock-$UID/sockets/<app>.sock` (`--socket` and
+/// `MCPSOCK_SOCKET` take precedence, as for `serve`).
+pub fn app_socket_path(flag: Option<&Path>, env: &dyn Env, app: &str) -> PathBuf {
+    if let Some(path) = flag {
+        return path.to_path_buf();
+    }
+    if let Some(path) = env.var_os("MCPSOCK_SOCKET") {
+        return PathBuf::from(path);
+    }
+    let dir = match env.var_os("XDG_RUNTIME_DIR") {
+        Some(runtime_dir) => PathBuf::from(runtime_dir).join("mcpsock"),
+        None => PathBuf::from(format!("/tmp/mcpsock-{}", env.uid())),
+    };
+    dir.join("sockets").join(format!("{app}.sock"))
+}
+
 /// Parses a TCP listen address (`127.0.0.1:8765`, `[::1]:8765`,
 /// `localhost:8765`). Anything but loopback is refused unless
 /// `allow_non_loopback` (the `--dangerously-bind-non-loopback` flag).
@@ -190,6 +245,32 @@ mod tests {
     }
 
     #[test]
+    fn log_and_app_socket_paths() {
+        let socket = Path::new("/run/user/7/mcpsock/mcpsock.sock");
+        let state = env(&[("XDG_STATE_HOME", "/s"), ("HOME", "/h")]);
+        assert_eq!(log_file(None, &state, socket), PathBuf::from("/s/mcpsock/mcpsock.log"));
+        assert_eq!(
+            log_file(None, &env(&[("HOME", "/h")]), socket),
+            PathBuf::from("/h/.local/state/mcpsock/mcpsock.log")
+        );
+        assert_eq!(log_file(Some(Path::new("/x.log")), &state, socket), PathBuf::from("/x.log"));
+        assert_eq!(
+            log_file(None, &state, Path::new("/r/mcpsock/sockets/time.sock")),
+            PathBuf::from("/s/mcpsock/time.log")
+        );
+        let runtime = env(&[("XDG_RUNTIME_DIR", "/run/user/7")]);
+        assert_eq!(
+            app_socket_path(None, &runtime, "time"),
+            PathBuf::from("/run/user/7/mcpsock/sockets/time.sock")
+        );
+        assert_eq!(
+            app_socket_path(None, &env(&[]), "time"),
+            PathBuf::from("/tmp/mcpsock-4242/sockets/time.sock")
+        );
+        assert_eq!(app_socket_path(Some(Path::new("/a.sock")), &runtime, "time"), PathBuf::from("/a.sock"));
+    }
+
+    #[test]
     fn listen_addresses() {
         let ok = |text: &str| parse_listen(text, false).unwrap().to_string();
         assert_eq!(ok("127.0.0.1:8765"), "127.0.0.1:8765");
@@ -210,6 +291,24 @@ mod tests {
     fn data_dir_precedence() {
         assert_eq!(data_dir(&env(&[("XDG_DATA_HOME", "/d"), ("HOME", "/h")])), PathBuf::from("/d/mcpsock"));
         assert_eq!(data_dir(&env(&[("HOME", "/h")])), PathBuf::from("/h/.local/share/mcpsock"));
+    }
+
+    #[test]
+    fn db_precedence() {
+        let both = env(&[("MCPSOCK_DB", "/env.db"), ("XDG_DATA_HOME", "/d")]);
+        let default = || default_db_path(&both);
+        assert_eq!(
+            db_path(Some(Path::new("/flag.db")), &both, Some(Path::new("/c.db")), default()),
+            PathBuf::from("/flag.db")
+        );
+        assert_eq!(db_path(None, &both, Some(Path::new("/c.db")), default()), PathBuf::from("/env.db"));
+        let data_only = env(&[("XDG_DATA_HOME", "/d")]);
+        assert_eq!(db_path(None, &data_only, Some(Path::new("/c.db")), default()), PathBuf::from("/c.db"));
+        assert_eq!(
+            db_path(None, &data_only, None, default_db_path(&data_only)),
+            PathBuf::from("/d/mcpsock/state.db")
+        );
+        assert_eq!(app_db_path(&data_only, "everything"), PathBuf::from("/d/mcpsock/sockets/everything.db"));
     }
 
     #[test]

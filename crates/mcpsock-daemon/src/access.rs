@@ -7,7 +7,12 @@
 //! - TCP requests must name a loopback `Host` with our port (403 otherwise,
 //!   against DNS rebinding) and carry the API key in `Authorization: Bearer`
 //!   or `X-API-Key` (401 otherwise), compared in constant time. A key in the
-//!   query string is not looked at.
+//!   query string is not looked at. The one exception is `GET /health`,
+//!   which a TCP client without a key may ask (for container health checks);
+//!   it then learns nothing but `ok` or `degraded`.
+//!
+//! Each admitted request carries its [`Caller`], which admin endpoints read
+//! to decide who may change the daemon.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,6 +24,27 @@ use http::{HeaderMap, StatusCode, header};
 use mcpsock_config::Secret;
 use mcpsock_transport::Peer;
 use subtle::ConstantTimeEq;
+
+/// Who sent an admitted request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Caller {
+    /// The daemon's own user on the Unix socket.
+    Owner,
+    /// Another user the socket admits (`allow_uids`, `allow_gids`).
+    OtherUser,
+    /// A TCP client with the API key.
+    ApiKey,
+    /// A TCP client without the key, on `GET /health` only.
+    Anonymous,
+}
+
+impl Caller {
+    /// May change the daemon and read its config: the owner, or whoever
+    /// holds the API key.
+    pub(crate) fn is_admin(self) -> bool {
+        matches!(self, Self::Owner | Self::ApiKey)
+    }
+}
 
 /// The request policy of one daemon.
 #[derive(Debug)]
@@ -89,14 +115,15 @@ fn refuse(status: StatusCode, message: &'static str) -> Response {
 
 pub(crate) async fn guard_access(
     State(access): State<Arc<Access>>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Response {
     if request.headers().contains_key(header::ORIGIN) {
         return refuse(StatusCode::FORBIDDEN, "requests from web pages (with an Origin header) are refused");
     }
-    match request.extensions().get::<Peer>() {
-        Some(Peer::Unix { .. }) => {}
+    let caller = match request.extensions().get::<Peer>() {
+        Some(Peer::Unix { uid, .. }) if *uid == rustix::process::geteuid().as_raw() => Caller::Owner,
+        Some(Peer::Unix { .. }) => Caller::OtherUser,
         Some(Peer::Tcp { .. }) => {
             let host = request.headers().get(header::HOST).and_then(|value| value.to_str().ok());
             if !host
@@ -104,7 +131,14 @@ pub(crate) async fn guard_access(
             {
                 return refuse(StatusCode::FORBIDDEN, "the Host header must name this loopback listener");
             }
-            if !access.key_matches(request.headers()) {
+            if access.key_matches(request.headers()) {
+                Caller::ApiKey
+            } else if request.method() == http::Method::GET
+                && request.uri().path() == mcpsock_api::HEALTH_PATH
+                && !has_credentials(request.headers())
+            {
+                Caller::Anonymous
+            } else {
                 return refuse(
                     StatusCode::UNAUTHORIZED,
                     "an API key is required: send it in Authorization: Bearer or X-API-Key",
@@ -112,8 +146,15 @@ pub(crate) async fn guard_access(
             }
         }
         _ => return refuse(StatusCode::FORBIDDEN, "unknown connection"),
-    }
+    };
+    request.extensions_mut().insert(caller);
     next.run(request).await
+}
+
+/// A request that presents a key must present the right one, even where
+/// none is needed: a wrong key is an error worth seeing.
+fn has_credentials(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::AUTHORIZATION) || headers.contains_key("x-api-key")
 }
 
 #[cfg(test)]

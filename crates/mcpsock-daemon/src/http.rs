@@ -1,24 +1,28 @@
 //! The HTTP surface of the daemon: `/mcp` through rmcp's Streamable HTTP
-//! service, `/health`, and the in-flight request tracking that shutdown
-//! waits on.
+//! service, the routes beside it (`/health`, or the whole admin API), and
+//! the in-flight request tracking that shutdown waits on.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
 
 use axum::extract::{Request, State};
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use http::Method;
 use http_body_util::BodyExt;
-use mcpsock_api::{HEALTH_PATH, Health, HealthStatus, MCP_PATH, UpstreamHealth};
-use mcpsock_gateway::{Gateway, UpstreamState};
+use mcpsock_api::{EventBody, HEALTH_PATH, Health, HealthStatus, MCP_PATH, UpstreamHealth};
+use mcpsock_gateway::Gateway;
 use mcpsock_transport::ListenerStats;
 use rmcp::ServerHandler;
 
 use crate::HealthReporter;
 use crate::access::{Access, api_key, guard_access};
+use crate::events::EventBus;
+use crate::metrics::{self, Metrics, Outcome};
+use crate::persist::SessionStoreAdapter;
 use crate::sessions::{BoundSessions, guard_sessions};
 use crate::stall::{StreamWatch, watch_streams};
 use rmcp::transport::StreamableHttpServerConfig;
@@ -61,20 +65,75 @@ impl Drop for InFlightGuard {
     }
 }
 
+/// Largest request body accepted on `/mcp`, the same bound rmcp applies.
+const MAX_REQUEST_BODY: usize = 4 * 1024 * 1024;
+
+/// The timing and outcome of one `/mcp` request, recorded when its reply's
+/// body ends (or is dropped).
+struct Observation {
+    metrics: Arc<Metrics>,
+    method: String,
+    started: Instant,
+    outcome: Outcome,
+}
+
+impl Drop for Observation {
+    fn drop(&mut self) {
+        self.metrics.observe(&self.method, self.outcome.label(), self.started.elapsed().as_secs_f64());
+    }
+}
+
 /// Counts a POST from its arrival until its response body is fully sent or
-/// dropped. Long-lived GET streams are not requests in flight: they are
-/// ended when shutdown cancels the streams.
-async fn track_in_flight(State(in_flight): State<Arc<InFlight>>, request: Request, next: Next) -> Response {
+/// dropped, and records `/mcp` requests in the metrics. Long-lived GET
+/// streams are not requests in flight: they are ended when shutdown cancels
+/// the streams.
+async fn track_requests(
+    State((in_flight, metrics)): State<(Arc<InFlight>, Arc<Metrics>)>,
+    request: Request,
+    next: Next,
+) -> Response {
     if request.method() != Method::POST {
         return next.run(request).await;
     }
     in_flight.active.fetch_add(1, Ordering::AcqRel);
     let guard = InFlightGuard(in_flight);
+    let mut observation = None;
+    let request = if request.uri().path() == MCP_PATH {
+        // The method is in the body; the body is bounded here as rmcp
+        // bounds it, and handed on whole.
+        let (parts, body) = request.into_parts();
+        let bytes = match axum::body::to_bytes(body, MAX_REQUEST_BODY).await {
+            Ok(bytes) => bytes,
+            Err(_) => {
+                return (
+                    http::StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("Payload Too Large: request body exceeds {MAX_REQUEST_BODY} bytes"),
+                )
+                    .into_response();
+            }
+        };
+        observation = Some(Observation {
+            metrics,
+            method: metrics::method_of(&bytes),
+            started: Instant::now(),
+            outcome: Outcome::Ok,
+        });
+        Request::from_parts(parts, axum::body::Body::from(bytes))
+    } else {
+        request
+    };
     let response = next.run(request).await;
+    if let Some(observation) = &mut observation {
+        observation.outcome = Outcome::from_status(response.status());
+    }
     response.map(|body| {
         axum::body::Body::new(body.map_frame(move |frame| {
-            // The closure owns the guard, so it lives exactly as long as the body.
+            // The closure owns the guard and the observation, so they live
+            // exactly as long as the body.
             let _ = &guard;
+            if let (Some(observation), Some(data)) = (&mut observation, frame.data_ref()) {
+                observation.outcome.see(data);
+            }
             frame
         }))
     })
@@ -87,12 +146,7 @@ pub(crate) fn gateway_health(gateway: &Gateway, rejected_connections: u64) -> He
         .into_iter()
         .map(|report| UpstreamHealth {
             name: report.name,
-            state: match report.state {
-                UpstreamState::Running => mcpsock_api::UpstreamState::Running,
-                UpstreamState::Restarting => mcpsock_api::UpstreamState::Restarting,
-                UpstreamState::Failed => mcpsock_api::UpstreamState::Failed,
-                UpstreamState::Stopped => mcpsock_api::UpstreamState::Stopped,
-            },
+            state: crate::admin::state_of(report.state),
             pid: report.pid,
             tools: report.tools,
             error: report.error,
@@ -116,41 +170,71 @@ pub(crate) fn gateway_health(gateway: &Gateway, rejected_connections: u64) -> He
 pub(crate) struct Guards {
     pub(crate) access: Arc<Access>,
     pub(crate) sessions: Arc<BoundSessions>,
-    pub(crate) stats: Arc<ListenerStats>,
     pub(crate) in_flight: Arc<InFlight>,
     pub(crate) stream_stall_timeout: std::time::Duration,
+    pub(crate) events: Arc<EventBus>,
+    pub(crate) metrics: Arc<Metrics>,
 }
 
-/// The router served on every listener.
+/// `/health` alone, for a server without the admin API.
+pub(crate) fn health_route(health: HealthReporter, stats: Arc<ListenerStats>) -> Router {
+    let health = get(move || {
+        let health = health.clone();
+        let stats = stats.clone();
+        async move { Json(health(stats.rejected())) }
+    });
+    Router::new().route(HEALTH_PATH, health)
+}
+
+/// Publishes `session.opened` and `session.closed` (for sessions a client
+/// opens with `initialize` and closes with `DELETE`).
+async fn session_events(
+    State((sessions, events)): State<(Arc<BoundSessions>, Arc<EventBus>)>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let opening = request.method() == Method::POST && !request.headers().contains_key("mcp-session-id");
+    let closing = request.method() == Method::DELETE;
+    let response = next.run(request).await;
+    if response.status().is_success() {
+        if opening && response.headers().contains_key("mcp-session-id") {
+            events.publish(EventBody::SessionOpened { sessions: sessions.open_count().await });
+        } else if closing {
+            events.publish(EventBody::SessionClosed { sessions: sessions.open_count().await });
+        }
+    }
+    response
+}
+
+/// The router served on every listener: `/mcp`, the API key route, and
+/// `routes` (the admin API, or just `/health`).
 pub(crate) fn router<S>(
     factory: impl Fn() -> S + Send + Sync + 'static,
-    health: HealthReporter,
+    routes: Router,
     guards: Guards,
     streams_token: CancellationToken,
 ) -> Router
 where
     S: ServerHandler + Send + 'static,
 {
-    let Guards { access, sessions, stats, in_flight, stream_stall_timeout } = guards;
+    let Guards { access, sessions, in_flight, stream_stall_timeout, events, metrics } = guards;
     // Origin is refused before rmcp sees a request (see `access`); rmcp's
     // own Origin check stays on as a second line.
-    let config = StreamableHttpServerConfig::default()
+    let mut config = StreamableHttpServerConfig::default()
         .with_cancellation_token(streams_token)
         .enforce_origin_validation();
+    // Sessions this process does not know are restored from the store.
+    config.session_store = Some(Arc::new(SessionStoreAdapter(sessions.store())));
     let mcp = StreamableHttpService::new(move || Ok(factory()), sessions.clone(), config);
     let mcp = Router::new()
         .route_service(MCP_PATH, mcp)
+        .layer(axum::middleware::from_fn_with_state((sessions.clone(), events), session_events))
         .layer(axum::middleware::from_fn_with_state(sessions, guard_sessions))
         .layer(axum::middleware::from_fn_with_state(StreamWatch::start(stream_stall_timeout), watch_streams));
-    let health = get(move || {
-        let health = health.clone();
-        let stats = stats.clone();
-        async move { Json(health(stats.rejected())) }
-    });
     Router::new()
-        .route(HEALTH_PATH, health)
         .route(mcpsock_api::API_KEY_PATH, get(api_key).with_state(access.clone()))
+        .merge(routes)
         .merge(mcp)
-        .layer(axum::middleware::from_fn_with_state(in_flight, track_in_flight))
+        .layer(axum::middleware::from_fn_with_state((in_flight, metrics), track_requests))
         .layer(axum::middleware::from_fn_with_state(access, guard_access))
 }

@@ -7,21 +7,51 @@
 //! something to serve. Shutdown runs the same steps backwards.
 
 mod access;
+mod admin;
 pub mod api_key;
+mod events;
 mod http;
+mod metrics;
+mod persist;
+mod reload;
 mod server;
 mod sessions;
 mod stall;
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
+use mcpsock_api::EventBody;
 use mcpsock_config::Config;
-use mcpsock_gateway::{Gateway, GatewayOptions, RequestLimits, ToolFilter, UpstreamSpec};
+use mcpsock_gateway::{Gateway, GatewayOptions, UpstreamEvent};
+use mcpsock_store::{Clock, MemoryStore, Retention, SqliteStore, Store};
 
-pub use mcpsock_transport::{PeerPolicy, SocketError, SocketGuard, SystemdEnv};
+pub use mcpsock_store::{Durability, EncryptionSecret, SqliteOptions, StoreError};
+pub use mcpsock_transport::{PeerPolicy, SocketError, SocketGuard, SystemdEnv, lock_holder};
+pub use persist::{RESTARTED_MESSAGE, cut_open_streams};
+pub use reload::ConfigSource;
 pub use server::{HealthReporter, ListenOptions, LockedSocket, Serving};
+
+/// Where the daemon keeps sessions and stream events.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Storage {
+    /// In process memory: restarts forget every session.
+    Memory,
+    /// An SQLite database; the retention limits come from the config.
+    Sqlite(SqliteOptions),
+}
+
+/// What the daemon tells whoever started it once it is ready.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Ready {
+    pub pid: u32,
+    pub socket: Option<PathBuf>,
+    pub tcp: Option<std::net::SocketAddr>,
+}
 
 /// Everything the daemon needs to run, validated by the caller.
 #[derive(Debug)]
@@ -40,6 +70,19 @@ pub struct DaemonOptions {
     pub systemd: SystemdEnv,
     /// Serve on the Unix socket (off for TCP-only setups).
     pub enable_socket: bool,
+    /// Where sessions and events are kept (memory unless set).
+    pub storage: Storage,
+    /// The config file reloads read; none when the upstreams came from the
+    /// command line.
+    pub config_source: Option<ConfigSource>,
+    /// Where the log goes, reported by `/status` (the caller set up the
+    /// logging itself).
+    pub log_file: Option<PathBuf>,
+    /// Poll the config file this often and reload it when it changed.
+    pub watch_config: Option<Duration>,
+    /// Told once the socket accepts connections and the upstreams have
+    /// started (or failed).
+    pub ready: Option<tokio::sync::oneshot::Sender<Ready>>,
 }
 
 impl DaemonOptions {
@@ -60,6 +103,11 @@ impl DaemonOptions {
             tcp: None,
             systemd: SystemdEnv::default(),
             enable_socket: true,
+            storage: Storage::Memory,
+            config_source: None,
+            log_file: None,
+            watch_config: None,
+            ready: None,
         }
     }
 }
@@ -68,8 +116,27 @@ impl DaemonOptions {
 /// in-flight requests get the configured grace period, upstream process
 /// groups are stopped, and the socket and PID file are removed.
 pub async fn run(options: DaemonOptions, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let DaemonOptions { config, socket_path, socket_mode, peer_policy, tcp, systemd, enable_socket } =
-        options;
+    let DaemonOptions {
+        config,
+        socket_path,
+        socket_mode,
+        peer_policy,
+        tcp,
+        systemd,
+        enable_socket,
+        storage,
+        config_source,
+        log_file,
+        watch_config,
+        ready,
+    } = options;
+    let started = Instant::now();
+    let started_at = SystemTime::now();
+    // SIGHUP asks for a reload; its default action would end the daemon, so
+    // it is caught from the very start.
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("cannot listen for SIGHUP")?;
+    let socket = enable_socket.then(|| socket_path.clone());
     let mut listen = ListenOptions::new(socket_path);
     listen.socket_mode = socket_mode;
     listen.socket_group = config.socket_group;
@@ -89,56 +156,190 @@ pub async fn run(options: DaemonOptions, shutdown: impl Future<Output = ()>) -> 
         None if !enable_socket => LockedSocket::tcp_only(listen),
         None => LockedSocket::acquire(listen)?,
     };
+    // The store is opened under the socket lock, so of two daemons started
+    // together, the second is told "already running" before it touches it.
+    let storage_report = describe(&storage);
+    let store = open_store(storage, &config).await?;
+    let locked = locked.with_store(store.clone(), config.ttl_cleanup_interval);
+    if let Err(error) = cut_open_streams(store.as_ref()).await {
+        close_quietly(store.as_ref()).await;
+        return Err(error).context("could not answer the requests cut short by the last stop");
+    }
 
-    let specs = config
-        .servers
-        .iter()
-        .map(|server| {
-            UpstreamSpec::new(&server.name, &server.command)
-                .args(server.args.clone())
-                .env(server.env.iter().map(|(key, value)| (key.clone(), value.expose().to_string())))
-                .cwd(server.cwd.clone())
-                .prefix(server.prefix.clone())
-                .tools(ToolFilter {
-                    enabled: server.enabled_tools.clone(),
-                    disabled: server.disabled_tools.clone(),
-                })
-                .limits(RequestLimits {
-                    max_concurrent: server.max_concurrent_requests,
-                    max_queued: server.max_queued_requests,
-                    queue_timeout: server.queue_timeout,
-                })
-        })
-        .collect();
+    let specs = reload::specs_of(&config, &Default::default());
+    // Subscribed before the upstreams start, so their first events are kept.
+    let (upstream_events, upstream_feed) = tokio::sync::broadcast::channel(1024);
     let gateway_options = GatewayOptions::default()
         .separator(config.tool_separator.clone())
         .init_timeout(config.init_timeout)
         .stop_grace(config.shutdown_grace)
-        .request_timeout(config.request_timeout);
+        .request_timeout(config.request_timeout)
+        .events(upstream_events);
     let gateway = Gateway::start(specs, gateway_options).await;
 
-    let health_gateway = gateway.clone();
-    let health: HealthReporter = Arc::new(move |rejected| http::gateway_health(&health_gateway, rejected));
+    let events = Arc::new(events::EventBus::new(events::RING_CAPACITY));
     let session_gateway = gateway.clone();
-    let serving = match locked.bind(move || session_gateway.for_session(), health) {
+    let mut admin = None;
+    let bound = locked.bind_with(
+        move || session_gateway.for_session(),
+        events.clone(),
+        |parts| {
+            let state = Arc::new(admin::Admin {
+                gateway: gateway.clone(),
+                started,
+                started_at,
+                socket,
+                tcp: parts.tcp_address,
+                log_file,
+                events: events.clone(),
+                metrics: parts.metrics.clone(),
+                stats: parts.stats.clone(),
+                in_flight: parts.in_flight.clone(),
+                sessions: parts.sessions.clone(),
+                streams_token: parts.streams_token.clone(),
+                reloader: reload::Reloader::new(config, config_source, systemd.clone()),
+                ping_every: events::PING_INTERVAL,
+                storage: storage_report,
+            });
+            admin = Some(state.clone());
+            admin::router(state)
+        },
+    );
+    let serving = match bound {
         Ok(serving) => serving,
         Err(error) => {
             gateway.shutdown().await;
+            close_quietly(store.as_ref()).await;
             return Err(error.into());
         }
     };
+    let admin = admin.context("the admin API was not set up")?;
+    let background = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(forward_upstream_events(events.clone(), gateway.clone(), upstream_feed));
+    if let Some(every) = watch_config {
+        tokio::spawn(reload::watch_config(admin.clone(), every, background.clone()));
+    }
+    if let Some(every) = systemd.watchdog_interval() {
+        let systemd = systemd.clone();
+        let stop = background.clone();
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(every);
+            loop {
+                tokio::select! {
+                    _ = ticks.tick() => systemd.notify("WATCHDOG=1"),
+                    () = stop.cancelled() => return,
+                }
+            }
+        });
+    }
+    let reload_admin = admin.clone();
+    let stop = background.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                received = hangup.recv() => if received.is_none() { return },
+                () = stop.cancelled() => return,
+            }
+            // Refusals are logged and recorded by the reload itself.
+            let _ = reload::request_reload(&reload_admin, "SIGHUP");
+        }
+    });
     systemd.notify("READY=1");
+    tracing::info!(pid = std::process::id(), "ready");
+    if let Some(ready) = ready {
+        let _ = ready.send(Ready { pid: std::process::id(), socket: admin.socket.clone(), tcp: admin.tcp });
+    }
     let shutdown = async {
         shutdown.await;
         systemd.notify("STOPPING=1");
     };
     let served = serving.run_until(shutdown).await;
+    background.cancel();
     // Upstreams stop before the lock is released, so a new instance never
     // overlaps with the old one's children.
     gateway.shutdown().await;
     drop(served?);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// How `/status` describes the storage.
+fn describe(storage: &Storage) -> mcpsock_api::Storage {
+    match storage {
+        Storage::Memory => {
+            mcpsock_api::Storage { mode: "memory".into(), path: None, encrypted: false, durability: None }
+        }
+        Storage::Sqlite(options) => mcpsock_api::Storage {
+            mode: "sqlite".into(),
+            path: Some(options.path.display().to_string()),
+            encrypted: options.secret.is_some(),
+            durability: Some(
+                match options.durability {
+                    Durability::Normal => "normal",
+                    Durability::Full => "full",
+                }
+                .into(),
+            ),
+        },
+    }
+}
+
+async fn open_store(storage: Storage, config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    let retention = Retention::default()
+        .session_idle_ttl(config.session_idle_ttl)
+        .event_max_age(config.event_retention)
+        .max_events_per_session(config.max_events_per_session);
+    Ok(match storage {
+        Storage::Memory => Arc::new(MemoryStore::new(retention, Clock::system())),
+        Storage::Sqlite(options) => {
+            let options = options.retention(retention);
+            let store = tokio::task::spawn_blocking(move || SqliteStore::open(options))
+                .await
+                .context("the state database check panicked")??;
+            Arc::new(store)
+        }
+    })
+}
+
+/// Closes a store on a failed start; the start's own error is what matters.
+async fn close_quietly(store: &dyn Store) {
+    if let Err(error) = store.close().await {
+        tracing::warn!(%error, "could not close the state store");
+    }
+}
+
+/// Turns the gateway's upstream events into admin events, until the
+/// gateway is gone.
+async fn forward_upstream_events(
+    events: Arc<events::EventBus>,
+    gateway: Gateway,
+    mut feed: tokio::sync::broadcast::Receiver<UpstreamEvent>,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        let event = match feed.recv().await {
+            Ok(event) => event,
+            Err(RecvError::Lagged(skipped)) => {
+                tracing::warn!(skipped, "upstream events were dropped: too many at once");
+                continue;
+            }
+            Err(RecvError::Closed) => return,
+        };
+        let body = match event {
+            UpstreamEvent::Started { name, pid, tools } => EventBody::UpstreamStarted { name, pid, tools },
+            UpstreamEvent::Failed { name, error } => EventBody::UpstreamFailed { name, error },
+            UpstreamEvent::Crashed { name, error } => EventBody::UpstreamCrashed { name, error },
+            UpstreamEvent::Restarted { name, pid, tools } => {
+                EventBody::UpstreamRestarted { name, pid, tools }
+            }
+            UpstreamEvent::Stopped { name } => EventBody::UpstreamStopped { name },
+            UpstreamEvent::ToolsChanged { .. } => {
+                EventBody::ToolsChanged { tools: gateway.report().iter().map(|report| report.tools).sum() }
+            }
+            _ => continue,
+        };
+        events.publish(body);
+    }
 }
 
 /// Resolves on the first SIGINT or SIGTERM.

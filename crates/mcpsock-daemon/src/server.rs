@@ -9,13 +9,16 @@ use std::time::Duration;
 use anyhow::Context;
 use mcpsock_api::Health;
 use mcpsock_config::Secret;
+use mcpsock_store::{MemoryStore, Store};
 use mcpsock_transport::{Connections, Listener, ListenerStats, PeerPolicy, SocketError, SocketGuard};
 use rmcp::ServerHandler;
 use tokio_util::sync::CancellationToken;
 
 use crate::access::Access;
-use crate::http;
+use crate::events::EventBus;
+use crate::metrics::Metrics;
 use crate::sessions::BoundSessions;
+use crate::{http, persist};
 
 /// How long open connections get to close after in-flight requests are done
 /// and streams were told to end.
@@ -51,10 +54,16 @@ pub struct ListenOptions {
     pub stream_stall_timeout: Duration,
     /// How long a session may stay unused before it expires.
     pub session_idle_ttl: Duration,
+    /// Where sessions and stream events are kept; its retention should use
+    /// the same `session_idle_ttl`.
+    pub store: Arc<dyn Store>,
+    /// How often expired sessions and old events are removed.
+    pub ttl_cleanup_interval: Duration,
 }
 
 impl ListenOptions {
-    /// Mode 0600, only our own user, a 5 s grace period.
+    /// Mode 0600, only our own user, a 5 s grace period, sessions in
+    /// memory.
     pub fn new(socket_path: impl Into<PathBuf>) -> Self {
         Self {
             socket_path: socket_path.into(),
@@ -68,6 +77,8 @@ impl ListenOptions {
             header_timeout: Duration::from_secs(10),
             session_idle_ttl: Duration::from_secs(3600),
             stream_stall_timeout: Duration::from_secs(30),
+            store: Arc::new(MemoryStore::default()),
+            ttl_cleanup_interval: Duration::from_secs(60),
         }
     }
 }
@@ -104,6 +115,13 @@ impl LockedSocket {
         Self { source: Source::None, options }
     }
 
+    /// Keeps sessions and events in `store`, cleaned every `cleanup_interval`.
+    pub fn with_store(mut self, store: Arc<dyn Store>, cleanup_interval: Duration) -> Self {
+        self.options.store = store;
+        self.options.ttl_cleanup_interval = cleanup_interval;
+        self
+    }
+
     /// Serves a listening socket passed by systemd socket activation.
     pub fn activated(listener: std::os::unix::net::UnixListener, options: ListenOptions) -> Self {
         Self { source: Source::Activated(listener), options }
@@ -116,6 +134,21 @@ impl LockedSocket {
         self,
         factory: impl Fn() -> S + Send + Sync + 'static,
         health: HealthReporter,
+    ) -> Result<Serving, SocketError>
+    where
+        S: ServerHandler + Send + 'static,
+    {
+        let events = Arc::new(EventBus::new(crate::events::RING_CAPACITY));
+        self.bind_with(factory, events, move |parts| http::health_route(health, parts.stats.clone()))
+    }
+
+    /// [`Self::bind`] with the routes beside `/mcp` built by `routes` from
+    /// the serving state (the daemon's admin API).
+    pub(crate) fn bind_with<S>(
+        self,
+        factory: impl Fn() -> S + Send + Sync + 'static,
+        events: Arc<EventBus>,
+        routes: impl FnOnce(&ServingParts) -> axum::Router,
     ) -> Result<Serving, SocketError>
     where
         S: ServerHandler + Send + 'static,
@@ -148,22 +181,43 @@ impl LockedSocket {
         let in_flight = Arc::new(http::InFlight::default());
         let stats = Arc::new(ListenerStats::default());
         let access = Arc::new(Access::new(tcp.as_ref().map(|(_, local, key)| (*local, key.clone()))));
-        let sessions =
-            Arc::new(BoundSessions::new(options.max_sessions_per_principal, options.session_idle_ttl));
+        let sessions = Arc::new(BoundSessions::new(
+            options.store.clone(),
+            streams_token.clone(),
+            options.max_sessions_per_principal,
+            options.session_idle_ttl,
+        ));
+
+        let metrics = Arc::new(Metrics::default());
+        let parts = ServingParts {
+            stats: stats.clone(),
+            in_flight: in_flight.clone(),
+            sessions: sessions.clone(),
+            metrics: metrics.clone(),
+            streams_token: streams_token.clone(),
+            tcp_address: tcp.as_ref().map(|(_, local, _)| *local),
+        };
+        let routes = routes(&parts);
         let router = http::router(
             factory,
-            health,
+            routes,
             http::Guards {
                 access,
                 sessions,
-                stats: stats.clone(),
                 in_flight: in_flight.clone(),
                 stream_stall_timeout: options.stream_stall_timeout,
+                events,
+                metrics,
             },
             streams_token.clone(),
         );
         let stop = CancellationToken::new();
         let force = CancellationToken::new();
+        let cleanup = tokio::spawn(persist::clean_periodically(
+            options.store.clone(),
+            options.ttl_cleanup_interval,
+            stop.clone(),
+        ));
         let connections = Arc::new(Connections::new(options.max_connections, options.header_timeout));
         let mut servers = Vec::new();
         if let Some(unix_listener) = unix_listener {
@@ -189,8 +243,19 @@ impl LockedSocket {
                 force.clone(),
             )));
         }
-        Ok(Serving { guard, options, servers, tcp_address, stop, force, streams_token, in_flight })
+        Ok(Serving { guard, options, servers, cleanup, tcp_address, stop, force, streams_token, in_flight })
     }
+}
+
+/// The serving state the admin API reads.
+#[derive(Debug)]
+pub(crate) struct ServingParts {
+    pub(crate) stats: Arc<ListenerStats>,
+    pub(crate) in_flight: Arc<http::InFlight>,
+    pub(crate) sessions: Arc<BoundSessions>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) streams_token: CancellationToken,
+    pub(crate) tcp_address: Option<std::net::SocketAddr>,
 }
 
 /// Lifts the soft limit on open descriptors to the hard limit: a daemon
@@ -213,6 +278,7 @@ pub struct Serving {
     guard: Option<SocketGuard>,
     options: ListenOptions,
     servers: Vec<tokio::task::JoinHandle<()>>,
+    cleanup: tokio::task::JoinHandle<()>,
     tcp_address: Option<std::net::SocketAddr>,
     stop: CancellationToken,
     force: CancellationToken,
@@ -228,11 +294,12 @@ impl Serving {
 
     /// Serves until `shutdown` resolves. Then it stops accepting, lets
     /// in-flight requests finish within the grace period, ends open streams
-    /// and closes connections. The returned guard (none for an activated
-    /// socket) still holds the lock; dropping it removes the socket and PID
-    /// file.
+    /// and closes connections, and closes the store (for SQLite: the WAL is
+    /// checkpointed and the database unlocked). The returned guard (none for
+    /// an activated socket) still holds the lock; dropping it removes the
+    /// socket and PID file.
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<Option<SocketGuard>> {
-        let Self { guard, options, servers, stop, force, streams_token, in_flight, .. } = self;
+        let Self { guard, options, servers, cleanup, stop, force, streams_token, in_flight, .. } = self;
         shutdown.await;
         tracing::info!("shutting down");
         stop.cancel();
@@ -255,6 +322,8 @@ impl Serving {
         for result in joined {
             result.context("a listener task failed")?;
         }
+        cleanup.await.context("the state cleanup task failed")?;
+        options.store.close().await.context("could not close the state store")?;
         Ok(guard)
     }
 }

@@ -5,23 +5,38 @@
 //! bits) and remembers which principal opened it. The [`guard_sessions`]
 //! middleware answers 404 when another principal presents that id, exactly
 //! as for an unknown one, and 429 when a principal holds too many sessions.
+//!
+//! Sessions and their events live in the store (see `persist`): rmcp's
+//! session worker stores each event before sending it, `create_stream`
+//! records which request a stream answers, `resume` replays from the store
+//! (only the presenting session's own streams), and a session the store
+//! knows but this process does not is restored by rmcp from its recorded
+//! `initialize`, once the guard has checked its owner.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
 use http::{Method, StatusCode};
+use mcpsock_store::{Store, StoreError, StoredEvent, is_event_id};
 use mcpsock_transport::Peer;
 use rmcp::model::{ClientJsonRpcMessage, ServerJsonRpcMessage};
 use rmcp::transport::WorkerTransport;
+use rmcp::transport::common::server_side_http::ServerSseMessage;
 use rmcp::transport::streamable_http_server::SessionId;
-use rmcp::transport::streamable_http_server::session::SessionManager;
 use rmcp::transport::streamable_http_server::session::local::{
-    LocalSessionManager, LocalSessionManagerError, LocalSessionWorker, create_local_session,
+    LocalSessionManager, LocalSessionManagerError, LocalSessionWorker, SessionError,
 };
+use rmcp::transport::streamable_http_server::session::{EventStream, RestoreOutcome, SessionManager};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::persist::{EventStoreAdapter, REQUEST_PRINCIPAL};
 
 const SESSION_HEADER: &str = "mcp-session-id";
 const VERSION_HEADER: &str = "mcp-protocol-version";
@@ -36,6 +51,16 @@ pub(crate) enum Principal {
     ApiKey,
 }
 
+impl fmt::Display for Principal {
+    /// The owner as the store records it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Uid(uid) => write!(f, "uid:{uid}"),
+            Self::ApiKey => f.write_str("api-key"),
+        }
+    }
+}
+
 impl Principal {
     pub(crate) fn of(peer: Option<&Peer>) -> Option<Self> {
         match peer? {
@@ -46,20 +71,47 @@ impl Principal {
     }
 }
 
-/// rmcp's local session manager with random ids and owners.
+/// rmcp's local session manager with random ids, owners and the store.
 #[derive(Debug)]
 pub(crate) struct BoundSessions {
     inner: LocalSessionManager,
+    store: Arc<dyn Store>,
+    /// Cancelled when the daemon stops: sessions that close then are kept
+    /// in the store for the next process.
+    stopping: CancellationToken,
     owners: Mutex<HashMap<SessionId, Principal>>,
     max_per_principal: usize,
 }
 
+fn store_error(error: StoreError) -> LocalSessionManagerError {
+    LocalSessionManagerError::SessionError(SessionError::EventStore(Box::new(error)))
+}
+
 impl BoundSessions {
     /// Sessions expire after `idle_ttl` without a request or open stream.
-    pub(crate) fn new(max_per_principal: usize, idle_ttl: Duration) -> Self {
-        let mut inner = LocalSessionManager::default();
+    pub(crate) fn new(
+        store: Arc<dyn Store>,
+        stopping: CancellationToken,
+        max_per_principal: usize,
+        idle_ttl: Duration,
+    ) -> Self {
+        let mut inner =
+            LocalSessionManager::default().with_event_store(Arc::new(EventStoreAdapter(store.clone())));
         inner.session_config.keep_alive = Some(idle_ttl);
-        Self { inner, owners: Mutex::default(), max_per_principal }
+        Self { inner, store, stopping, owners: Mutex::default(), max_per_principal }
+    }
+
+    pub(crate) fn store(&self) -> Arc<dyn Store> {
+        self.store.clone()
+    }
+
+    /// Who owns session `id`: known here, or recorded in the store by an
+    /// earlier process. `None` for an unknown or expired session.
+    async fn owner(&self, id: &SessionId) -> Result<Option<String>, StoreError> {
+        if let Some(owner) = self.owners().get(id) {
+            return Ok(Some(owner.to_string()));
+        }
+        Ok(self.store.load_session(id).await?.map(|record| record.owner))
     }
 
     fn owners(&self) -> std::sync::MutexGuard<'_, HashMap<SessionId, Principal>> {
@@ -70,6 +122,11 @@ impl BoundSessions {
     async fn forget_closed(&self) {
         let live = self.inner.sessions.read().await;
         self.owners().retain(|id, _| live.contains_key(id));
+    }
+
+    /// Sessions open now, of every principal.
+    pub(crate) async fn open_count(&self) -> usize {
+        self.inner.sessions.read().await.len()
     }
 
     /// Open sessions of `principal`.
@@ -96,9 +153,18 @@ impl SessionManager for BoundSessions {
 
     async fn create_session(&self) -> Result<(SessionId, Self::Transport), Self::Error> {
         let id = random_session_id()?;
-        let (handle, worker) = create_local_session(id.clone(), self.inner.session_config.clone());
-        self.inner.sessions.write().await.insert(id.clone(), handle);
-        Ok((id, WorkerTransport::spawn(worker)))
+        // rmcp creates a worker with a given id (and the event store) only
+        // through its restore entry point; a fresh random id is never present.
+        match self.inner.restore_session(id.clone()).await? {
+            RestoreOutcome::Restored(transport) => Ok((id, transport)),
+            _ => Err(LocalSessionManagerError::SessionError(SessionError::Io(std::io::Error::other(
+                "a new session id collided with an open session",
+            )))),
+        }
+    }
+
+    async fn restore_session(&self, id: SessionId) -> Result<RestoreOutcome<Self::Transport>, Self::Error> {
+        self.inner.restore_session(id).await
     }
 
     async fn initialize_session(
@@ -115,6 +181,14 @@ impl SessionManager for BoundSessions {
 
     async fn close_session(&self, id: &SessionId) -> Result<(), Self::Error> {
         self.owners().remove(id);
+        // A session closes on DELETE, on idle expiry or when its worker
+        // fails, and when the daemon stops. Only in the last case may it
+        // live on in the store.
+        if !self.stopping.is_cancelled()
+            && let Err(error) = self.store.delete_session(id).await
+        {
+            tracing::warn!(%error, "a closed session stays in the store until its expiry");
+        }
         self.inner.close_session(id).await
     }
 
@@ -122,14 +196,23 @@ impl SessionManager for BoundSessions {
         &self,
         id: &SessionId,
         message: ClientJsonRpcMessage,
-    ) -> Result<
-        impl futures::Stream<Item = rmcp::transport::common::server_side_http::ServerSseMessage>
-        + Send
-        + Sync
-        + 'static,
-        Self::Error,
-    > {
-        self.inner.create_stream(id, message).await
+    ) -> Result<impl futures::Stream<Item = ServerSseMessage> + Send + Sync + 'static, Self::Error> {
+        let request_id = match &message {
+            ClientJsonRpcMessage::Request(request) => serde_json::to_vec(&request.id).ok(),
+            _ => None,
+        };
+        let mut stream = self.inner.create_stream(id, message).await?;
+        // The first event (rmcp's priming event, already stored) names the
+        // stream; record which session and request it answers before the
+        // client sees any id of it, so a resume after a crash finds it.
+        let first = stream.next().await;
+        if let (Some(event_id), Some(request_id)) =
+            (first.as_ref().and_then(|event| event.event_id.as_deref()), request_id)
+            && let Err(error) = self.store.bind_stream(event_id, id, &request_id).await
+        {
+            tracing::warn!(%error, "a stream was not recorded; it cannot be resumed after a restart");
+        }
+        Ok(futures::stream::iter(first).chain(stream))
     }
 
     async fn accept_message(&self, id: &SessionId, message: ClientJsonRpcMessage) -> Result<(), Self::Error> {
@@ -153,15 +236,62 @@ impl SessionManager for BoundSessions {
         &self,
         id: &SessionId,
         last_event_id: String,
-    ) -> Result<
-        impl futures::Stream<Item = rmcp::transport::common::server_side_http::ServerSseMessage>
-        + Send
-        + Sync
-        + 'static,
-        Self::Error,
-    > {
-        self.inner.resume(id, last_event_id).await
+    ) -> Result<impl futures::Stream<Item = ServerSseMessage> + Send + Sync + 'static, Self::Error> {
+        let stream: EventStream = if last_event_id == STANDALONE_PRIMING_ID {
+            // The only id a standalone stream's client may hold before any
+            // event: nothing to replay, carry on live.
+            Box::pin(self.inner.create_standalone_stream(id).await?)
+        } else if !is_event_id(&last_event_id) {
+            tracing::debug!("resume with an id this daemon never issued");
+            Box::pin(futures::stream::empty())
+        } else {
+            match self.store.replay_after(id, &last_event_id).await.map_err(store_error)? {
+                None => {
+                    tracing::debug!("resume with an unknown event or another session's event");
+                    Box::pin(futures::stream::empty())
+                }
+                Some(replay) if replay.standalone => {
+                    // Live events may also be in the replay; each is sent once.
+                    let replayed: HashSet<String> =
+                        replay.events.iter().map(|event| event.id.clone()).collect();
+                    let live = self.inner.create_standalone_stream(id).await?.filter(move |event| {
+                        futures::future::ready(
+                            event.event_id.as_ref().is_none_or(|id| !replayed.contains(id)),
+                        )
+                    });
+                    Box::pin(futures::stream::iter(replay.events.into_iter().filter_map(to_sse)).chain(live))
+                }
+                // A request stream replays what is stored and ends; a client
+                // whose request is still running reconnects after the retry
+                // interval and reads on from its new last id.
+                Some(replay) => Box::pin(futures::stream::iter(replay.events.into_iter().filter_map(to_sse))),
+            }
+        };
+        Ok(stream)
     }
+}
+
+/// The id rmcp's HTTP service gives the priming event of a standalone
+/// stream.
+const STANDALONE_PRIMING_ID: &str = "0";
+
+fn to_sse(event: StoredEvent) -> Option<ServerSseMessage> {
+    let message = match event.message {
+        Some(bytes) => match serde_json::from_slice::<ServerJsonRpcMessage>(&bytes) {
+            Ok(message) => Some(Arc::new(message)),
+            Err(error) => {
+                tracing::warn!(%error, "a stored event is unreadable and is skipped");
+                return None;
+            }
+        },
+        None => None,
+    };
+    // The struct is non-exhaustive: start from a constructor, set every field.
+    let mut sse = ServerSseMessage::retry(Duration::ZERO);
+    sse.event_id = Some(event.id);
+    sse.message = message;
+    sse.retry = event.retry_ms.map(Duration::from_millis);
+    Some(sse)
 }
 
 fn refuse(status: StatusCode, message: &str) -> Response {
@@ -196,13 +326,24 @@ pub(crate) async fn guard_sessions(
     };
     let presented: Option<SessionId> =
         request.headers().get(SESSION_HEADER).and_then(|value| value.to_str().ok()).map(Into::into);
+    let mut restoring = false;
     if let Some(id) = &presented {
-        let owner = sessions.owners().get(id).copied();
-        if owner.is_some_and(|owner| owner != principal) {
+        match sessions.owner(id).await {
             // The same answer as for an id that does not exist: nothing
             // tells another principal that the session is real.
-            return refuse(StatusCode::NOT_FOUND, "session not found");
+            Ok(Some(owner)) if owner != principal.to_string() => {
+                return refuse(StatusCode::NOT_FOUND, "session not found");
+            }
+            Ok(owner) => restoring = owner.is_some() && !sessions.owners().contains_key(id),
+            Err(error) => {
+                tracing::error!(%error, "the state database cannot be read");
+                return refuse(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "session state unavailable; see the daemon's log",
+                );
+            }
         }
+        sessions.store.touch_session(id);
     }
     let opening = may_open_session(&request);
     if opening && sessions.count(principal) >= sessions.max_per_principal {
@@ -215,12 +356,18 @@ pub(crate) async fn guard_sessions(
         }
     }
     let method = request.method().clone();
-    let response = next.run(request).await;
+    let response = REQUEST_PRINCIPAL.scope(principal, next.run(request)).await;
     if opening
         && response.status().is_success()
         && let Some(id) = response.headers().get(SESSION_HEADER).and_then(|value| value.to_str().ok())
     {
         sessions.owners().insert(id.into(), principal);
+    }
+    if restoring
+        && response.status().is_success()
+        && let Some(id) = &presented
+    {
+        sessions.owners().insert(id.clone(), principal);
     }
     if method == Method::DELETE
         && response.status().is_success()

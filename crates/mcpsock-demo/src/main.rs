@@ -2,12 +2,14 @@
 //!
 //! It offers `echo`, `add` and `now`: enough to see the gateway work in one
 //! command and, through `echo`, a fast upstream whose own cost barely shows
-//! in a benchmark of the gateway path.
+//! in a benchmark of the gateway path. `countdown` is a slow tool that
+//! reports progress, for watching long calls (and restarts during them).
 
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
-use rmcp::model::{Implementation, ServerCapabilities, ServerConfig};
-use rmcp::{ServerHandler, ServiceExt, tool, tool_handler, tool_router};
+use rmcp::model::{Implementation, ProgressNotificationParam, ServerCapabilities, ServerConfig};
+use rmcp::service::RequestContext;
+use rmcp::{RoleServer, ServerHandler, ServiceExt, tool, tool_handler, tool_router};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
@@ -23,6 +25,14 @@ struct AddArgs {
     a: f64,
     /// Second addend.
     b: f64,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+struct CountdownArgs {
+    /// How many steps to count down.
+    steps: u32,
+    /// Milliseconds between steps.
+    interval_ms: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -46,6 +56,27 @@ impl Demo {
         (args.a + args.b).to_string()
     }
 
+    #[tool(description = "Count down, one step per interval, reporting progress after each; then say done.")]
+    async fn countdown(
+        &self,
+        Parameters(args): Parameters<CountdownArgs>,
+        context: RequestContext<RoleServer>,
+    ) -> String {
+        let token = context.meta.get_progress_token();
+        for step in 1..=args.steps {
+            tokio::time::sleep(std::time::Duration::from_millis(args.interval_ms)).await;
+            if let Some(token) = &token {
+                let progress = ProgressNotificationParam::new(token.clone(), f64::from(step))
+                    .with_total(f64::from(args.steps))
+                    .with_message(format!("{} to go", args.steps - step));
+                if context.peer.notify_progress(progress).await.is_err() {
+                    break;
+                }
+            }
+        }
+        "done".to_string()
+    }
+
     #[tool(description = "The current time in UTC, RFC 3339.")]
     async fn now(&self) -> String {
         humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
@@ -57,7 +88,7 @@ impl ServerHandler for Demo {
     fn get_info(&self) -> ServerConfig {
         ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
             .with_server_info(Implementation::new("mcpsock-demo", env!("CARGO_PKG_VERSION")))
-            .with_instructions("A demonstration server: echo, add, now.")
+            .with_instructions("A demonstration server: echo, add, now, countdown.")
     }
 }
 

@@ -18,7 +18,7 @@
 
 use std::borrow::Cow;
 use std::pin::pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -39,8 +39,8 @@ use tokio::sync::{mpsc, oneshot};
 use crate::downstream::{Session, Sessions};
 use crate::names::NameIndex;
 use crate::routes::{RELAY_BUFFER, Relay, Route};
-use crate::upstream::{Timing, Upstream, read};
-use crate::{UpstreamReport, UpstreamSpec};
+use crate::upstream::{Lease, Timing, Upstream, read};
+use crate::{UpstreamEvent, UpstreamReport, UpstreamSpec};
 
 /// Settings of the gateway.
 #[derive(Clone, Debug)]
@@ -55,6 +55,8 @@ pub struct GatewayOptions {
     /// How long an upstream may take to answer a request; then the client
     /// gets an error and the upstream a `notifications/cancelled`.
     pub request_timeout: Duration,
+    /// Where upstream events are sent, when someone follows them.
+    pub events: Option<tokio::sync::broadcast::Sender<UpstreamEvent>>,
 }
 
 impl Default for GatewayOptions {
@@ -64,6 +66,7 @@ impl Default for GatewayOptions {
             init_timeout: Duration::from_secs(60),
             stop_grace: Duration::from_secs(5),
             request_timeout: Duration::from_secs(300),
+            events: None,
         }
     }
 }
@@ -88,28 +91,44 @@ impl GatewayOptions {
         self.request_timeout = request_timeout;
         self
     }
+
+    pub fn events(mut self, events: tokio::sync::broadcast::Sender<UpstreamEvent>) -> Self {
+        self.events = Some(events);
+        self
+    }
 }
 
 /// The shared gateway. Every downstream session gets its own handle from
 /// [`Gateway::for_session`]; all handles share the same upstreams.
 #[derive(Clone, Debug)]
 pub struct Gateway {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
     session: Arc<Session>,
 }
 
 #[derive(Debug)]
-struct Inner {
-    /// Sorted by name, which makes every listing deterministic.
-    upstreams: Vec<Arc<Upstream>>,
-    options: GatewayOptions,
-    sessions: Arc<Sessions>,
-    /// The offered names, rebuilt when a catalog changes.
+pub(crate) struct Inner {
+    /// Sorted by name, which makes every listing deterministic. Replaced
+    /// as a whole when upstreams are added, removed or restarted (see
+    /// `change`); a request takes its [`Lease`] under this lock.
+    pub(crate) upstreams: RwLock<Arc<Vec<Arc<Upstream>>>>,
+    pub(crate) options: GatewayOptions,
+    pub(crate) sessions: Arc<Sessions>,
+    /// The offered names, rebuilt when the set of upstreams or a catalog
+    /// changes.
     names: Mutex<Option<Arc<Names>>>,
+    /// Serializes changes to the set of upstreams.
+    pub(crate) changing: tokio::sync::Mutex<()>,
+    /// Replaced upstreams still finishing their requests.
+    pub(crate) draining: Mutex<Vec<Arc<Upstream>>>,
 }
 
+/// The offered names of one set of upstreams. Entries refer to upstreams by
+/// their position in `upstreams`, so the names are only valid for that very
+/// set (the same `Arc`) at the catalog generations they were built from.
 #[derive(Debug)]
 struct Names {
+    upstreams: Arc<Vec<Arc<Upstream>>>,
     generations: Vec<u64>,
     tools: NameIndex,
     prompts: NameIndex,
@@ -123,11 +142,21 @@ impl Gateway {
         let sessions = Arc::new(Sessions::default());
         let timing = Timing { init_timeout: options.init_timeout, stop_grace: options.stop_grace };
         let upstreams = futures::future::join_all(
-            specs.iter().map(|spec| Upstream::start(spec, timing, sessions.clone())),
+            specs.iter().map(|spec| Upstream::start(spec, timing, sessions.clone(), options.events.clone())),
         )
         .await;
         let session = sessions.open();
-        Self { inner: Arc::new(Inner { upstreams, options, sessions, names: Mutex::new(None) }), session }
+        Self {
+            inner: Arc::new(Inner {
+                upstreams: RwLock::new(Arc::new(upstreams)),
+                options,
+                sessions,
+                names: Mutex::new(None),
+                changing: tokio::sync::Mutex::new(()),
+                draining: Mutex::new(Vec::new()),
+            }),
+            session,
+        }
     }
 
     /// A handle for a new downstream session: its own log level and
@@ -138,25 +167,39 @@ impl Gateway {
 
     /// The state of every upstream, in name order.
     pub fn report(&self) -> Vec<UpstreamReport> {
-        self.inner.upstreams.iter().map(|upstream| upstream.report()).collect()
+        self.upstreams().iter().map(|upstream| upstream.report()).collect()
     }
 
     /// Stops every upstream (their whole process groups).
     pub async fn shutdown(&self) {
-        futures::future::join_all(self.inner.upstreams.iter().map(|upstream| upstream.stop())).await;
+        futures::future::join_all(self.upstreams().iter().map(|upstream| upstream.stop())).await;
     }
 
-    /// The offered names for the current catalogs.
+    /// The current upstreams; a snapshot, cheap to take.
+    pub(crate) fn upstreams(&self) -> Arc<Vec<Arc<Upstream>>> {
+        self.inner.upstreams.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// The offered names for the current upstreams and their catalogs.
     fn names(&self) -> Arc<Names> {
+        self.names_of(&self.upstreams())
+    }
+
+    /// The offered names for `upstreams` at their current catalogs: the
+    /// cached ones while both are what they were built from.
+    fn names_of(&self, upstreams: &Arc<Vec<Arc<Upstream>>>) -> Arc<Names> {
         let generations: Vec<u64> =
-            self.inner.upstreams.iter().map(|upstream| read(&upstream.catalog).generation).collect();
+            upstreams.iter().map(|upstream| read(&upstream.catalog).generation).collect();
         let mut cached = lock(&self.inner.names);
-        if let Some(names) = cached.as_ref().filter(|names| names.generations == generations) {
+        if let Some(names) = cached
+            .as_ref()
+            .filter(|names| Arc::ptr_eq(&names.upstreams, upstreams) && names.generations == generations)
+        {
             return names.clone();
         }
         let separator = self.inner.options.separator.as_str();
         let tools = NameIndex::build(
-            self.inner.upstreams.iter().map(|upstream| {
+            upstreams.iter().map(|upstream| {
                 let names = read(&upstream.catalog)
                     .tools
                     .iter()
@@ -169,7 +212,7 @@ impl Gateway {
             true,
         );
         let prompts = NameIndex::build(
-            self.inner.upstreams.iter().map(|upstream| {
+            upstreams.iter().map(|upstream| {
                 let names =
                     read(&upstream.catalog).prompts.iter().map(|prompt| prompt.name.clone()).collect();
                 (upstream.spec.prefix.as_deref(), names)
@@ -177,14 +220,17 @@ impl Gateway {
             separator,
             false,
         );
-        let names = Arc::new(Names { generations, tools, prompts });
+        let names = Arc::new(Names { upstreams: upstreams.clone(), generations, tools, prompts });
         *cached = Some(names.clone());
         names
     }
 
     /// The upstream and its own name for an offered tool or prompt name.
-    fn route(&self, exposed: &str, what: &str) -> Result<(&Upstream, String), ErrorData> {
-        let names = self.names();
+    fn route(&self, exposed: &str, what: &str) -> Result<(Lease, String), ErrorData> {
+        // The lease is taken under the lock, so an upstream being replaced
+        // is either found with the lease counted, or not found at all.
+        let upstreams = self.inner.upstreams.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let names = self.names_of(&upstreams);
         let index = if what == "tool" { &names.tools } else { &names.prompts };
         let entry = index.get(exposed).ok_or_else(|| {
             ErrorData::invalid_params(
@@ -192,36 +238,15 @@ impl Gateway {
                 None,
             )
         })?;
-        Ok((&self.inner.upstreams[entry.upstream], entry.original.clone()))
+        Ok((names.upstreams[entry.upstream].lease(), entry.original.clone()))
     }
 
-    fn resource_owner(&self, uri: &str) -> Option<&Upstream> {
-        let listed =
-            self.inner.upstreams.iter().find(|upstream| {
-                read(&upstream.catalog).resources.iter().any(|resource| resource.uri == uri)
-            });
-        listed.map(|upstream| &**upstream).or_else(|| self.template_owner(uri))
-    }
-
-    /// For a URI made from a template: the upstream whose template shares
-    /// the longest literal prefix with it.
-    fn template_owner(&self, uri: &str) -> Option<&Upstream> {
-        self.inner
-            .upstreams
+    fn resource_owner(&self, uri: &str) -> Option<Lease> {
+        let upstreams = self.inner.upstreams.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let listed = upstreams
             .iter()
-            .filter_map(|upstream| {
-                let catalog = read(&upstream.catalog);
-                catalog
-                    .resource_templates
-                    .iter()
-                    .map(|template| template.uri_template.split('{').next().unwrap_or_default())
-                    .filter(|prefix| !prefix.is_empty() && uri.starts_with(prefix))
-                    .map(str::len)
-                    .max()
-                    .map(|length| (length, upstream))
-            })
-            .max_by_key(|(length, _)| *length)
-            .map(|(_, upstream)| &**upstream)
+            .find(|upstream| read(&upstream.catalog).resources.iter().any(|resource| resource.uri == uri));
+        listed.or_else(|| template_owner(&upstreams, uri)).map(Upstream::lease)
     }
 
     /// Sends `request` to `upstream` on behalf of this session and relays
@@ -330,15 +355,31 @@ impl Gateway {
             .map_err(|error| upstream_error(upstream, error))?;
         handle.await_response().await.map_err(|error| upstream_error(upstream, error))
     }
+}
 
-    fn running(&self) -> impl Iterator<Item = (usize, &Upstream)> {
-        self.inner
-            .upstreams
-            .iter()
-            .enumerate()
-            .filter(|(_, upstream)| upstream.peer().is_ok())
-            .map(|(position, upstream)| (position, &**upstream))
-    }
+/// The upstreams that are up, with their positions in `upstreams`.
+fn running(upstreams: &[Arc<Upstream>]) -> impl Iterator<Item = (usize, &Arc<Upstream>)> {
+    upstreams.iter().enumerate().filter(|(_, upstream)| upstream.peer().is_ok())
+}
+
+/// For a URI made from a template: the upstream whose template shares the
+/// longest literal prefix with it.
+fn template_owner<'a>(upstreams: &'a [Arc<Upstream>], uri: &str) -> Option<&'a Arc<Upstream>> {
+    upstreams
+        .iter()
+        .filter_map(|upstream| {
+            let catalog = read(&upstream.catalog);
+            catalog
+                .resource_templates
+                .iter()
+                .map(|template| template.uri_template.split('{').next().unwrap_or_default())
+                .filter(|prefix| !prefix.is_empty() && uri.starts_with(prefix))
+                .map(str::len)
+                .max()
+                .map(|length| (length, upstream))
+        })
+        .max_by_key(|(length, _)| *length)
+        .map(|(_, upstream)| upstream)
 }
 
 /// The `_meta` keys of the 2026-07-28 per-request envelope, which an upstream
@@ -467,7 +508,7 @@ impl ServerHandler for Gateway {
         let mut instructions = String::from("mcpsock gateway: tools and prompts are named <server>");
         instructions.push_str(&self.inner.options.separator);
         instructions.push_str("<name>.");
-        for upstream in &self.inner.upstreams {
+        for upstream in self.upstreams().iter() {
             if let Some(text) = &read(&upstream.catalog).instructions {
                 instructions.push_str(&format!("\n\n[{}] {text}", upstream.name));
             }
@@ -495,7 +536,7 @@ impl ServerHandler for Gateway {
         self.session.remember_peer(&context.peer);
         let names = self.names();
         let mut tools = Vec::with_capacity(names.tools.entries.len());
-        for (position, upstream) in self.running() {
+        for (position, upstream) in running(&names.upstreams) {
             let catalog = read(&upstream.catalog);
             tools.extend(catalog.tools.iter().filter_map(|tool| {
                 let exposed = names.tools.exposed(position, &tool.name)?;
@@ -517,7 +558,7 @@ impl ServerHandler for Gateway {
         let mut upstream_request = request;
         upstream_request.name = tool.into();
         let result = self
-            .forward(upstream, ClientRequest::CallToolRequest(Request::new(upstream_request)), &context)
+            .forward(&upstream, ClientRequest::CallToolRequest(Request::new(upstream_request)), &context)
             .await?;
         match result {
             // The upstream session may be of an older era, whose results
@@ -529,7 +570,7 @@ impl ServerHandler for Gateway {
             }
             ServerResult::InputRequiredResult(result) => Ok(CallToolResponse::InputRequired(result)),
             ServerResult::CreateTaskResult(result) => Ok(CallToolResponse::Task(result)),
-            other => Err(unexpected(upstream, &other)),
+            other => Err(unexpected(&upstream, &other)),
         }
     }
 
@@ -539,8 +580,9 @@ impl ServerHandler for Gateway {
         context: RequestContext<RoleServer>,
     ) -> Result<ListResourcesResult, ErrorData> {
         self.session.remember_peer(&context.peer);
-        let resources =
-            self.running().flat_map(|(_, upstream)| read(&upstream.catalog).resources.clone()).collect();
+        let resources = running(&self.upstreams())
+            .flat_map(|(_, upstream)| read(&upstream.catalog).resources.clone())
+            .collect();
         Ok(ListResourcesResult::with_all_items(resources))
     }
 
@@ -550,8 +592,7 @@ impl ServerHandler for Gateway {
         context: RequestContext<RoleServer>,
     ) -> Result<ListResourceTemplatesResult, ErrorData> {
         self.session.remember_peer(&context.peer);
-        let templates = self
-            .running()
+        let templates = running(&self.upstreams())
             .flat_map(|(_, upstream)| read(&upstream.catalog).resource_templates.clone())
             .collect();
         Ok(ListResourceTemplatesResult::with_all_items(templates))
@@ -565,7 +606,7 @@ impl ServerHandler for Gateway {
         self.session.remember_peer(&context.peer);
         let upstream = self.resource_owner(&request.uri).ok_or_else(|| not_offered(&request.uri))?;
         match self
-            .forward(upstream, ClientRequest::ReadResourceRequest(Request::new(request)), &context)
+            .forward(&upstream, ClientRequest::ReadResourceRequest(Request::new(request)), &context)
             .await?
         {
             ServerResult::ReadResourceResult(mut result) => {
@@ -573,7 +614,7 @@ impl ServerHandler for Gateway {
                 Ok(ReadResourceResponse::Complete(result))
             }
             ServerResult::InputRequiredResult(result) => Ok(ReadResourceResponse::InputRequired(result)),
-            other => Err(unexpected(upstream, &other)),
+            other => Err(unexpected(&upstream, &other)),
         }
     }
 
@@ -585,7 +626,7 @@ impl ServerHandler for Gateway {
         self.session.remember_peer(&context.peer);
         let uri = request.uri.clone();
         let upstream = self.resource_owner(&uri).ok_or_else(|| not_offered(&uri))?;
-        self.forward_empty(upstream, ClientRequest::SubscribeRequest(Request::new(request)), &context)
+        self.forward_empty(&upstream, ClientRequest::SubscribeRequest(Request::new(request)), &context)
             .await?;
         self.session.subscribe(&uri);
         Ok(())
@@ -604,7 +645,8 @@ impl ServerHandler for Gateway {
             return Ok(());
         }
         let upstream = self.resource_owner(&uri).ok_or_else(|| not_offered(&uri))?;
-        self.forward_empty(upstream, ClientRequest::UnsubscribeRequest(Request::new(request)), &context).await
+        self.forward_empty(&upstream, ClientRequest::UnsubscribeRequest(Request::new(request)), &context)
+            .await
     }
 
     async fn set_level(
@@ -618,14 +660,15 @@ impl ServerHandler for Gateway {
         // verbose level any session asked for, and each session gets only
         // the messages at or above its own level.
         let level = self.inner.sessions.most_verbose_level().unwrap_or(LoggingLevel::Debug);
-        for (_, upstream) in self.running() {
+        for (_, upstream) in running(&self.upstreams()) {
             if read(&upstream.catalog).capabilities.logging.is_none() {
                 continue;
             }
+            let upstream = upstream.lease();
             let mut upstream_request = request.clone();
             upstream_request.level = level;
             let forwarded = ClientRequest::SetLevelRequest(Request::new(upstream_request));
-            if let Err(error) = self.forward_empty(upstream, forwarded, &context).await {
+            if let Err(error) = self.forward_empty(&upstream, forwarded, &context).await {
                 tracing::warn!(upstream = %upstream.name, %error.message, "could not set the upstream's log level");
             }
         }
@@ -654,11 +697,11 @@ impl ServerHandler for Gateway {
             return Ok(CompleteResult::default());
         }
         match self
-            .forward(upstream, ClientRequest::CompleteRequest(Request::new(upstream_request)), &context)
+            .forward(&upstream, ClientRequest::CompleteRequest(Request::new(upstream_request)), &context)
             .await?
         {
             ServerResult::CompleteResult(result) => Ok(result),
-            other => Err(unexpected(upstream, &other)),
+            other => Err(unexpected(&upstream, &other)),
         }
     }
 
@@ -670,7 +713,7 @@ impl ServerHandler for Gateway {
         self.session.remember_peer(&context.peer);
         let names = self.names();
         let mut prompts = Vec::new();
-        for (position, upstream) in self.running() {
+        for (position, upstream) in running(&names.upstreams) {
             let catalog = read(&upstream.catalog);
             prompts.extend(catalog.prompts.iter().filter_map(|prompt| {
                 let exposed = names.prompts.exposed(position, &prompt.name)?;
@@ -692,7 +735,7 @@ impl ServerHandler for Gateway {
         let mut upstream_request = request;
         upstream_request.name = prompt;
         match self
-            .forward(upstream, ClientRequest::GetPromptRequest(Request::new(upstream_request)), &context)
+            .forward(&upstream, ClientRequest::GetPromptRequest(Request::new(upstream_request)), &context)
             .await?
         {
             ServerResult::GetPromptResult(mut result) => {
@@ -700,7 +743,7 @@ impl ServerHandler for Gateway {
                 Ok(GetPromptResponse::Complete(result))
             }
             ServerResult::InputRequiredResult(result) => Ok(GetPromptResponse::InputRequired(result)),
-            other => Err(unexpected(upstream, &other)),
+            other => Err(unexpected(&upstream, &other)),
         }
     }
 
@@ -719,7 +762,7 @@ impl ServerHandler for Gateway {
             let Some(upstream) = self.resource_owner(uri) else { continue };
             let subscribe =
                 ClientRequest::SubscribeRequest(Request::new(SubscribeRequestParams::new(uri.clone())));
-            if let Err(error) = self.forward_upstream_only(upstream, subscribe).await {
+            if let Err(error) = self.forward_upstream_only(&upstream, subscribe).await {
                 tracing::debug!(upstream = %upstream.name, %error.message, "resource subscription refused upstream");
             }
         }
@@ -734,13 +777,13 @@ impl ServerHandler for Gateway {
             let Some(upstream) = self.resource_owner(uri) else { continue };
             let unsubscribe =
                 ClientRequest::UnsubscribeRequest(Request::new(UnsubscribeRequestParams::new(uri.clone())));
-            let _ = self.forward_upstream_only(upstream, unsubscribe).await;
+            let _ = self.forward_upstream_only(&upstream, unsubscribe).await;
         }
         Ok(())
     }
 
     async fn on_roots_list_changed(&self, _context: NotificationContext<RoleServer>) {
-        for (_, upstream) in self.running() {
+        for (_, upstream) in running(&self.upstreams()) {
             if let Ok(peer) = upstream.peer() {
                 let _ = peer.notify_roots_list_changed().await;
             }

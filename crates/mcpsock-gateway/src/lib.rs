@@ -4,6 +4,7 @@
 //! This crate knows nothing of HTTP or sockets. [`Gateway`] implements
 //! rmcp's `ServerHandler`; whoever owns the listeners mounts it.
 
+mod change;
 mod downstream;
 mod handler;
 mod limits;
@@ -12,7 +13,8 @@ mod routes;
 mod spawn;
 mod upstream;
 
+pub use change::ChangeReport;
 pub use handler::{Gateway, GatewayOptions};
 pub use limits::RequestLimits;
 pub use names::ToolFilter;
-pub use upstream::{UpstreamReport, UpstreamSpec, UpstreamState};
+pub use upstream::{UpstreamEvent, UpstreamReport, UpstreamSpec, UpstreamState};

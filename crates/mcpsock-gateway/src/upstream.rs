@@ -9,7 +9,7 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -27,7 +27,7 @@ use rmcp::service::{
 };
 use rmcp::transport::async_rw::AsyncRwTransport;
 use rmcp::{ClientHandler, ErrorData, Peer, RoleClient, ServiceExt};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{Notify, broadcast, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::downstream::Sessions;
@@ -44,7 +44,7 @@ const FILTER_BUFFER: usize = 64 * 1024;
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How to start one upstream: a program speaking MCP on stdio.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct UpstreamSpec {
     pub name: String,
@@ -152,6 +152,55 @@ pub struct UpstreamReport {
     pub queued: usize,
     /// Client requests refused by the limits.
     pub shed: u64,
+    pub prompts: usize,
+    pub resources: usize,
+    /// The most recent failure, kept after the upstream recovered.
+    pub last_error: Option<String>,
+}
+
+/// Something that happened to an upstream, for whoever follows the gateway
+/// (see [`crate::GatewayOptions::events`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum UpstreamEvent {
+    Started {
+        name: String,
+        pid: u32,
+        tools: usize,
+    },
+    /// It could not be started.
+    Failed {
+        name: String,
+        error: String,
+    },
+    /// Its process ended on its own.
+    Crashed {
+        name: String,
+        error: String,
+    },
+    Restarted {
+        name: String,
+        pid: u32,
+        tools: usize,
+    },
+    Stopped {
+        name: String,
+    },
+    /// It said its tool list changed, and the list was read again.
+    ToolsChanged {
+        name: String,
+        tools: usize,
+    },
+}
+
+/// Where upstream events go; sending never blocks and nobody listening is
+/// fine.
+pub(crate) type EventSender = Option<broadcast::Sender<UpstreamEvent>>;
+
+fn emit(events: &EventSender, event: UpstreamEvent) {
+    if let Some(sender) = events {
+        let _ = sender.send(event);
+    }
 }
 
 /// Everything an upstream offers, refreshed when it says its lists changed.
@@ -187,6 +236,7 @@ pub(crate) struct UpstreamClient {
     name: String,
     catalog: Arc<RwLock<Catalog>>,
     links: Links,
+    events: EventSender,
 }
 
 /// The client capabilities mcpsock declares upstream: everything a client
@@ -372,7 +422,11 @@ impl ClientHandler for UpstreamClient {
 
     async fn on_tool_list_changed(&self, context: NotificationContext<RoleClient>) {
         match context.peer.list_all_tools().await {
-            Ok(tools) => write(&self.catalog).tools = tools,
+            Ok(tools) => {
+                let count = tools.len();
+                write(&self.catalog).tools = tools;
+                emit(&self.events, UpstreamEvent::ToolsChanged { name: self.name.clone(), tools: count });
+            }
             Err(error) => {
                 tracing::warn!(upstream = %self.name, %error, "could not refresh the tool list")
             }
@@ -452,6 +506,31 @@ pub(crate) struct Upstream {
     dropped_messages: Arc<AtomicU64>,
     /// Cancelled when the upstream is stopped: ends its supervisor.
     stopping: CancellationToken,
+    events: EventSender,
+    last_error: Mutex<Option<String>>,
+    /// Requests routed to this upstream and not yet answered.
+    in_flight: AtomicUsize,
+    idle: Notify,
+}
+
+/// A request's hold on the upstream it was routed to: an upstream being
+/// replaced is stopped only once no lease is left (or its grace ends).
+pub(crate) struct Lease(Arc<Upstream>);
+
+impl std::ops::Deref for Lease {
+    type Target = Upstream;
+
+    fn deref(&self) -> &Upstream {
+        &self.0
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
 }
 
 enum Connection {
@@ -480,17 +559,29 @@ impl Upstream {
     /// `init_timeout`, and reads the catalog. Never fails: a failure is
     /// recorded in the upstream's state, where health reports show it. A
     /// started upstream whose process later ends is restarted with backoff.
-    pub(crate) async fn start(spec: &UpstreamSpec, timing: Timing, sessions: Arc<Sessions>) -> Arc<Self> {
+    pub(crate) async fn start(
+        spec: &UpstreamSpec,
+        timing: Timing,
+        sessions: Arc<Sessions>,
+        events: EventSender,
+    ) -> Arc<Self> {
         let catalog = Arc::new(RwLock::new(Catalog::default()));
         let dropped_messages = Arc::new(AtomicU64::new(0));
         let links = Links { routes: Arc::new(Routes::default()), sessions };
-        let connection = match connect(spec, &catalog, &links, &dropped_messages, timing).await {
+        let mut last_error = None;
+        let connection = match connect(spec, &catalog, &links, &dropped_messages, timing, &events).await {
             Ok(connection) => {
-                tracing::info!(upstream = %spec.name, tools = read(&catalog).tools.len(), "upstream started");
+                let tools = read(&catalog).tools.len();
+                tracing::info!(upstream = %spec.name, tools, "upstream started");
+                if let Connection::Running { pid, .. } = &connection {
+                    emit(&events, UpstreamEvent::Started { name: spec.name.clone(), pid: *pid, tools });
+                }
                 connection
             }
             Err(error) => {
                 tracing::error!(upstream = %spec.name, "upstream failed to start: {error}");
+                emit(&events, UpstreamEvent::Failed { name: spec.name.clone(), error: error.clone() });
+                last_error = Some(error.clone());
                 Connection::Failed { error }
             }
         };
@@ -507,6 +598,10 @@ impl Upstream {
             restarts: AtomicU32::new(0),
             dropped_messages,
             stopping: CancellationToken::new(),
+            events,
+            last_error: Mutex::new(last_error),
+            in_flight: AtomicUsize::new(0),
+            idle: Notify::new(),
         });
         if running {
             tokio::spawn(upstream.clone().supervise());
@@ -528,7 +623,9 @@ impl Upstream {
                 () = self.stopping.cancelled() => return,
             }
             let how = exited.borrow().clone().unwrap_or_default();
-            self.set_ended(format!("the process ended ({how})"));
+            let error = format!("the process ended ({how})");
+            emit(&self.events, UpstreamEvent::Crashed { name: self.name.clone(), error: error.clone() });
+            self.set_ended(error);
             loop {
                 recent.retain(|at| at.elapsed() < CRASH_WINDOW);
                 let Some(delay) = restart_delay(recent.len()) else {
@@ -547,12 +644,26 @@ impl Upstream {
                     () = self.stopping.cancelled() => return,
                 }
                 recent.push_back(Instant::now());
-                match connect(&self.spec, &self.catalog, &self.links, &self.dropped_messages, self.timing)
-                    .await
+                match connect(
+                    &self.spec,
+                    &self.catalog,
+                    &self.links,
+                    &self.dropped_messages,
+                    self.timing,
+                    &self.events,
+                )
+                .await
                 {
                     Ok(connection) => {
                         self.restarts.fetch_add(1, Ordering::Relaxed);
                         tracing::info!(upstream = %self.name, "upstream restarted");
+                        if let Connection::Running { pid, .. } = &connection {
+                            let tools = read(&self.catalog).tools.len();
+                            emit(
+                                &self.events,
+                                UpstreamEvent::Restarted { name: self.name.clone(), pid: *pid, tools },
+                            );
+                        }
                         if !self.set_state(connection) {
                             return;
                         }
@@ -576,6 +687,9 @@ impl Upstream {
                 kill_group_now(pid);
             }
             return false;
+        }
+        if let Connection::Restarting { error } | Connection::Failed { error } = &new {
+            *lock(&self.last_error) = Some(error.clone());
         }
         *connection = new;
         true
@@ -623,7 +737,41 @@ impl Upstream {
             in_flight: self.limiter.load.in_flight.load(Ordering::Relaxed),
             queued: self.limiter.load.queued.load(Ordering::Relaxed),
             shed: self.limiter.load.shed.load(Ordering::Relaxed),
+            prompts: read(&self.catalog).prompts.len(),
+            resources: read(&self.catalog).resources.len(),
+            last_error: lock(&self.last_error).clone(),
         }
+    }
+
+    /// The spec this upstream was started from.
+    pub(crate) fn spec(&self) -> &UpstreamSpec {
+        &self.spec
+    }
+
+    /// Counts a request routed here until the lease is dropped.
+    pub(crate) fn lease(self: &Arc<Self>) -> Lease {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        Lease(self.clone())
+    }
+
+    /// Requests routed here and not yet answered.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// Waits until no request holds a lease, or `grace` passed; says
+    /// whether it drained.
+    pub(crate) async fn drain(&self, grace: Duration) -> bool {
+        let idle = async {
+            loop {
+                let notified = self.idle.notified();
+                if self.in_flight() == 0 {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        tokio::time::timeout(grace, idle).await.is_ok()
     }
 
     /// Closes the MCP session and stops the process group.
@@ -638,6 +786,7 @@ impl Upstream {
             let _ = service.close_with_timeout(polite).await;
             let _ = tokio::time::timeout(polite, exited.wait_for(Option::is_some)).await;
             stop_group(pid, &mut exited, grace).await;
+            emit(&self.events, UpstreamEvent::Stopped { name: self.name.clone() });
         }
     }
 }
@@ -648,6 +797,7 @@ async fn connect(
     links: &Links,
     dropped_messages: &Arc<AtomicU64>,
     timing: Timing,
+    events: &EventSender,
 ) -> Result<Connection, String> {
     let Timing { init_timeout, stop_grace } = timing;
     let child = spawn_stdio(spec).map_err(|error| match error.kind() {
@@ -662,7 +812,12 @@ async fn connect(
     })?;
     let pid = child.pid;
     let mut exited = child.exited;
-    let client = UpstreamClient { name: spec.name.clone(), catalog: catalog.clone(), links: links.clone() };
+    let client = UpstreamClient {
+        name: spec.name.clone(),
+        catalog: catalog.clone(),
+        links: links.clone(),
+        events: events.clone(),
+    };
     // Only valid JSON-RPC reaches rmcp; everything else the child prints on
     // stdout is dropped and counted.
     let (filtered, filter_output) = tokio::io::duplex(FILTER_BUFFER);

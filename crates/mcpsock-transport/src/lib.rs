@@ -14,5 +14,5 @@ mod systemd;
 
 pub use error::SocketError;
 pub use serve::{ConnectionControl, Connections, Listener, ListenerStats, Peer, PeerPolicy, serve};
-pub use socket::{BoundSocket, SocketGuard, bind_tcp};
+pub use socket::{BoundSocket, SocketGuard, bind_tcp, lock_holder};
 pub use systemd::SystemdEnv;

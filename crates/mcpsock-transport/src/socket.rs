@@ -170,6 +170,52 @@ impl Drop for SocketGuard {
     }
 }
 
+/// Which process holds the instance lock of `socket_path` (its
+/// `<socket>.pid`), if any. The lock, not the PID written in the file, is
+/// the proof: a PID file left by a crashed daemon can name a process that
+/// has nothing to do with mcpsock, and that process holds no lock on the
+/// file. Read from `/proc/locks`, so nothing here ever takes the lock (a
+/// daemon starting meanwhile is not disturbed).
+pub fn lock_holder(socket_path: &Path) -> io::Result<Option<u32>> {
+    let (dir_path, socket_name) = split_socket_path(socket_path)
+        .map_err(|error| io::Error::new(io::ErrorKind::InvalidInput, error.to_string()))?;
+    let lock_path = dir_path.join(format!("{socket_name}.pid"));
+    let file = match rustix::fs::open(
+        &lock_path,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(file) => file,
+        Err(Errno::NOENT) => return Ok(None),
+        Err(errno) => return Err(errno.into()),
+    };
+    let stat = rustix::fs::fstat(&file)?;
+    if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
+        return Ok(None);
+    }
+    let locks = std::fs::read_to_string("/proc/locks")?;
+    let device = (rustix::fs::major(stat.st_dev), rustix::fs::minor(stat.st_dev));
+    Ok(flock_holder(&locks, device, stat.st_ino))
+}
+
+/// The pid holding a `flock` on the file `(device, inode)`, from the text
+/// of `/proc/locks` (`1: FLOCK  ADVISORY  WRITE 4242 00:2a:1234 0 EOF`).
+fn flock_holder(locks: &str, device: (u32, u32), inode: u64) -> Option<u32> {
+    locks.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        // A blocked waiter is listed as "1: -> FLOCK ..."; only holders count.
+        if fields.get(1) != Some(&"FLOCK") {
+            return None;
+        }
+        let pid = fields.get(4)?.parse().ok()?;
+        let mut parts = fields.get(5)?.split(':');
+        let major = u32::from_str_radix(parts.next()?, 16).ok()?;
+        let minor = u32::from_str_radix(parts.next()?, 16).ok()?;
+        let file_inode: u64 = parts.next()?.parse().ok()?;
+        ((major, minor) == device && file_inode == inode).then_some(pid)
+    })
+}
+
 /// Binds a TCP listener (the caller has checked the address is loopback or
 /// that the user insisted otherwise). Must be called inside a tokio runtime.
 pub fn bind_tcp(address: std::net::SocketAddr) -> Result<tokio::net::TcpListener, SocketError> {
@@ -367,6 +413,25 @@ mod tests {
         let error = SocketGuard::acquire(&open.join("s.sock")).unwrap_err();
         assert!(error.to_string().contains("has mode 0777"), "{error}");
         assert_eq!(mode(&open), 0o777, "an existing directory is never changed");
+    }
+
+    #[test]
+    fn the_lock_holder_is_found_by_device_and_inode() {
+        let locks = "1: FLOCK  ADVISORY  WRITE 4242 00:2a:1234 0 EOF\n2: -> FLOCK  ADVISORY  WRITE 77 00:2a:99 0 EOF\n3: POSIX  ADVISORY  WRITE 55 08:01:99 0 EOF\n4: FLOCK  ADVISORY  WRITE 31 08:01:99 0 EOF\n";
+        assert_eq!(flock_holder(locks, (0, 0x2a), 1234), Some(4242));
+        assert_eq!(flock_holder(locks, (0, 0x2a), 99), None, "a waiter does not hold the lock");
+        assert_eq!(flock_holder(locks, (8, 1), 99), Some(31), "POSIX locks are not ours");
+        assert_eq!(flock_holder(locks, (8, 1), 1234), None);
+
+        let temp = tempfile::tempdir().unwrap();
+        let socket_path = temp.path().join("s.sock");
+        assert_eq!(lock_holder(&socket_path).unwrap(), None, "no PID file");
+        let guard = SocketGuard::acquire(&socket_path).unwrap();
+        assert_eq!(lock_holder(&socket_path).unwrap(), Some(std::process::id()));
+        drop(guard);
+        // A PID file naming a live process that holds no lock: not running.
+        std::fs::write(temp.path().join("s.sock.pid"), format!("{}\n", std::process::id())).unwrap();
+        assert_eq!(lock_holder(&socket_path).unwrap(), None);
     }
 
     #[tokio::test]

@@ -1,5 +1,6 @@
 //! systemd integration: a listening socket passed by socket activation
-//! (`LISTEN_FDS`/`LISTEN_PID`), and readiness notices (`NOTIFY_SOCKET`).
+//! (`LISTEN_FDS`/`LISTEN_PID`), state notices (`NOTIFY_SOCKET`) and the
+//! watchdog (`WATCHDOG_USEC`/`WATCHDOG_PID`).
 
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::os::linux::net::SocketAddrExt;
@@ -12,13 +13,15 @@ use crate::SocketError;
 /// The first descriptor systemd passes (`SD_LISTEN_FDS_START`).
 const FIRST_PASSED_FD: i32 = 3;
 
-/// The values of `LISTEN_PID`, `LISTEN_FDS` and `NOTIFY_SOCKET`, read once
-/// by the caller.
+/// The values of `LISTEN_PID`, `LISTEN_FDS`, `NOTIFY_SOCKET`,
+/// `WATCHDOG_USEC` and `WATCHDOG_PID`, read once by the caller.
 #[derive(Clone, Debug, Default)]
 pub struct SystemdEnv {
     pub listen_pid: Option<String>,
     pub listen_fds: Option<String>,
     pub notify_socket: Option<String>,
+    pub watchdog_usec: Option<String>,
+    pub watchdog_pid: Option<String>,
 }
 
 impl SystemdEnv {
@@ -29,7 +32,22 @@ impl SystemdEnv {
             listen_pid: read("LISTEN_PID"),
             listen_fds: read("LISTEN_FDS"),
             notify_socket: read("NOTIFY_SOCKET"),
+            watchdog_usec: read("WATCHDOG_USEC"),
+            watchdog_pid: read("WATCHDOG_PID"),
         }
+    }
+
+    /// How often to send `WATCHDOG=1`: half the interval the service
+    /// manager asked for (`WatchdogSec=`), when it asked this process.
+    pub fn watchdog_interval(&self) -> Option<std::time::Duration> {
+        self.notify_socket.as_ref()?;
+        let usec: u64 = self.watchdog_usec.as_ref()?.parse().ok().filter(|usec| *usec > 0)?;
+        if let Some(pid) = &self.watchdog_pid
+            && pid.parse::<u32>().ok() != Some(std::process::id())
+        {
+            return None;
+        }
+        Some(std::time::Duration::from_micros(usec / 2))
     }
 
     /// The listening Unix socket systemd passed to this process, if any.
@@ -80,7 +98,7 @@ impl SystemdEnv {
         Ok(Some(listener))
     }
 
-    /// Sends a state line (`READY=1`, `STOPPING=1`) to the service manager,
+    /// Sends state lines (`READY=1`, `STOPPING=1`, …) to the service manager,
     /// when it asked for notices. Failures are logged, never fatal.
     pub fn notify(&self, state: &str) {
         let Some(target) = &self.notify_socket else { return };
@@ -93,5 +111,29 @@ impl SystemdEnv {
         if let Err(error) = sent {
             tracing::warn!(%error, notify_socket = %target, "could not notify the service manager");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watchdog_only_when_asked_of_this_process() {
+        let ours = std::process::id().to_string();
+        let env = |usec: Option<&str>, pid: Option<&str>, notify: bool| SystemdEnv {
+            watchdog_usec: usec.map(str::to_string),
+            watchdog_pid: pid.map(str::to_string),
+            notify_socket: notify.then(|| "/run/notify".to_string()),
+            ..SystemdEnv::default()
+        };
+        let half = Some(std::time::Duration::from_secs(15));
+        assert_eq!(env(Some("30000000"), None, true).watchdog_interval(), half);
+        assert_eq!(env(Some("30000000"), Some(&ours), true).watchdog_interval(), half);
+        assert_eq!(env(Some("30000000"), Some("1"), true).watchdog_interval(), None);
+        assert_eq!(env(Some("30000000"), None, false).watchdog_interval(), None);
+        assert_eq!(env(Some("0"), None, true).watchdog_interval(), None);
+        assert_eq!(env(Some("soon"), None, true).watchdog_interval(), None);
+        assert_eq!(env(None, None, true).watchdog_interval(), None);
     }
 }

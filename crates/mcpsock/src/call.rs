@@ -10,55 +10,6 @@ use serde_json::Value;
 use crate::exit::{Code, Failure};
 use crate::flags::CallFlags;
 
-/// `mcpsock status`: the health report as a table (or JSON), or the key.
-pub(crate) async fn status(
-    endpoint: &Endpoint,
-    flags: &crate::flags::StatusFlags,
-) -> Result<ExitCode, Failure> {
-    if flags.show_key {
-        let key = mcpsock_client::api_key(endpoint).await.map_err(Failure::client)?;
-        outln!("{key}");
-        return Ok(ExitCode::SUCCESS);
-    }
-    let health = mcpsock_client::health(endpoint).await.map_err(Failure::client)?;
-    if flags.json {
-        outln!("{}", serde_json::to_string_pretty(&health).map_err(|error| Failure::internal(error.into()))?);
-        return Ok(ExitCode::SUCCESS);
-    }
-    let status =
-        serde_json::to_value(health.status).ok().and_then(|value| value.as_str().map(str::to_string));
-    outln!("mcpsock is running at {endpoint}: {}", status.unwrap_or_default());
-    if health.rejected_connections > 0 {
-        outln!("rejected connections: {}", health.rejected_connections);
-    }
-    if !health.upstreams.is_empty() {
-        let width = health.upstreams.iter().map(|upstream| upstream.name.len()).max().unwrap_or(0).max(8);
-        outln!(
-            "{:width$}  {:10}  {:>8}  {:>5}  {:>8}  ERROR",
-            "UPSTREAM",
-            "STATE",
-            "PID",
-            "TOOLS",
-            "RESTARTS"
-        );
-        for upstream in &health.upstreams {
-            let state = serde_json::to_value(upstream.state)
-                .ok()
-                .and_then(|value| value.as_str().map(str::to_string));
-            let pid = upstream.pid.map(|pid| pid.to_string()).unwrap_or_else(|| "-".into());
-            outln!(
-                "{:width$}  {:10}  {pid:>8}  {:>5}  {:>8}  {}",
-                upstream.name,
-                state.unwrap_or_default(),
-                upstream.tools,
-                upstream.restarts,
-                upstream.error.as_deref().unwrap_or("")
-            );
-        }
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
 /// Longest description shown in the tools table.
 const DESCRIPTION_WIDTH: usize = 100;
 
@@ -129,7 +80,7 @@ pub(crate) async fn call_tool(endpoint: &Endpoint, flags: &CallFlags) -> Result<
     }
     if result.is_error == Some(true) {
         eprintln!("mcpsock: the tool {} reported an error", flags.tool);
-        return Ok(ExitCode::from(Code::ToolError as u8));
+        return Ok(ExitCode::from(Code::ToolError.value()));
     }
     Ok(ExitCode::SUCCESS)
 }

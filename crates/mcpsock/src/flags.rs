@@ -10,10 +10,14 @@ Exit codes:
   0  success
   1  unexpected failure (the message says what)
   2  invalid flags, config file or socket path
-  3  another mcpsock is already running on this socket
+  3  another mcpsock is already running on this socket (serve, socket);
+     no daemon is running (status, stop)
   4  the socket directory or path is unsafe or unusable
   5  no daemon reachable (not running, or not allowed)
   6  the tool reported an error
+  7  the state database cannot be used (damaged, from a newer mcpsock, or a
+     missing, wrong or unsafe encryption secret); it is left untouched
+  health: 0 ok, 1 degraded (an upstream is not running), 2 down
 
 Environment:
   MCPSOCK_CONFIG    config file (default $XDG_CONFIG_HOME/mcpsock/config.json)
@@ -22,7 +26,15 @@ Environment:
   MCPSOCK_LISTEN    loopback TCP address to serve on as well
   MCPSOCK_API_KEY   the key TCP clients must send (default: generated into
                     $XDG_DATA_HOME/mcpsock/api-key)
-  MCPSOCK_LOG       log filter, e.g. debug or mcpsock_gateway=trace";
+  MCPSOCK_DB        state database (default $XDG_DATA_HOME/mcpsock/state.db)
+  MCPSOCK_ENCRYPTION_SECRET
+                    the secret that encrypts the state database (at least
+                    32 bytes); --encryption-secret-file reads it from a file
+  MCPSOCK_LOG       log filter, e.g. debug or mcpsock_gateway=trace
+
+Logs: `serve` in the foreground logs to standard error; with --background
+(or --log-file) to $XDG_STATE_HOME/mcpsock/<socket name>.log, which
+`mcpsock logs` shows.";
 
 /// One MCP daemon per user, shared by every MCP client on the machine over a
 /// private Unix socket.
@@ -35,9 +47,29 @@ pub(crate) struct Flags {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
-    /// Start the daemon in the foreground: start the configured MCP servers
-    /// once and serve them, aggregated, on the Unix socket.
+    /// Start the daemon: start the configured MCP servers once and serve
+    /// them, aggregated, on the Unix socket (in the foreground, or detached
+    /// with --background).
     Serve(ServeFlags),
+    /// Serve one stdio MCP server on its own socket:
+    /// `mcpsock socket -- npx -y @modelcontextprotocol/server-everything`.
+    Socket(SocketFlags),
+    /// Stop the daemon: SIGTERM, then SIGKILL after --timeout. Exit 3 when
+    /// it is not running.
+    Stop(StopFlags),
+    /// For monitoring: print ok, degraded or down; exit 0, 1 or 2.
+    Health(HealthFlags),
+    /// Reload the config file (as SIGHUP does): changed upstreams restart,
+    /// the others keep running; an invalid config changes nothing.
+    Reload(ReloadFlags),
+    /// Start an upstream that `disable` stopped.
+    Enable(ServerFlags),
+    /// Stop an upstream until `enable` (or a daemon restart).
+    Disable(ServerFlags),
+    /// Restart one upstream (a new process; requests in flight finish first).
+    Restart(ServerFlags),
+    /// Show the daemon's log (with --background or --log-file); -f follows it.
+    Logs(LogsFlags),
     /// List the tools the daemon offers.
     Tools(ToolsFlags),
     /// Call a tool and print its result.
@@ -45,7 +77,8 @@ pub(crate) enum Command {
     /// Relay MCP between stdin/stdout and the daemon, for clients that can
     /// only start a command: {"command": "mcpsock", "args": ["bridge"]}.
     Bridge(BridgeFlags),
-    /// Show whether the daemon runs and the state of its upstreams.
+    /// Show whether the daemon runs, its pid, version, uptime, addresses and
+    /// upstreams. Exit 3 when it is not running.
     Status(StatusFlags),
     /// Load-test an MCP endpoint (this daemon, another server, or a stdio
     /// command with --stdio): calls one tool over N keep-alive connections
@@ -71,6 +104,130 @@ pub(crate) struct ServeFlags {
     /// Serve on TCP only, without the Unix socket (needs --listen)
     #[arg(long)]
     pub(crate) no_socket: bool,
+    #[command(flatten)]
+    pub(crate) daemon: DaemonFlags,
+    /// Reload the config file whenever it changes (checked every second)
+    #[arg(long)]
+    pub(crate) watch_config: bool,
+}
+
+/// How the daemon runs, shared by `serve` and `socket`.
+#[derive(Debug, Args)]
+pub(crate) struct DaemonFlags {
+    /// Detach: return once the daemon is ready (exit 0), or fail with its
+    /// error; it then logs to --log-file
+    #[arg(long, short = 'b')]
+    pub(crate) background: bool,
+    /// Write the log to this file instead of standard error [default with
+    /// --background: $XDG_STATE_HOME/mcpsock/<socket name>.log]
+    #[arg(long, value_name = "PATH")]
+    pub(crate) log_file: Option<PathBuf>,
+    /// Internal: this process is the detached daemon and its stdout is the
+    /// readiness pipe of the process that started it.
+    #[arg(long, hide = true)]
+    pub(crate) daemonized: bool,
+    #[command(flatten)]
+    pub(crate) storage: StorageFlags,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct SocketFlags {
+    /// Socket path [env: MCPSOCK_SOCKET] [default: $XDG_RUNTIME_DIR/mcpsock/sockets/<app>.sock]
+    #[arg(long, short = 's', value_name = "PATH")]
+    pub(crate) socket: Option<PathBuf>,
+    /// The server's name: its socket, log and tool prefix (<app>__tool)
+    /// [default: from the command, e.g. server-everything]
+    #[arg(long, value_name = "APP")]
+    pub(crate) name: Option<String>,
+    /// Also serve on this loopback TCP address; TCP clients must send the
+    /// API key [env: MCPSOCK_LISTEN]
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) listen: Option<String>,
+    #[command(flatten)]
+    pub(crate) daemon: DaemonFlags,
+    /// The stdio MCP server: its command and arguments, after --
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub(crate) command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct StopFlags {
+    #[command(flatten)]
+    pub(crate) target: TargetFlags,
+    /// How long the daemon gets to stop cleanly before it is killed
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    pub(crate) timeout: std::time::Duration,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct HealthFlags {
+    #[command(flatten)]
+    pub(crate) target: TargetFlags,
+    /// Print the health report as JSON
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ReloadFlags {
+    #[command(flatten)]
+    pub(crate) target: TargetFlags,
+    /// Return once the daemon accepted the new config, without waiting for
+    /// it to be applied
+    #[arg(long)]
+    pub(crate) no_wait: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ServerFlags {
+    #[command(flatten)]
+    pub(crate) target: TargetFlags,
+    /// The upstream, as the config names it
+    pub(crate) name: String,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct LogsFlags {
+    #[command(flatten)]
+    pub(crate) target: TargetFlags,
+    /// Keep printing new lines as they are written
+    #[arg(long, short = 'f')]
+    pub(crate) follow: bool,
+    /// How many of the last lines to print first
+    #[arg(long, short = 'n', default_value_t = 50)]
+    pub(crate) lines: usize,
+    /// The log file, when the daemon is not running [default: the daemon's,
+    /// else $XDG_STATE_HOME/mcpsock/<socket name>.log]
+    #[arg(long, value_name = "PATH")]
+    pub(crate) log_file: Option<PathBuf>,
+}
+
+/// Where sessions and stream events are kept.
+#[derive(Debug, Args)]
+pub(crate) struct StorageFlags {
+    /// State database (SQLite): sessions and stream events survive restarts
+    /// [env: MCPSOCK_DB] [default: $XDG_DATA_HOME/mcpsock/state.db; for
+    /// `socket`, $XDG_DATA_HOME/mcpsock/sockets/<app>.db]
+    #[arg(long, value_name = "PATH", conflicts_with = "memory")]
+    pub(crate) db: Option<PathBuf>,
+    /// Keep sessions in memory only: a restart forgets them
+    #[arg(long)]
+    pub(crate) memory: bool,
+    /// Encrypt the state database with the secret in this file (at least
+    /// 32 bytes, mode 0600, e.g. from `openssl rand -hex 32`)
+    /// [env: MCPSOCK_ENCRYPTION_SECRET holds the secret itself]
+    #[arg(long, value_name = "PATH")]
+    pub(crate) encryption_secret_file: Option<PathBuf>,
+    /// normal: commits survive a crash of mcpsock; full: they survive a power
+    /// loss too, at the cost of slower writes [default: normal]
+    #[arg(long, value_enum, value_name = "LEVEL")]
+    pub(crate) durability: Option<DurabilityFlag>,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub(crate) enum DurabilityFlag {
+    Normal,
+    Full,
 }
 
 /// Where client commands find the daemon.
@@ -173,7 +330,7 @@ pub(crate) struct BenchFlags {
 pub(crate) struct StatusFlags {
     #[command(flatten)]
     pub(crate) target: TargetFlags,
-    /// Print the daemon's health report as JSON
+    /// Print the daemon's full status as JSON
     #[arg(long)]
     pub(crate) json: bool,
     /// Print the API key TCP clients must send (only for the daemon's own

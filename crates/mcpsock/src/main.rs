@@ -22,10 +22,12 @@ macro_rules! out {
     }};
 }
 
+mod background;
 mod bench;
 mod call;
 mod exit;
 mod flags;
+mod lifecycle;
 
 use std::process::ExitCode;
 
@@ -38,35 +40,66 @@ use crate::flags::{Command, Flags, ServeFlags};
 
 fn main() -> ExitCode {
     let flags = Flags::parse();
-    init_logging(&flags);
+    let daemon_flags = match &flags.command {
+        Command::Serve(serve) => Some(&serve.daemon),
+        Command::Socket(socket) => Some(&socket.daemon),
+        _ => None,
+    };
+    if let Some(daemon) = daemon_flags {
+        if daemon.daemonized {
+            background::detach();
+        } else if daemon.background {
+            return background::launch(&flags);
+        }
+    }
+    let daemonized = daemon_flags.is_some_and(|daemon| daemon.daemonized);
+    if let Err(failure) = init_logging(&flags) {
+        eprintln!("mcpsock: {:#}", failure.error);
+        return ExitCode::from(failure.code.value());
+    }
     match run(flags) {
         Ok(code) => code,
         Err(failure) => {
             eprintln!("mcpsock: {:#}", failure.error);
-            ExitCode::from(failure.code as u8)
+            if daemonized {
+                background::report_failure(&failure);
+            }
+            ExitCode::from(failure.code.value())
         }
     }
 }
 
-fn init_logging(flags: &Flags) {
+fn init_logging(flags: &Flags) -> Result<(), Failure> {
     use std::io::IsTerminal;
     // rmcp logs every handshake at info; that is noise in a daemon's log.
-    let default = match flags.command {
-        Command::Serve(_) => "info,rmcp=warn",
-        _ => "warn",
+    let (default, daemon) = match &flags.command {
+        Command::Serve(serve) => ("info,rmcp=warn", Some(&serve.daemon)),
+        Command::Socket(socket) => ("info,rmcp=warn", Some(&socket.daemon)),
+        _ => ("warn", None),
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("MCPSOCK_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // A detached daemon's standard error already is its log file.
+    match daemon.filter(|daemon| !daemon.daemonized).and_then(|daemon| daemon.log_file.as_deref()) {
+        Some(path) => {
+            let file = background::open_log(path).map_err(|error| {
+                Failure::config(
+                    anyhow::Error::new(error).context(format!("cannot open the log file {}", path.display())),
+                )
+            })?;
+            builder.with_writer(std::sync::Mutex::new(file)).with_ansi(false).init();
+        }
+        None => builder.with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal()).init(),
+    }
+    Ok(())
 }
 
 fn run(flags: Flags) -> Result<ExitCode, Failure> {
     let runtime = match flags.command {
-        Command::Serve(_) => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
+        Command::Serve(_) | Command::Socket(_) => {
+            tokio::runtime::Builder::new_multi_thread().enable_all().build()
+        }
         _ => tokio::runtime::Builder::new_current_thread().enable_all().build(),
     }
     .map_err(|error| {
@@ -75,6 +108,24 @@ fn run(flags: Flags) -> Result<ExitCode, Failure> {
     runtime.block_on(async {
         match flags.command {
             Command::Serve(serve) => run_serve(serve).await,
+            Command::Socket(socket) => lifecycle::run_socket(socket).await,
+            Command::Stop(stop) => lifecycle::stop(&resolve_endpoint(&stop.target)?, stop.timeout).await,
+            Command::Health(health) => {
+                lifecycle::health(&resolve_endpoint(&health.target)?, health.json).await
+            }
+            Command::Reload(reload) => {
+                lifecycle::reload(&resolve_endpoint(&reload.target)?, reload.no_wait).await
+            }
+            Command::Enable(server) => {
+                lifecycle::server_action(&resolve_endpoint(&server.target)?, &server.name, "enable").await
+            }
+            Command::Disable(server) => {
+                lifecycle::server_action(&resolve_endpoint(&server.target)?, &server.name, "disable").await
+            }
+            Command::Restart(server) => {
+                lifecycle::server_action(&resolve_endpoint(&server.target)?, &server.name, "restart").await
+            }
+            Command::Logs(logs) => lifecycle::logs(&resolve_endpoint(&logs.target)?, &logs).await,
             Command::Tools(tools) => {
                 let endpoint = resolve_endpoint(&tools.target)?;
                 call::list_tools(&endpoint, tools.json).await
@@ -85,7 +136,7 @@ fn run(flags: Flags) -> Result<ExitCode, Failure> {
             }
             Command::Status(status) => {
                 let endpoint = resolve_endpoint(&status.target)?;
-                call::status(&endpoint, &status).await
+                lifecycle::status(&endpoint, &status).await
             }
             Command::Bench(bench) => {
                 let target = if bench.stdio {
@@ -106,7 +157,10 @@ fn run(flags: Flags) -> Result<ExitCode, Failure> {
 
 async fn run_serve(flags: ServeFlags) -> Result<ExitCode, Failure> {
     let env = ProcessEnv;
-    let location = mcpsock_config::config_location(flags.config.as_deref(), &env);
+    let mut location = mcpsock_config::config_location(flags.config.as_deref(), &env);
+    // Absolute, so reloads and relative commands still resolve after a
+    // detached daemon moved to `/`.
+    location.path = lifecycle::absolute(&location.path);
     let config = Config::load(&location.path, location.explicit).map_err(Failure::config)?;
     if config.source.is_none() {
         tracing::warn!(
@@ -114,7 +168,41 @@ async fn run_serve(flags: ServeFlags) -> Result<ExitCode, Failure> {
             "no config file found: serving no upstream servers; write one in the mcpServers format there or pass --config"
         );
     }
-    let socket_path = mcpsock_config::socket_path(flags.socket.as_deref(), &env, config.socket.as_deref());
+    let socket_path = lifecycle::absolute(&mcpsock_config::socket_path(
+        flags.socket.as_deref(),
+        &env,
+        config.socket.as_deref(),
+    ));
+    let source = mcpsock_daemon::ConfigSource { path: location.path, explicit: location.explicit };
+    let serve = lifecycle::Serve {
+        config,
+        config_source: Some(source),
+        socket_path,
+        listen: flags.listen.clone(),
+        dangerously_bind_non_loopback: flags.dangerously_bind_non_loopback,
+        no_socket: flags.no_socket,
+        watch_config: flags.watch_config,
+        daemon: &flags.daemon,
+        default_db: mcpsock_config::default_db_path(&ProcessEnv),
+    };
+    serve_daemon(serve).await
+}
+
+/// Runs the daemon `serve` or `socket` prepared.
+async fn serve_daemon(serve: lifecycle::Serve<'_>) -> Result<ExitCode, Failure> {
+    let env = ProcessEnv;
+    let lifecycle::Serve {
+        config,
+        config_source,
+        socket_path,
+        listen,
+        dangerously_bind_non_loopback,
+        no_socket,
+        watch_config,
+        daemon,
+        default_db,
+    } = serve;
+    let flags = ServeLike { listen, dangerously_bind_non_loopback, no_socket };
     mcpsock_config::check_socket_path(&socket_path)
         .map_err(|message| Failure::config(anyhow::Error::msg(message)))?;
     let listen =
@@ -146,12 +234,76 @@ async fn run_serve(flags: ServeFlags) -> Result<ExitCode, Failure> {
         )));
     }
     let shutdown = mcpsock_daemon::shutdown_signal().await.map_err(Failure::internal)?;
+    let storage = storage(&daemon.storage, &config, &env, default_db)?;
+    let log_file = daemon.log_file.as_deref().map(lifecycle::absolute);
     let mut options = mcpsock_daemon::DaemonOptions::new(config, socket_path);
+    options.storage = storage;
     options.enable_socket = enable_socket;
     options.tcp = tcp;
     options.systemd = mcpsock_daemon::SystemdEnv::from_process();
+    options.config_source = config_source;
+    options.log_file = log_file;
+    options.watch_config = watch_config.then_some(std::time::Duration::from_secs(1));
+    if daemon.daemonized {
+        let (ready, is_ready) = tokio::sync::oneshot::channel();
+        options.ready = Some(ready);
+        tokio::spawn(async move {
+            if let Ok(ready) = is_ready.await {
+                background::report_ready(ready.pid);
+            }
+        });
+        // Every path is resolved by now.
+        std::env::set_current_dir("/")
+            .map_err(|error| Failure::internal(anyhow::Error::new(error).context("cannot change to /")))?;
+    }
     mcpsock_daemon::run(options, shutdown).await.map_err(Failure::daemon)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Where sessions are kept: `--memory` > `--db` > `MCPSOCK_DB` > the
+/// config's `storage`/`db` > the default database. The encryption secret:
+/// `--encryption-secret-file` > `MCPSOCK_ENCRYPTION_SECRET` > the config's
+/// `encryption_secret_file`.
+fn storage(
+    flags: &flags::StorageFlags,
+    config: &Config,
+    env: &ProcessEnv,
+    default_db: std::path::PathBuf,
+) -> Result<mcpsock_daemon::Storage, Failure> {
+    use mcpsock_daemon::{Durability, EncryptionSecret, SqliteOptions};
+    let db_from_outside = flags.db.is_some() || env_string("MCPSOCK_DB").is_some();
+    if flags.memory || (!db_from_outside && config.storage == mcpsock_config::StorageKind::Memory) {
+        return Ok(mcpsock_daemon::Storage::Memory);
+    }
+    let path = lifecycle::absolute(&mcpsock_config::db_path(
+        flags.db.as_deref(),
+        env,
+        config.db.as_deref(),
+        default_db,
+    ));
+    let secret = match (&flags.encryption_secret_file, env_string("MCPSOCK_ENCRYPTION_SECRET")) {
+        (Some(file), _) => Some(EncryptionSecret::from_file(file)),
+        (None, Some(secret)) => Some(EncryptionSecret::new(secret)),
+        (None, None) => config.encryption_secret_file.as_deref().map(EncryptionSecret::from_file),
+    }
+    .transpose()
+    .map_err(Failure::state)?;
+    let durability = match flags.durability {
+        Some(flags::DurabilityFlag::Full) => Durability::Full,
+        Some(flags::DurabilityFlag::Normal) => Durability::Normal,
+        None => match config.durability {
+            mcpsock_config::Durability::Full => Durability::Full,
+            mcpsock_config::Durability::Normal => Durability::Normal,
+        },
+    };
+    Ok(mcpsock_daemon::Storage::Sqlite(SqliteOptions::new(path).durability(durability).secret(secret)))
+}
+
+/// The listener flags `serve` and `socket` share.
+struct ServeLike {
+    listen: Option<String>,
+    dangerously_bind_non_loopback: bool,
+    no_socket: bool,
 }
 
 /// A non-empty environment variable.

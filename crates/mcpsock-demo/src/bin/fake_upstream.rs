@@ -9,7 +9,8 @@
 //! wrong `jsonrpc`, a response to an unknown id, then the answer twice),
 //! `hang` (never answers), `crash` (exits mid-request), `flood` (writes
 //! `FAKE_UPSTREAM_FLOOD_MB` MiB to stderr, default 8, then stops reading
-//! stdin), `ansi` (writes terminal escapes and a forged log line to stderr).
+//! stdin), `ansi` (writes terminal escapes and a forged log line to stderr),
+//! `slow` (answers after `arguments.ms` milliseconds, holding up the rest).
 //! With `--ansi-tool-name`, one tool's name carries escapes and a newline.
 
 // A stdio test fixture: writing to stdout and stderr is its whole job.
@@ -44,7 +45,7 @@ fn main() {
                 "serverInfo": {"name": "fake-upstream", "version": "1"},
             })),
             "tools/list" => {
-                let mut names = vec!["echo", "garbage", "hang", "crash", "flood", "ansi"];
+                let mut names = vec!["echo", "garbage", "hang", "crash", "flood", "ansi", "slow"];
                 if ansi_tool_name {
                     names.push("evil\u{1b}[31m\nname");
                 }
@@ -85,6 +86,12 @@ fn main() {
                         // Stop reading stdin: requests pile up in the pipe.
                         std::thread::sleep(std::time::Duration::from_secs(3600));
                         continue;
+                    }
+                    "slow" => {
+                        let ms =
+                            message.pointer("/params/arguments/ms").and_then(Value::as_u64).unwrap_or(1000);
+                        std::thread::sleep(std::time::Duration::from_millis(ms));
+                        text(&format!("slept {ms} ms"))
                     }
                     "ansi" => {
                         eprintln!(

@@ -2,8 +2,12 @@
 //! sockets and a real upstream MCP server (the workspace's demo server).
 //! Each test has its own directory, config and socket.
 
+mod admin;
 mod backlog;
+mod lifecycle;
 mod passthrough;
+mod persist;
+mod reload;
 mod security;
 mod serve;
 mod socket;

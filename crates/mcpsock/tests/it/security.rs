@@ -55,16 +55,20 @@ fn sec16_tcp_requires_the_key_in_a_header_and_never_logs_it() {
         let extra = if headers.is_empty() { String::new() } else { format!("\r\n{headers}") };
         raw_request(Target::Tcp(address), &format!("GET {path} HTTP/1.1\r\nHost: {host}{extra}"), b"")
     };
-    let missing = get("/health", "");
-    let wrong = get("/health", "Authorization: Bearer not-the-key-at-all");
-    let in_query = get(&format!("/health?api_key={KEY}&key={KEY}"), "");
-    for response in [&missing, &wrong, &in_query] {
+    let missing = get("/status", "");
+    let wrong = get("/status", "Authorization: Bearer not-the-key-at-all");
+    let in_query = get(&format!("/status?api_key={KEY}&key={KEY}"), "");
+    let wrong_on_health = get("/health", "X-API-Key: not-the-key-at-all");
+    for response in [&missing, &wrong, &in_query, &wrong_on_health] {
         assert_eq!(response.status, 401, "{response:?}");
         assert_eq!(response.body, missing.body, "the same answer whatever was wrong");
         assert_eq!(response.header("www-authenticate").as_deref(), Some("Bearer realm=\"mcpsock\""));
     }
-    assert_eq!(get("/health", &format!("Authorization: Bearer {KEY}")).status, 200);
-    assert_eq!(get("/health", &format!("X-API-Key: {KEY}")).status, 200);
+    assert_eq!(get("/status", &format!("Authorization: Bearer {KEY}")).status, 200);
+    assert_eq!(get("/status", &format!("X-API-Key: {KEY}")).status, 200);
+    // Without a key, /health says only whether the daemon serves.
+    let anonymous = get("/health", "");
+    assert_eq!((anonymous.status, anonymous.body.as_str()), (200, r#"{"status":"ok"}"#));
     let call = post(Target::Tcp(address), &host, "", INITIALIZE);
     assert_eq!(call.status, 401, "MCP over TCP needs the key too");
     // The daemon's own user gets the key over the socket; TCP clients do not.
@@ -287,8 +291,27 @@ fn sec24_idle_sessions_expire() {
         );
     }
     assert_eq!(post(Target::Unix(&socket), "localhost", &headers, list).status, 404);
-    // FIXME: the rows of expired sessions are purged by the persistent
-    // session store, which does not exist yet; in memory they are simply gone.
+    wait_until("the expired session's row is gone", || sandbox.stored_sessions() == 0);
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn sec24_sessions_that_expire_while_stopped_are_purged_on_the_next_run() {
+    let sandbox = Sandbox::new();
+    let config = sandbox
+        .write_config(&json!({"mcpServers": {}, "session_idle_ttl": "1s", "ttl_cleanup_interval": "100ms"}));
+    let socket = sandbox.socket();
+    let daemon = Daemon::start(&sandbox, &config);
+    let session = open_session(Target::Unix(&socket), "localhost", "");
+    assert!(daemon.stop().success());
+    assert_eq!(sandbox.stored_sessions(), 1, "a clean stop keeps the session for the next run");
+
+    let daemon = Daemon::start(&sandbox, &config);
+    // The cleanup runs every 100 ms and removes the row once it is 1 s old.
+    wait_until("the cleanup removes the expired session", || sandbox.stored_sessions() == 0);
+    let headers = format!("MCP-Protocol-Version: 2025-06-18\r\nMcp-Session-Id: {session}");
+    let list = r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#;
+    assert_eq!(post(Target::Unix(&socket), "localhost", &headers, list).status, 404);
     assert!(daemon.stop().success());
 }
 

@@ -23,7 +23,7 @@ fn serves_lists_and_calls_tools() {
     let json_tools: Value = serde_json::from_str(&stdout(&sandbox.client(&["tools", "--json"]))).unwrap();
     let names: Vec<&str> =
         json_tools.as_array().unwrap().iter().map(|tool| tool["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["demo__add", "demo__echo", "demo__now"], "deterministic order");
+    assert_eq!(names, ["demo__add", "demo__countdown", "demo__echo", "demo__now"], "deterministic order");
 
     let add = sandbox.client(&["call", "demo__add", "--arg", "a=2", "--arg", "b=40"]);
     assert!(add.status.success(), "{}", stderr(&add));
@@ -52,7 +52,7 @@ fn serves_lists_and_calls_tools() {
     assert!(text.starts_with("mcpsock is running at unix://") && text.contains(": ok\n"), "{text}");
     assert!(text.lines().any(|line| line.starts_with("demo") && line.contains("running")), "{text}");
     let status_json: Value = serde_json::from_str(&stdout(&sandbox.client(&["status", "--json"]))).unwrap();
-    assert_eq!(status_json["upstreams"][0]["tools"], 3);
+    assert_eq!(status_json["upstreams"][0]["tools"], 4);
     let no_key = sandbox.client(&["status", "--show-key"]);
     assert_eq!(no_key.status.code(), Some(1));
     assert!(stderr(&no_key).contains("TCP is off"), "{}", stderr(&no_key));
@@ -61,7 +61,7 @@ fn serves_lists_and_calls_tools() {
     assert_eq!(health["status"], "ok");
     assert_eq!(health["upstreams"][0]["name"], "demo");
     assert_eq!(health["upstreams"][0]["state"], "running");
-    assert_eq!(health["upstreams"][0]["tools"], 3);
+    assert_eq!(health["upstreams"][0]["tools"], 4);
     assert!(daemon.stop().success());
 }
 
@@ -289,9 +289,13 @@ fn bridge_exits_when_its_client_hangs_up_right_after_initialize() {
 #[test]
 fn client_commands_without_a_daemon_say_so() {
     let sandbox = Sandbox::new();
-    for args in [&["bridge"][..], &["tools"], &["call", "demo__echo"], &["status"]] {
+    // Client commands exit 5; the monitoring commands follow the LSB
+    // `status` convention: 3, "not running".
+    for (args, code) in
+        [(&["bridge"][..], 5), (&["tools"], 5), (&["call", "demo__echo"], 5), (&["status"], 3)]
+    {
         let output = sandbox.client(args);
-        assert_eq!(output.status.code(), Some(5), "{args:?}");
+        assert_eq!(output.status.code(), Some(code), "{args:?}");
         assert!(
             stderr(&output).contains("no mcpsock daemon is running at unix://"),
             "{args:?}: {}",

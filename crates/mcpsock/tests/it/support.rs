@@ -100,6 +100,22 @@ impl Sandbox {
     }
 
     /// `mcpsock serve --config CONFIG --socket SOCKET`.
+    /// The daemon's default state database in this sandbox.
+    pub(crate) fn state_db(&self) -> PathBuf {
+        self.path().join("xdg-data").join("mcpsock").join("state.db")
+    }
+
+    /// How many sessions the state database holds, read as another process
+    /// would (the daemon may hold it open).
+    pub(crate) fn stored_sessions(&self) -> i64 {
+        let connection = rusqlite::Connection::open_with_flags(
+            self.state_db(),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .unwrap();
+        connection.query_row("SELECT count(*) FROM sessions", [], |row| row.get(0)).unwrap()
+    }
+
     pub(crate) fn serve_command(&self, config: &Path, socket: &Path) -> Command {
         self.command(&["serve", "--config", config.to_str().unwrap(), "--socket", socket.to_str().unwrap()])
     }
@@ -290,11 +306,22 @@ impl RawResponse {
 /// `body` on a fresh connection with `Connection: close`, and reads the
 /// whole response. A connection closed without an answer is status 0.
 pub(crate) fn raw_request(target: Target<'_>, head: &str, body: &[u8]) -> RawResponse {
+    // A stream that stays open (SSE) is read until this timeout.
+    raw_request_waiting(target, head, body, Duration::from_secs(2))
+}
+
+/// [`raw_request`], reading for up to `patience` (for a reply that takes
+/// long but ends).
+pub(crate) fn raw_request_waiting(
+    target: Target<'_>,
+    head: &str,
+    body: &[u8],
+    patience: Duration,
+) -> RawResponse {
     let request = format!("{head}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n", body.len());
     let mut bytes = request.into_bytes();
     bytes.extend_from_slice(body);
-    // A stream that stays open (SSE) is read until this timeout.
-    let patience = Some(Duration::from_secs(2));
+    let patience = Some(patience);
     let response = match target {
         Target::Unix(path) => {
             let stream = UnixStream::connect(path).unwrap();
@@ -363,4 +390,89 @@ pub(crate) fn open_session(target: Target<'_>, host: &str, extra_headers: &str) 
     let response = post(target, host, extra_headers, INITIALIZE);
     assert_eq!(response.status, 200, "{response:?}");
     response.header("mcp-session-id").expect("a session id")
+}
+
+/// An MCP session over the Unix socket, one connection per request, for
+/// tests that need many calls without a client process each.
+pub(crate) struct McpSession {
+    socket: PathBuf,
+    id: String,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl McpSession {
+    pub(crate) fn open(socket: &Path) -> Self {
+        let id = open_session(Target::Unix(socket), "localhost", "");
+        let session = Self { socket: socket.to_path_buf(), id, next: std::sync::atomic::AtomicU64::new(2) };
+        let initialized = session.post(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
+        assert_eq!(initialized.status, 202, "{initialized:?}");
+        session
+    }
+
+    fn post(&self, body: &str) -> RawResponse {
+        // A call's reply stream ends with its answer, however long that takes.
+        let head = format!(
+            "POST /mcp HTTP/1.1\r\nHost: localhost\r\n{MCP_HEADERS}\r\nMcp-Session-Id: {}\r\nMcp-Protocol-Version: 2025-06-18",
+            self.id
+        );
+        raw_request_waiting(Target::Unix(&self.socket), &head, body.as_bytes(), TIMEOUT)
+    }
+
+    /// Calls a tool: its result, or the JSON-RPC error (or HTTP failure)
+    /// as text.
+    pub(crate) fn call(&self, tool: &str, arguments: Value) -> Result<Value, String> {
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let request = serde_json::json!({
+            "jsonrpc": "2.0", "id": id, "method": "tools/call",
+            "params": {"name": tool, "arguments": arguments},
+        });
+        let response = self.post(&request.to_string());
+        if response.status != 200 {
+            return Err(format!("HTTP {}: {}", response.status, response.body));
+        }
+        let reply = response
+            .body
+            .lines()
+            .filter_map(|line| line.strip_prefix("data: ").or(Some(line)))
+            .filter_map(|data| serde_json::from_str::<Value>(data).ok())
+            .find(|message| message["id"] == id)
+            .ok_or_else(|| format!("no answer to request {id}: {}", response.body))?;
+        match reply.get("result") {
+            Some(result) => Ok(result.clone()),
+            None => Err(reply["error"].to_string()),
+        }
+    }
+}
+
+/// `curl -s --unix-socket SOCKET http://localhost/PATH` as a monitoring
+/// script runs it: `(HTTP status, body)`.
+pub(crate) fn curl(socket: &Path, args: &[&str], path: &str) -> (u16, String) {
+    let output = Command::new("curl")
+        .args(["-s", "--max-time", "20", "-w", "\n%{http_code}", "--unix-socket"])
+        .arg(socket)
+        .args(args)
+        .arg(format!("http://localhost{path}"))
+        .output()
+        .expect("curl runs (scripts/test-deps.sh installs it)");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+/// The daemon's `/status` over the socket.
+pub(crate) fn status_of(socket: &Path) -> Value {
+    let (status, body) = http_get(socket, "/status").unwrap();
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// The state of the upstream `name` in `/status`.
+pub(crate) fn upstream_in(status: &Value, name: &str) -> Option<Value> {
+    status["upstreams"].as_array()?.iter().find(|upstream| upstream["name"] == name).cloned()
+}
+
+/// Writes `config` over the sandbox config file, as a person editing it
+/// would (the same path and mode).
+pub(crate) fn rewrite_config(path: &Path, config: &Value) {
+    std::fs::write(path, serde_json::to_vec_pretty(config).unwrap()).unwrap();
 }

@@ -21,8 +21,10 @@ fn tools_are_filtered_and_colliding_names_told_apart() {
     let tools: Value = serde_json::from_str(&stdout(&output)).unwrap();
     let names: Vec<&str> =
         tools.as_array().unwrap().iter().map(|tool| tool["name"].as_str().unwrap()).collect();
-    // Server-name order; the second `echo` (from b) gets a suffix.
-    assert_eq!(names, ["add", "echo", "echo_2", "third__echo"]);
+    // Server-name order; the second `echo` (from b) gets a suffix. A
+    // disabled list hides only what it names: b's `slow` and c's
+    // `countdown` stay.
+    assert_eq!(names, ["add", "echo", "echo_2", "slow", "third__countdown", "third__echo"]);
 
     let first = sandbox.client(&["call", "echo", "--arg", "text=to a"]);
     assert_eq!(stdout(&first).trim(), "to a", "{}", stderr(&first));

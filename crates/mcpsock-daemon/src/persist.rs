@@ -1,0 +1,166 @@
+//! The daemon's use of the store: rmcp's `SessionStore` and `EventStore`
+//! over [`Store`], the answer to streams a crash cut off, and the periodic
+//! cleanup.
+//!
+//! rmcp records a session after its `initialize` succeeded and replays that
+//! handshake to restore the session in a new process; its session worker
+//! stores every SSE event of a legacy session before sending it, so an id a
+//! client holds is always durable. Replay is not rmcp's: `BoundSessions`
+//! answers `Last-Event-ID` from the store, scoped to the session.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mcpsock_store::{Clock, NewEvent, SessionRecord, Store, StoreError};
+use rmcp::model::{ErrorCode, ErrorData, InitializeRequestParams, RequestId, ServerJsonRpcMessage};
+use rmcp::transport::streamable_http_server::session::{
+    EventId, EventStore, EventStoreError, EventStream, ServerSseMessage, SessionState, SessionStore,
+    SessionStoreError,
+};
+use sha2::Digest;
+use tokio_util::sync::CancellationToken;
+
+use crate::sessions::Principal;
+
+/// What a client whose request was cut by a restart reads at the end of
+/// its stream.
+pub const RESTARTED_MESSAGE: &str = "server restarted; retry";
+
+tokio::task_local! {
+    /// The principal whose request is being served; rmcp records a new
+    /// session from inside that request, and the record needs its owner.
+    pub(crate) static REQUEST_PRINCIPAL: Principal;
+}
+
+/// The key a stream's events are stored under. rmcp names a session's
+/// standalone stream after the session id, a secret, so only a hash of the
+/// name is stored.
+pub(crate) fn stream_key(stream_id: &str) -> String {
+    let digest = sha2::Sha256::digest(stream_id.as_bytes());
+    digest[..16].iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// rmcp's session store over ours.
+#[derive(Debug)]
+pub(crate) struct SessionStoreAdapter(pub(crate) Arc<dyn Store>);
+
+#[async_trait::async_trait]
+impl SessionStore for SessionStoreAdapter {
+    async fn load(&self, session_id: &str) -> Result<Option<SessionState>, SessionStoreError> {
+        let Some(record) = self.0.load_session(session_id).await? else { return Ok(None) };
+        let params: InitializeRequestParams = serde_json::from_slice(&record.init_params)?;
+        Ok(Some(SessionState::new(params)))
+    }
+
+    async fn store(&self, session_id: &str, state: &SessionState) -> Result<(), SessionStoreError> {
+        let owner = REQUEST_PRINCIPAL
+            .try_with(|principal| *principal)
+            .map_err(|_| "a session was opened outside of a client request")?;
+        let now = Clock::system().now();
+        self.0
+            .put_session(SessionRecord {
+                id: session_id.to_string(),
+                owner: owner.to_string(),
+                init_params: serde_json::to_vec(&state.initialize_params)?,
+                created_at: now,
+                last_seen: now,
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn delete(&self, session_id: &str) -> Result<(), SessionStoreError> {
+        Ok(self.0.delete_session(session_id).await?)
+    }
+}
+
+/// rmcp's event store over ours, for the events of legacy sessions.
+#[derive(Debug)]
+pub(crate) struct EventStoreAdapter(pub(crate) Arc<dyn Store>);
+
+#[async_trait::async_trait]
+impl EventStore for EventStoreAdapter {
+    async fn store_event(
+        &self,
+        stream_id: &str,
+        event: &ServerSseMessage,
+    ) -> Result<EventId, EventStoreError> {
+        // rmcp names a session's standalone stream `<session id>:common`.
+        let session = stream_id.strip_suffix(":common");
+        let message = event.message.as_deref();
+        let new_event = NewEvent {
+            message: message.map(serde_json::to_vec).transpose()?,
+            retry_ms: event.retry.map(|retry| u64::try_from(retry.as_millis()).unwrap_or(u64::MAX)),
+            is_response: matches!(
+                message,
+                Some(ServerJsonRpcMessage::Response(_) | ServerJsonRpcMessage::Error(_))
+            ),
+        };
+        if session.is_none() && message.is_none() {
+            // The priming event that opens a request stream. Its id reaches
+            // the client only through `BoundSessions::create_stream`, after
+            // the stream's binding is committed, and that commit takes this
+            // event with it: one commit instead of two per request. (rmcp
+            // also primes when a handler closes a stream early, which the
+            // gateway never asks for.)
+            return Ok(self.0.append_event_deferred(&stream_key(stream_id), new_event));
+        }
+        Ok(self.0.append_event(&stream_key(stream_id), session, new_event).await?)
+    }
+
+    async fn replay_events_after(&self, _last_event_id: &str) -> Result<EventStream, EventStoreError> {
+        // Unscoped replay would let one session read another's events;
+        // resumption goes through `BoundSessions::resume` instead.
+        Err("replay needs the session; it is served by the session manager".into())
+    }
+}
+
+/// Ends every request stream a previous process left without a response:
+/// its client, resuming, reads the events it missed and then a JSON-RPC
+/// error telling it to retry, instead of waiting forever.
+pub async fn cut_open_streams(store: &dyn Store) -> Result<usize, StoreError> {
+    let open = store.open_streams().await?;
+    for stream in &open {
+        let Ok(request_id) = serde_json::from_slice::<RequestId>(&stream.request_id) else {
+            tracing::warn!("a cut stream's request id is unreadable; its client will not be answered");
+            continue;
+        };
+        let error = ServerJsonRpcMessage::error(
+            ErrorData::new(ErrorCode::INTERNAL_ERROR, RESTARTED_MESSAGE, None),
+            Some(request_id),
+        );
+        let message = serde_json::to_vec(&error).map_err(|error| StoreError::Commit(error.to_string()))?;
+        store
+            .append_event(
+                &stream.stream,
+                None,
+                NewEvent { message: Some(message), retry_ms: None, is_response: true },
+            )
+            .await?;
+    }
+    if !open.is_empty() {
+        tracing::info!(streams = open.len(), "answered requests cut short by the last stop");
+    }
+    Ok(open.len())
+}
+
+/// Runs the store's cleanup every `interval` until `stop` is cancelled.
+pub(crate) async fn clean_periodically(store: Arc<dyn Store>, interval: Duration, stop: CancellationToken) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        match store.purge().await {
+            Ok(purged) if purged.sessions > 0 || purged.events > 0 => {
+                tracing::debug!(sessions = purged.sessions, events = purged.events, "expired state removed");
+            }
+            Ok(_) => {}
+            Err(StoreError::Closed) => return,
+            Err(error) => tracing::warn!(error = %error, "state cleanup failed"),
+        }
+    }
+}

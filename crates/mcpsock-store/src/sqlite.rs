@@ -1,0 +1,879 @@
+//! The SQLite store: one file (WAL mode, 0600), one writer thread that
+//! commits work in batches, optional encryption of every stored value.
+//!
+//! All statements run on the writer thread. Callers queue a job and wait for
+//! its reply, which is sent only after the batch holding the job committed:
+//! an event id reaches a client only once its event is durable (against a
+//! process crash with `synchronous=NORMAL`, against power loss with `FULL`).
+//! Many concurrent requests share one commit, so persistence costs little
+//! throughput.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::fs::{DirBuilder, File, OpenOptions};
+use std::io::{Read, Seek, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, params};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::crypto::{Cipher, EncryptionSecret, Purpose};
+use crate::{
+    Clock, NewEvent, OpenStream, Purged, Replay, Retention, SessionRecord, Store, StoreError, StoredEvent,
+    millis, new_event_id, session_key,
+};
+
+/// Most jobs committed in one transaction.
+const MAX_BATCH: usize = 512;
+
+/// The schema, one entry per version; `PRAGMA user_version` records how many
+/// have been applied. Entries are never edited once released, only added.
+const MIGRATIONS: &[&str] = &[
+    // 1: sessions, streams, events, per-session state.
+    "CREATE TABLE meta (
+        name TEXT PRIMARY KEY,
+        value BLOB NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE sessions (
+        key BLOB PRIMARY KEY,
+        owner TEXT NOT NULL,
+        init_params BLOB NOT NULL,
+        created_at INTEGER NOT NULL,
+        last_seen INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE streams (
+        stream TEXT PRIMARY KEY,
+        session BLOB NOT NULL,
+        request_id BLOB,
+        created_at INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX streams_by_session ON streams (session);
+    CREATE TABLE events (
+        seq INTEGER PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
+        stream TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        retry_ms INTEGER,
+        message BLOB,
+        response INTEGER NOT NULL
+    );
+    CREATE INDEX events_by_stream ON events (stream, seq);
+    CREATE TABLE state (
+        session BLOB NOT NULL,
+        name TEXT NOT NULL,
+        value BLOB NOT NULL,
+        PRIMARY KEY (session, name)
+    ) WITHOUT ROWID;",
+];
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// How hard a commit tries to reach the disk.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Durability {
+    /// `synchronous=NORMAL`: a committed write survives a crash of the
+    /// process; a power loss may lose the last commits (never corrupts).
+    #[default]
+    Normal,
+    /// `synchronous=FULL`: every commit is on disk before it is reported.
+    Full,
+}
+
+/// Where the database lives and how it is kept.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct SqliteOptions {
+    pub path: PathBuf,
+    pub durability: Durability,
+    /// Encrypt every stored value with keys derived from this secret.
+    pub secret: Option<EncryptionSecret>,
+    pub retention: Retention,
+    pub clock: Clock,
+}
+
+impl SqliteOptions {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            durability: Durability::Normal,
+            secret: None,
+            retention: Retention::default(),
+            clock: Clock::system(),
+        }
+    }
+
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
+        self
+    }
+
+    pub fn secret(mut self, secret: Option<EncryptionSecret>) -> Self {
+        self.secret = secret;
+        self
+    }
+
+    pub fn retention(mut self, retention: Retention) -> Self {
+        self.retention = retention;
+        self
+    }
+
+    pub fn clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+}
+
+type Reply = Box<dyn FnOnce(Option<&str>) + Send>;
+
+enum Job {
+    Run(Box<dyn FnOnce(&Writer) -> Reply + Send>),
+    Close(oneshot::Sender<Result<(), StoreError>>),
+}
+
+/// The store handle: queues jobs for the writer thread.
+#[derive(Debug)]
+pub struct SqliteStore {
+    path: PathBuf,
+    jobs: Mutex<Option<mpsc::UnboundedSender<Job>>>,
+    /// When each session's use was last written: a busy session is written
+    /// at most once per [`TOUCH_INTERVAL_MS`].
+    touched: Mutex<HashMap<Vec<u8>, i64>>,
+    clock: Clock,
+}
+
+/// How stale a stored "last seen" may be; far below any sensible TTL.
+const TOUCH_INTERVAL_MS: i64 = 1000;
+
+/// What the writer thread owns. Field order matters: the connection closes
+/// before the lock file is released.
+struct Writer {
+    connection: Connection,
+    cipher: Option<Cipher>,
+    retention: Retention,
+    clock: Clock,
+    /// Events and bytes appended per stream since it was last trimmed (or
+    /// since start, or the last cleanup): a stream is trimmed once these
+    /// pass a quarter of its bounds, so each append stays cheap.
+    appended: RefCell<HashMap<String, (usize, usize)>>,
+    _lock: File,
+}
+
+impl SqliteStore {
+    /// Opens (or creates) the database and starts its writer thread.
+    ///
+    /// Refuses, leaving the file untouched, when another process holds it,
+    /// when its schema is newer than this build's, when it is damaged, or
+    /// when the encryption secret is missing, wrong, or given for a
+    /// database created without encryption. Blocks while it checks the file.
+    pub fn open(options: SqliteOptions) -> Result<Self, StoreError> {
+        let SqliteOptions { path, durability, secret, retention, clock } = options;
+        let io = |source| StoreError::Io { path: path.clone(), source };
+        if let Some(parent) = path.parent().filter(|parent| !parent.as_os_str().is_empty())
+            && !parent.exists()
+        {
+            DirBuilder::new().recursive(true).mode(0o700).create(parent).map_err(io)?;
+        }
+        let lock = lock_file(&path)?;
+        prepare_files(&path).map_err(io)?;
+        let connection = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|error| classify(&path, error))?;
+        check_integrity(&connection, &path)?;
+        configure(&connection, durability).map_err(|error| classify(&path, error))?;
+        migrate(&connection, &path)?;
+        let cipher = check_keys(&connection, &path, secret.as_ref())?;
+        let writer = Writer {
+            connection,
+            cipher,
+            retention,
+            clock: clock.clone(),
+            appended: RefCell::default(),
+            _lock: lock,
+        };
+        let (jobs, receiver) = mpsc::unbounded_channel();
+        std::thread::Builder::new()
+            .name("mcpsock-store".into())
+            .spawn(move || write_loop(writer, receiver))
+            .map_err(io)?;
+        tracing::info!(db = %path.display(), encrypted = secret.is_some(), "state database open");
+        Ok(Self { path, jobs: Mutex::new(Some(jobs)), touched: Mutex::default(), clock })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn sender(&self) -> Option<mpsc::UnboundedSender<Job>> {
+        self.jobs.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Runs `work` on the writer thread and returns its result once the
+    /// batch that ran it has committed.
+    async fn submit<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Writer) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let job = Job::Run(Box::new(move |writer| {
+            let result = work(writer);
+            Box::new(move |commit_error: Option<&str>| {
+                let result = match commit_error {
+                    Some(error) => Err(StoreError::Commit(error.to_string())),
+                    None => result,
+                };
+                let _ = reply.send(result);
+            })
+        }));
+        self.sender().ok_or(StoreError::Closed)?.send(job).map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+/// Takes the exclusive lock that makes one process the database's only
+/// user, and writes our pid into the lock file for the next one's message.
+fn lock_file(path: &Path) -> Result<File, StoreError> {
+    let lock_path = with_suffix(path, ".lock");
+    let io = |source| StoreError::Io { path: lock_path.clone(), source };
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(&lock_path)
+        .map_err(io)?;
+    if let Err(error) = rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        if error == rustix::io::Errno::WOULDBLOCK {
+            let mut text = String::new();
+            let _ = file.read_to_string(&mut text);
+            return Err(StoreError::Locked { path: path.to_path_buf(), pid: text.trim().parse().ok() });
+        }
+        return Err(io(error.into()));
+    }
+    file.set_len(0).map_err(io)?;
+    file.rewind().map_err(io)?;
+    write!(file, "{}", std::process::id()).map_err(io)?;
+    Ok(file)
+}
+
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// Creates the database file 0600 when missing, and narrows the mode of an
+/// existing database and its `-wal`/`-shm` files to 0600 (SQLite gives the
+/// side files the database's mode). Symlinks are refused, not followed.
+fn prepare_files(path: &Path) -> std::io::Result<()> {
+    let open = |path: &Path, create: bool| {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(create)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(path)
+    };
+    for (file_path, create) in
+        [(path.to_path_buf(), true), (with_suffix(path, "-wal"), false), (with_suffix(path, "-shm"), false)]
+    {
+        let file = match open(&file_path, create) {
+            Ok(file) => file,
+            Err(error) if !create && error.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(error) => {
+                return Err(std::io::Error::new(error.kind(), format!("{}: {error}", file_path.display())));
+            }
+        };
+        let metadata = file.metadata()?;
+        if !metadata.is_file() {
+            return Err(std::io::Error::other(format!("{} is not a regular file", file_path.display())));
+        }
+        if metadata.mode() & 0o077 != 0 {
+            tracing::warn!(file = %file_path.display(), mode = format!("{:o}", metadata.mode() & 0o777), "narrowing the state file's mode to 0600");
+            file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        }
+    }
+    Ok(())
+}
+
+fn classify(path: &Path, error: rusqlite::Error) -> StoreError {
+    match error.sqlite_error_code() {
+        Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt) => {
+            StoreError::Corrupt { path: path.to_path_buf(), detail: error.to_string() }
+        }
+        _ => StoreError::Sqlite(error),
+    }
+}
+
+/// A damaged file is refused before anything is written to it.
+fn check_integrity(connection: &Connection, path: &Path) -> Result<(), StoreError> {
+    let verdict: String = connection
+        .query_row("PRAGMA quick_check", [], |row| row.get(0))
+        .map_err(|error| classify(path, error))?;
+    if verdict != "ok" {
+        return Err(StoreError::Corrupt { path: path.to_path_buf(), detail: verdict });
+    }
+    Ok(())
+}
+
+fn configure(connection: &Connection, durability: Durability) -> rusqlite::Result<()> {
+    // Rows are small and every commit writes whole pages to the log: small
+    // pages write less. Takes effect only when the database is created.
+    connection.execute_batch("PRAGMA page_size = 1024;")?;
+    let mode: String = connection.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        tracing::warn!(mode, "the state database is not in WAL mode");
+    }
+    connection.execute_batch(match durability {
+        Durability::Normal => "PRAGMA synchronous = NORMAL;",
+        Durability::Full => "PRAGMA synchronous = FULL;",
+    })?;
+    // The same hot pages are rewritten by every batch; checkpointing less
+    // often copies each of them back less often (the log may grow to about
+    // 4 MiB between checkpoints).
+    connection.execute_batch(
+        "PRAGMA foreign_keys = OFF; PRAGMA temp_store = MEMORY; PRAGMA wal_autocheckpoint = 4000; PRAGMA cache_size = -8192;",
+    )?;
+    Ok(())
+}
+
+fn migrate(connection: &Connection, path: &Path) -> Result<(), StoreError> {
+    let found: i64 = connection
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .map_err(|error| classify(path, error))?;
+    if found > SCHEMA_VERSION {
+        return Err(StoreError::NewerSchema { path: path.to_path_buf(), found, supported: SCHEMA_VERSION });
+    }
+    let applied = usize::try_from(found).unwrap_or(0);
+    for (index, migration) in MIGRATIONS.iter().enumerate().skip(applied) {
+        let version = index + 1;
+        let script = format!("BEGIN IMMEDIATE; {migration}; PRAGMA user_version = {version}; COMMIT;");
+        connection.execute_batch(&script).map_err(|error| {
+            let _ = connection.execute_batch("ROLLBACK");
+            classify(path, error)
+        })?;
+        tracing::info!(db = %path.display(), version, "state database schema migrated");
+    }
+    Ok(())
+}
+
+/// Records, on first use, whether the database is encrypted (with a random
+/// salt and a sealed check value); on later opens, insists on the same
+/// answer and a secret that opens the check value.
+fn check_keys(
+    connection: &Connection,
+    path: &Path,
+    secret: Option<&EncryptionSecret>,
+) -> Result<Option<Cipher>, StoreError> {
+    const CHECK_AAD: &[u8] = b"mcpsock key check";
+    const CHECK_VALUE: &[u8] = b"mcpsock";
+    let meta = |name: &str| -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(connection
+            .query_row("SELECT value FROM meta WHERE name = ?1", [name], |row| row.get(0))
+            .optional()?)
+    };
+    match (meta("encrypted")?, secret) {
+        (None, secret) => {
+            let encrypted: &[u8] = if secret.is_some() { b"1" } else { b"0" };
+            let cipher = match secret {
+                Some(secret) => {
+                    let mut salt = [0u8; 32];
+                    getrandom::fill(&mut salt).expect("the OS random number generator failed");
+                    let cipher = Cipher::new(secret, &salt);
+                    let check = cipher.seal(Purpose::KeyCheck, CHECK_AAD, CHECK_VALUE);
+                    connection.execute("INSERT INTO meta (name, value) VALUES ('salt', ?1)", [&salt[..]])?;
+                    connection
+                        .execute("INSERT INTO meta (name, value) VALUES ('key_check', ?1)", [&check])?;
+                    Some(cipher)
+                }
+                None => None,
+            };
+            connection.execute("INSERT INTO meta (name, value) VALUES ('encrypted', ?1)", [encrypted])?;
+            Ok(cipher)
+        }
+        (Some(flag), None) if flag == b"1" => Err(StoreError::MissingKey { path: path.to_path_buf() }),
+        (Some(_), None) => Ok(None),
+        (Some(flag), Some(_)) if flag != b"1" => Err(StoreError::NotEncrypted { path: path.to_path_buf() }),
+        (Some(_), Some(secret)) => {
+            let salt = meta("salt")?.ok_or(StoreError::Tampered)?;
+            let check = meta("key_check")?.ok_or(StoreError::Tampered)?;
+            let cipher = Cipher::new(secret, &salt);
+            match cipher.open(Purpose::KeyCheck, CHECK_AAD, &check) {
+                Ok(value) if value == CHECK_VALUE => Ok(Some(cipher)),
+                _ => Err(StoreError::WrongKey { path: path.to_path_buf() }),
+            }
+        }
+    }
+}
+
+/// The writer thread: runs queued jobs in batches, one transaction each.
+fn write_loop(writer: Writer, mut jobs: mpsc::UnboundedReceiver<Job>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut replies: Vec<Reply> = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = jobs.blocking_recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let mut close = None;
+        let begun = writer.connection.execute_batch("BEGIN IMMEDIATE");
+        for job in batch.drain(..) {
+            match job {
+                Job::Run(work) => replies.push(work(&writer)),
+                Job::Close(reply) => close = Some(reply),
+            }
+        }
+        let committed = begun.and_then(|()| writer.connection.execute_batch("COMMIT"));
+        let commit_error = committed.as_ref().err().map(ToString::to_string);
+        if let Some(error) = &commit_error {
+            tracing::error!(%error, "a state database batch failed to commit");
+            let _ = writer.connection.execute_batch("ROLLBACK");
+        }
+        for reply in replies.drain(..) {
+            reply(commit_error.as_deref());
+        }
+        if let Some(reply) = close {
+            let checkpoint = writer
+                .connection
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+                .map_err(StoreError::from);
+            // The caller may reopen the database as soon as it hears back:
+            // close the connection and release the lock first.
+            drop(writer);
+            let _ = reply.send(checkpoint);
+            return;
+        }
+    }
+}
+
+impl Writer {
+    fn seal(&self, purpose: Purpose, aad: &[u8], value: &[u8]) -> Vec<u8> {
+        match &self.cipher {
+            Some(cipher) => cipher.seal(purpose, aad, value),
+            None => value.to_vec(),
+        }
+    }
+
+    fn open(&self, purpose: Purpose, aad: &[u8], value: Vec<u8>) -> Result<Vec<u8>, StoreError> {
+        match &self.cipher {
+            Some(cipher) => cipher.open(purpose, aad, &value),
+            None => Ok(value),
+        }
+    }
+
+    /// Sessions last seen before this are expired.
+    fn expiry_cutoff(&self) -> i64 {
+        self.clock.now().saturating_sub(millis(self.retention.session_idle_ttl))
+    }
+
+    fn append(
+        &self,
+        id: &str,
+        stream: &str,
+        session: Option<&[u8]>,
+        event: NewEvent,
+    ) -> Result<(), StoreError> {
+        let now = self.clock.now();
+        if let Some(session) = session {
+            self.connection
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO streams (stream, session, request_id, created_at) VALUES (?1, ?2, NULL, ?3)",
+                )?
+                .execute(params![stream, session, now])?;
+        }
+        let message =
+            event.message.map(|message| self.seal(Purpose::Events, &event_aad(id, stream), &message));
+        let size = message.as_ref().map_or(0, Vec::len);
+        let retry_ms = event.retry_ms.map(|ms| i64::try_from(ms).unwrap_or(i64::MAX));
+        self.connection
+            .prepare_cached(
+                "INSERT INTO events (id, stream, created_at, retry_ms, message, response)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![id, stream, now, retry_ms, message, event.is_response])?;
+        self.note_append(stream, size)
+    }
+
+    /// Counts an append to `stream` and trims the stream to its bounds
+    /// when enough has been appended since the last trim.
+    fn note_append(&self, stream: &str, size: usize) -> Result<(), StoreError> {
+        let max_events = self.retention.max_events_per_session;
+        let max_bytes = self.retention.max_stream_bytes;
+        let due = {
+            let mut appended = self.appended.borrow_mut();
+            let (events, bytes) = appended.entry(stream.to_string()).or_default();
+            *events += 1;
+            *bytes += size;
+            *events > max_events.div_ceil(4) || *bytes > max_bytes.div_ceil(4)
+        };
+        if due {
+            self.trim_stream(stream, max_events, max_bytes)?;
+            self.appended.borrow_mut().remove(stream);
+        }
+        Ok(())
+    }
+
+    /// Deletes a stream's oldest events until it holds at most `max_events`
+    /// events and `max_bytes` bytes (always keeping the newest).
+    fn trim_stream(&self, stream: &str, max_events: usize, max_bytes: usize) -> Result<(), StoreError> {
+        let mut statement = self.connection.prepare_cached(
+            "SELECT seq, coalesce(length(message), 0) FROM events WHERE stream = ?1 ORDER BY seq DESC",
+        )?;
+        let mut rows = statement.query([stream])?;
+        let (mut kept, mut bytes) = (0usize, 0usize);
+        let mut first_doomed = None;
+        while let Some(row) = rows.next()? {
+            let seq: i64 = row.get(0)?;
+            let size = usize::try_from(row.get::<_, i64>(1)?).unwrap_or(0);
+            if kept > 0 && (kept >= max_events || bytes + size > max_bytes) {
+                first_doomed = Some(seq);
+                break;
+            }
+            kept += 1;
+            bytes += size;
+        }
+        drop(rows);
+        if let Some(seq) = first_doomed {
+            self.connection
+                .prepare_cached("DELETE FROM events WHERE stream = ?1 AND seq <= ?2")?
+                .execute(params![stream, seq])?;
+        }
+        Ok(())
+    }
+
+    fn delete_session(&self, key: &[u8]) -> Result<usize, StoreError> {
+        let events = self
+            .connection
+            .prepare_cached(
+                "DELETE FROM events WHERE stream IN (SELECT stream FROM streams WHERE session = ?1)",
+            )?
+            .execute([key])?;
+        self.connection.prepare_cached("DELETE FROM streams WHERE session = ?1")?.execute([key])?;
+        self.connection.prepare_cached("DELETE FROM state WHERE session = ?1")?.execute([key])?;
+        self.connection.prepare_cached("DELETE FROM sessions WHERE key = ?1")?.execute([key])?;
+        Ok(events)
+    }
+}
+
+fn session_aad(key: &[u8]) -> Vec<u8> {
+    [b"session:".as_slice(), key].concat()
+}
+
+fn event_aad(id: &str, stream: &str) -> Vec<u8> {
+    format!("event:{id}:{stream}").into_bytes()
+}
+
+fn stream_aad(stream: &str) -> Vec<u8> {
+    format!("stream:{stream}").into_bytes()
+}
+
+fn state_aad(session: &[u8], name: &str) -> Vec<u8> {
+    [b"state:".as_slice(), session, b":", name.as_bytes()].concat()
+}
+
+#[async_trait::async_trait]
+impl Store for SqliteStore {
+    async fn put_session(&self, session: SessionRecord) -> Result<(), StoreError> {
+        self.submit(move |writer| {
+            let key = session_key(&session.id);
+            let init_params = writer.seal(Purpose::Sessions, &session_aad(&key), &session.init_params);
+            writer
+                .connection
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO sessions (key, owner, init_params, created_at, last_seen)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )?
+                .execute(params![key, session.owner, init_params, session.created_at, session.last_seen])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn load_session(&self, id: &str) -> Result<Option<SessionRecord>, StoreError> {
+        let id = id.to_string();
+        self.submit(move |writer| {
+            let key = session_key(&id);
+            let row = writer
+                .connection
+                .prepare_cached(
+                    "SELECT owner, init_params, created_at, last_seen FROM sessions WHERE key = ?1 AND last_seen > ?2",
+                )?
+                .query_row(params![key, writer.expiry_cutoff()], |row| {
+                    Ok((row.get::<_, String>(0)?, row.get::<_, Vec<u8>>(1)?, row.get(2)?, row.get(3)?))
+                })
+                .optional()?;
+            let Some((owner, sealed, created_at, last_seen)) = row else { return Ok(None) };
+            let init_params = writer.open(Purpose::Sessions, &session_aad(&key), sealed)?;
+            Ok(Some(SessionRecord { id, owner, init_params, created_at, last_seen }))
+        })
+        .await
+    }
+
+    fn touch_session(&self, id: &str) {
+        let key = session_key(id);
+        let now = self.clock.now();
+        {
+            let mut touched = self.touched.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if touched.get(&key).is_some_and(|last| now - last < TOUCH_INTERVAL_MS) {
+                return;
+            }
+            if touched.len() > 100_000 {
+                touched.retain(|_, last| now - *last < TOUCH_INTERVAL_MS);
+            }
+            touched.insert(key.clone(), now);
+        }
+        let job = Job::Run(Box::new(move |writer: &Writer| {
+            let touched = writer
+                .connection
+                .prepare_cached("UPDATE sessions SET last_seen = max(last_seen, ?2) WHERE key = ?1")
+                .and_then(|mut statement| statement.execute(params![key, writer.clock.now()]));
+            if let Err(error) = touched {
+                tracing::warn!(%error, "could not record session use");
+            }
+            Box::new(|_: Option<&str>| {})
+        }));
+        if let Some(jobs) = self.sender() {
+            let _ = jobs.send(job);
+        }
+    }
+
+    async fn delete_session(&self, id: &str) -> Result<(), StoreError> {
+        let key = session_key(id);
+        self.submit(move |writer| writer.delete_session(&key).map(drop)).await
+    }
+
+    async fn append_event(
+        &self,
+        stream: &str,
+        session: Option<&str>,
+        event: NewEvent,
+    ) -> Result<String, StoreError> {
+        let stream = stream.to_string();
+        let session = session.map(session_key);
+        self.submit(move |writer| {
+            let id = new_event_id();
+            writer.append(&id, &stream, session.as_deref(), event)?;
+            Ok(id)
+        })
+        .await
+    }
+
+    fn append_event_deferred(&self, stream: &str, event: NewEvent) -> String {
+        let id = new_event_id();
+        let (stream, event_id) = (stream.to_string(), id.clone());
+        let job = Job::Run(Box::new(move |writer: &Writer| {
+            if let Err(error) = writer.append(&event_id, &stream, None, event) {
+                tracing::warn!(%error, "could not store an event");
+            }
+            Box::new(|_: Option<&str>| {})
+        }));
+        if let Some(jobs) = self.sender() {
+            let _ = jobs.send(job);
+        }
+        id
+    }
+
+    async fn bind_stream(&self, event_id: &str, session: &str, request_id: &[u8]) -> Result<(), StoreError> {
+        let event_id = event_id.to_string();
+        let session = session_key(session);
+        let request_id = request_id.to_vec();
+        self.submit(move |writer| {
+            let stream: Option<String> = writer
+                .connection
+                .prepare_cached("SELECT stream FROM events WHERE id = ?1")?
+                .query_row([&event_id], |row| row.get(0))
+                .optional()?;
+            let Some(stream) = stream else { return Ok(()) };
+            let request_id = writer.seal(Purpose::Events, &stream_aad(&stream), &request_id);
+            writer
+                .connection
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO streams (stream, session, request_id, created_at) VALUES (?1, ?2, ?3, ?4)",
+                )?
+                .execute(params![stream, session, request_id, writer.clock.now()])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn replay_after(&self, session: &str, event_id: &str) -> Result<Option<Replay>, StoreError> {
+        let event_id = event_id.to_string();
+        let session = session_key(session);
+        self.submit(move |writer| {
+            let found = writer
+                .connection
+                .prepare_cached(
+                    "SELECT e.seq, e.stream, s.session, s.request_id IS NULL
+                     FROM events e JOIN streams s ON s.stream = e.stream WHERE e.id = ?1",
+                )?
+                .query_row([&event_id], |row| {
+                    Ok((
+                        row.get::<_, i64>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, Vec<u8>>(2)?,
+                        row.get(3)?,
+                    ))
+                })
+                .optional()?;
+            let Some((seq, stream, owner, standalone)) = found else { return Ok(None) };
+            if owner != session {
+                return Ok(None);
+            }
+            let mut statement = writer.connection.prepare_cached(
+                "SELECT id, retry_ms, message FROM events WHERE stream = ?1 AND seq > ?2 ORDER BY seq",
+            )?;
+            let rows = statement.query_map(params![stream, seq], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, Option<i64>>(1)?.map(|ms| u64::try_from(ms).unwrap_or(0)),
+                    row.get::<_, Option<Vec<u8>>>(2)?,
+                ))
+            })?;
+            let mut events = Vec::new();
+            for row in rows {
+                let (id, retry_ms, message) = row?;
+                let message = match message {
+                    Some(sealed) => Some(writer.open(Purpose::Events, &event_aad(&id, &stream), sealed)?),
+                    None => None,
+                };
+                events.push(StoredEvent { id, message, retry_ms });
+            }
+            Ok(Some(Replay { events, standalone }))
+        })
+        .await
+    }
+
+    async fn open_streams(&self) -> Result<Vec<OpenStream>, StoreError> {
+        self.submit(move |writer| {
+            let mut statement = writer.connection.prepare_cached(
+                "SELECT s.stream, s.request_id FROM streams s JOIN sessions x ON x.key = s.session
+                 WHERE s.request_id IS NOT NULL AND x.last_seen > ?1
+                   AND NOT EXISTS (SELECT 1 FROM events e WHERE e.stream = s.stream AND e.response)
+                 ORDER BY s.created_at, s.stream",
+            )?;
+            let rows = statement.query_map([writer.expiry_cutoff()], |row| {
+                Ok((row.get::<_, String>(0)?, row.get::<_, Vec<u8>>(1)?))
+            })?;
+            let mut open = Vec::new();
+            for row in rows {
+                let (stream, sealed) = row?;
+                let request_id = writer.open(Purpose::Events, &stream_aad(&stream), sealed)?;
+                open.push(OpenStream { stream, request_id });
+            }
+            Ok(open)
+        })
+        .await
+    }
+
+    async fn put_state(&self, session: &str, key: &str, value: Vec<u8>) -> Result<(), StoreError> {
+        let session = session_key(session);
+        let name = key.to_string();
+        self.submit(move |writer| {
+            let value = writer.seal(Purpose::State, &state_aad(&session, &name), &value);
+            writer
+                .connection
+                .prepare_cached("INSERT OR REPLACE INTO state (session, name, value) VALUES (?1, ?2, ?3)")?
+                .execute(params![session, name, value])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn load_state(&self, session: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let session = session_key(session);
+        self.submit(move |writer| {
+            let mut statement = writer
+                .connection
+                .prepare_cached("SELECT name, value FROM state WHERE session = ?1 ORDER BY name")?;
+            let rows = statement
+                .query_map([&session], |row| Ok((row.get::<_, String>(0)?, row.get::<_, Vec<u8>>(1)?)))?;
+            let mut values = Vec::new();
+            for row in rows {
+                let (name, sealed) = row?;
+                let value = writer.open(Purpose::State, &state_aad(&session, &name), sealed)?;
+                values.push((name, value));
+            }
+            Ok(values)
+        })
+        .await
+    }
+
+    async fn purge(&self) -> Result<Purged, StoreError> {
+        self.submit(move |writer| {
+            let mut purged = Purged::default();
+            let expired: Vec<Vec<u8>> = {
+                let mut statement =
+                    writer.connection.prepare_cached("SELECT key FROM sessions WHERE last_seen <= ?1")?;
+                let rows = statement.query_map([writer.expiry_cutoff()], |row| row.get(0))?;
+                rows.collect::<Result<_, _>>()?
+            };
+            for key in expired {
+                purged.events += writer.delete_session(&key)?;
+                purged.sessions += 1;
+            }
+            let oldest_kept = writer.clock.now().saturating_sub(millis(writer.retention.event_max_age));
+            // Events are appended in time order, so the old ones are those
+            // before the first young one (no index on age needed).
+            let first_young: Option<i64> = writer
+                .connection
+                .prepare_cached("SELECT seq FROM events WHERE created_at >= ?1 ORDER BY seq LIMIT 1")?
+                .query_row([oldest_kept], |row| row.get(0))
+                .optional()?;
+            purged.events += writer
+                .connection
+                .prepare_cached("DELETE FROM events WHERE seq < ?1")?
+                .execute([first_young.unwrap_or(i64::MAX)])?;
+            writer
+                .connection
+                .prepare_cached(
+                    "DELETE FROM streams WHERE created_at < ?1
+                     AND NOT EXISTS (SELECT 1 FROM events e WHERE e.stream = streams.stream)",
+                )?
+                .execute([oldest_kept])?;
+            let cap = i64::try_from(writer.retention.max_events_per_session).unwrap_or(i64::MAX);
+            let crowded: Vec<Vec<u8>> = {
+                let mut statement = writer.connection.prepare_cached(
+                    "SELECT s.session FROM events e JOIN streams s ON s.stream = e.stream
+                     GROUP BY s.session HAVING count(*) > ?1",
+                )?;
+                let rows = statement.query_map([cap], |row| row.get(0))?;
+                rows.collect::<Result<_, _>>()?
+            };
+            for session in crowded {
+                purged.events += writer
+                    .connection
+                    .prepare_cached(
+                        "DELETE FROM events WHERE seq IN (
+                            SELECT e.seq FROM events e JOIN streams s ON s.stream = e.stream
+                            WHERE s.session = ?1 ORDER BY e.seq DESC LIMIT -1 OFFSET ?2)",
+                    )?
+                    .execute(params![session, cap])?;
+            }
+            writer.appended.borrow_mut().clear();
+            Ok(purged)
+        })
+        .await
+    }
+
+    async fn close(&self) -> Result<(), StoreError> {
+        let Some(jobs) = self.jobs.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() else {
+            return Err(StoreError::Closed);
+        };
+        let (reply, answer) = oneshot::channel();
+        jobs.send(Job::Close(reply)).map_err(|_| StoreError::Closed)?;
+        drop(jobs);
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+}
