@@ -22,6 +22,13 @@ forbid mcpsock-gateway mcpsock-transport
 forbid mcpsock-transport mcpsock-gateway
 forbid mcpsock-gateway axum
 forbid mcpsock-gateway hyper
+# The store knows neither MCP nor the daemon; the gateway sees no store and
+# the client side carries no SQLite.
+forbid mcpsock-store rmcp
+forbid mcpsock-store mcpsock-daemon
+forbid mcpsock-gateway mcpsock-store
+forbid mcpsock-client mcpsock-store
+forbid mcpsock-client rusqlite
 # Wire types stay free of behaviour and IO.
 forbid mcpsock-api tokio
 

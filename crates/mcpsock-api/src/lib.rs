@@ -214,6 +214,21 @@ pub struct ServerConfigView {
     pub env: std::collections::BTreeMap<String, String>,
     pub cwd: Option<String>,
     pub enabled: bool,
+    /// What its tool and prompt names start with; `None` offers its own.
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// Only these of its tools are offered, when set.
+    #[serde(default)]
+    pub enabled_tools: Option<Vec<String>>,
+    #[serde(default)]
+    pub disabled_tools: Vec<String>,
+    #[serde(default)]
+    pub max_concurrent_requests: Option<usize>,
+    #[serde(default)]
+    pub max_queued_requests: usize,
+    /// Human-readable, like every duration in `GET /config`.
+    #[serde(default)]
+    pub queue_timeout: String,
 }
 
 /// What a secret is replaced with in every admin reply.

@@ -91,7 +91,7 @@ const DEFAULT_MAX_QUEUED_REQUESTS: usize = 100;
 const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_TTL_CLEANUP_INTERVAL: Duration = Duration::from_secs(60);
 const DEFAULT_EVENT_RETENTION: Duration = Duration::from_secs(3600);
-const DEFAULT_MAX_EVENTS_PER_SESSION: usize = 10_000;
+const DEFAULT_MAX_EVENTS_PER_SESSION: usize = 1_000;
 
 /// Where sessions and stream events are kept (`storage`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -212,6 +212,12 @@ impl Reloader {
                     env: server.env.iter().map(|(key, _)| (key.clone(), REDACTED.to_string())).collect(),
                     cwd: server.cwd.as_ref().map(|cwd| cwd.display().to_string()),
                     enabled: !disabled.contains(&server.name),
+                    prefix: server.prefix.clone(),
+                    enabled_tools: server.enabled_tools.clone(),
+                    disabled_tools: server.disabled_tools.clone(),
+                    max_concurrent_requests: server.max_concurrent_requests,
+                    max_queued_requests: server.max_queued_requests,
+                    queue_timeout: human(server.queue_timeout),
                 })
                 .collect(),
         }

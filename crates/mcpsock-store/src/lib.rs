@@ -122,13 +122,13 @@ pub struct Retention {
 }
 
 impl Default for Retention {
-    /// One hour idle, events kept an hour, 10 000 events per session,
+    /// One hour idle, events kept an hour, 1 000 events per session,
     /// 8 MiB per stream.
     fn default() -> Self {
         Self {
             session_idle_ttl: Duration::from_secs(3600),
             event_max_age: Duration::from_secs(3600),
-            max_events_per_session: 10_000,
+            max_events_per_session: 1_000,
             max_stream_bytes: 8 * 1024 * 1024,
         }
     }
@@ -323,13 +323,55 @@ pub fn session_key(id: &str) -> Vec<u8> {
     sha2::Sha256::digest(id.as_bytes()).to_vec()
 }
 
-/// A fresh event id: 128 random bits, hex.
-fn new_event_id() -> String {
-    let mut bytes = [0u8; 16];
-    // getrandom fails only without any OS randomness source, where nothing
-    // secure can run at all.
-    getrandom::fill(&mut bytes).expect("the OS random number generator failed");
-    hex(&bytes)
+/// The id of the event with sequence number `seq`: the number (so a
+/// backend finds the event by its position, without an index on random
+/// ids) and 64 random bits (so nobody can guess an id), in hex.
+fn event_id(seq: u64) -> String {
+    format_event_id(seq, random_tag())
+}
+
+/// 64 bits from the OS random number generator, drawn from a per-thread
+/// buffer so that an event costs no system call of its own.
+fn random_tag() -> u64 {
+    const BUFFERED: usize = 64;
+    thread_local! {
+        static POOL: std::cell::RefCell<([u64; BUFFERED], usize)> =
+            const { std::cell::RefCell::new(([0; BUFFERED], BUFFERED)) };
+    }
+    POOL.with_borrow_mut(|(pool, next)| {
+        if *next == BUFFERED {
+            let mut bytes = [0u8; BUFFERED * 8];
+            // getrandom fails only without any OS randomness source, where
+            // nothing secure can run at all.
+            getrandom::fill(&mut bytes).expect("the OS random number generator failed");
+            for (slot, chunk) in pool.iter_mut().zip(bytes.chunks_exact(8)) {
+                *slot = u64::from_le_bytes(chunk.try_into().expect("8-byte chunks"));
+            }
+            *next = 0;
+        }
+        let tag = pool[*next];
+        // Never hand out the same bits twice.
+        pool[*next] = 0;
+        *next += 1;
+        tag
+    })
+}
+
+/// The id of event `seq` with random `tag`.
+fn format_event_id(seq: u64, tag: u64) -> String {
+    let mut text = hex(&seq.to_be_bytes());
+    text.push_str(&hex(&tag.to_be_bytes()));
+    text
+}
+
+/// The sequence number and random tag of an event id.
+fn parse_event_id(id: &str) -> Option<(u64, u64)> {
+    if !is_event_id(id) {
+        return None;
+    }
+    let seq = u64::from_str_radix(&id[..16], 16).ok()?;
+    let tag = u64::from_str_radix(&id[16..], 16).ok()?;
+    Some((seq, tag))
 }
 
 /// Whether `id` has the shape of an event id this store hands out; anything

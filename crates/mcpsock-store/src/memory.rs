@@ -6,7 +6,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use crate::{
     Clock, NewEvent, OpenStream, Purged, Replay, Retention, SessionRecord, Store, StoreError, StoredEvent,
-    new_event_id, session_key,
+    session_key,
 };
 
 /// Sessions and events in process memory.
@@ -133,8 +133,8 @@ impl MemoryStore {
                 .entry(stream.to_string())
                 .or_insert_with(|| StreamRow { session: session_key(session), request_id: None });
         }
-        let id = new_event_id();
         let seq = inner.next_seq;
+        let id = crate::event_id(seq);
         inner.next_seq += 1;
         inner.event_seq.insert(id.clone(), seq);
         let size = event.message.as_ref().map_or(0, Vec::len);
@@ -188,7 +188,7 @@ impl Store for MemoryStore {
         // Memory has nothing to defer to: the event is stored at once.
         match self.append(stream, None, event) {
             Ok(id) => id,
-            Err(_) => crate::new_event_id(),
+            Err(_) => crate::event_id(u64::MAX),
         }
     }
 

@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::crypto::{Cipher, EncryptionSecret, Purpose};
 use crate::{
     Clock, NewEvent, OpenStream, Purged, Replay, Retention, SessionRecord, Store, StoreError, StoredEvent,
-    millis, new_event_id, session_key,
+    millis, session_key,
 };
 
 /// Most jobs committed in one transaction.
@@ -31,7 +31,11 @@ const MAX_BATCH: usize = 512;
 /// The schema, one entry per version; `PRAGMA user_version` records how many
 /// have been applied. Entries are never edited once released, only added.
 const MIGRATIONS: &[&str] = &[
-    // 1: sessions, streams, events, per-session state.
+    // 1: sessions, streams, events, per-session state. Streams and events
+    // are numbered in the order they are created, and indexed by those
+    // numbers only, so each commit appends to the right edge of every
+    // B-tree instead of rewriting random pages (event ids carry their
+    // number; streams are found by rmcp's name through the writer's cache).
     "CREATE TABLE meta (
         name TEXT PRIMARY KEY,
         value BLOB NOT NULL
@@ -44,16 +48,17 @@ const MIGRATIONS: &[&str] = &[
         last_seen INTEGER NOT NULL
     ) WITHOUT ROWID;
     CREATE TABLE streams (
-        stream TEXT PRIMARY KEY,
-        session BLOB NOT NULL,
+        no INTEGER PRIMARY KEY,
+        name TEXT NOT NULL,
+        session BLOB,
         request_id BLOB,
         created_at INTEGER NOT NULL
-    ) WITHOUT ROWID;
+    );
     CREATE INDEX streams_by_session ON streams (session);
     CREATE TABLE events (
         seq INTEGER PRIMARY KEY,
-        id TEXT NOT NULL UNIQUE,
-        stream TEXT NOT NULL,
+        tag INTEGER NOT NULL,
+        stream INTEGER NOT NULL,
         created_at INTEGER NOT NULL,
         retry_ms INTEGER,
         message BLOB,
@@ -142,6 +147,9 @@ pub struct SqliteStore {
     /// at most once per [`TOUCH_INTERVAL_MS`].
     touched: Mutex<HashMap<Vec<u8>, i64>>,
     clock: Clock,
+    /// The next event's sequence number: allocated by the caller, so an id
+    /// is known before its event is written (see `append_event_deferred`).
+    next_seq: std::sync::atomic::AtomicU64,
 }
 
 /// How stale a stored "last seen" may be; far below any sensible TTL.
@@ -157,7 +165,10 @@ struct Writer {
     /// Events and bytes appended per stream since it was last trimmed (or
     /// since start, or the last cleanup): a stream is trimmed once these
     /// pass a quarter of its bounds, so each append stays cheap.
-    appended: RefCell<HashMap<String, (usize, usize)>>,
+    appended: RefCell<HashMap<i64, (usize, usize)>>,
+    /// rmcp's stream names → (stream number, standalone) for the streams
+    /// this process writes to.
+    streams: RefCell<HashMap<String, (i64, bool)>>,
     _lock: File,
 }
 
@@ -193,20 +204,39 @@ impl SqliteStore {
             retention,
             clock: clock.clone(),
             appended: RefCell::default(),
+            streams: RefCell::default(),
             _lock: lock,
         };
+        let next_seq: i64 = writer
+            .connection
+            .query_row("SELECT coalesce(max(seq), 0) + 1 FROM events", [], |row| row.get(0))
+            .map_err(|error| classify(&path, error))?;
         let (jobs, receiver) = mpsc::unbounded_channel();
         std::thread::Builder::new()
             .name("mcpsock-store".into())
             .spawn(move || write_loop(writer, receiver))
             .map_err(io)?;
         tracing::info!(db = %path.display(), encrypted = secret.is_some(), "state database open");
-        Ok(Self { path, jobs: Mutex::new(Some(jobs)), touched: Mutex::default(), clock })
+        Ok(Self {
+            path,
+            jobs: Mutex::new(Some(jobs)),
+            touched: Mutex::default(),
+            clock,
+            next_seq: std::sync::atomic::AtomicU64::new(u64::try_from(next_seq).unwrap_or(1)),
+        })
     }
 
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// A fresh event's sequence number, tag and id.
+    fn next_event_id(&self) -> (i64, i64, String) {
+        let seq = self.next_seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = crate::event_id(seq);
+        let (_, tag) = crate::parse_event_id(&id).expect("a fresh id parses");
+        (seq as i64, tag as i64, id)
     }
 
     fn sender(&self) -> Option<mpsc::UnboundedSender<Job>> {
@@ -478,56 +508,101 @@ impl Writer {
         self.clock.now().saturating_sub(millis(self.retention.session_idle_ttl))
     }
 
+    /// The number of the stream rmcp calls `name` (or, for `no:<n>`, of
+    /// stream `n` itself), creating the stream on first use. A stream of
+    /// this process is found in the cache; a session's standalone stream
+    /// from an earlier process by its session.
+    fn stream_no(&self, name: &str, session: Option<&[u8]>) -> Result<i64, StoreError> {
+        if let Some(no) = name.strip_prefix("no:").and_then(|no| no.parse().ok()) {
+            return Ok(no);
+        }
+        if let Some(entry) = self.streams.borrow().get(name) {
+            return Ok(entry.0);
+        }
+        let found: Option<i64> = match session {
+            Some(session) => self
+                .connection
+                .prepare_cached(
+                    "SELECT no FROM streams WHERE session = ?1 AND request_id IS NULL AND name = ?2",
+                )?
+                .query_row(params![session, name], |row| row.get(0))
+                .optional()?,
+            None => None,
+        };
+        let no = match found {
+            Some(no) => no,
+            None => {
+                self.connection
+                    .prepare_cached("INSERT INTO streams (name, session, created_at) VALUES (?1, ?2, ?3)")?
+                    .execute(params![name, session, self.clock.now()])?;
+                self.connection.last_insert_rowid()
+            }
+        };
+        self.streams.borrow_mut().insert(name.to_string(), (no, session.is_some()));
+        Ok(no)
+    }
+
     fn append(
         &self,
+        seq: i64,
+        tag: i64,
         id: &str,
         stream: &str,
         session: Option<&[u8]>,
         event: NewEvent,
     ) -> Result<(), StoreError> {
-        let now = self.clock.now();
-        if let Some(session) = session {
-            self.connection
-                .prepare_cached(
-                    "INSERT OR IGNORE INTO streams (stream, session, request_id, created_at) VALUES (?1, ?2, NULL, ?3)",
-                )?
-                .execute(params![stream, session, now])?;
-        }
+        let stream_no = self.stream_no(stream, session)?;
         let message =
-            event.message.map(|message| self.seal(Purpose::Events, &event_aad(id, stream), &message));
+            event.message.map(|message| self.seal(Purpose::Events, &event_aad(id, stream_no), &message));
         let size = message.as_ref().map_or(0, Vec::len);
         let retry_ms = event.retry_ms.map(|ms| i64::try_from(ms).unwrap_or(i64::MAX));
         self.connection
             .prepare_cached(
-                "INSERT INTO events (id, stream, created_at, retry_ms, message, response)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO events (seq, tag, stream, created_at, retry_ms, message, response)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?
-            .execute(params![id, stream, now, retry_ms, message, event.is_response])?;
-        self.note_append(stream, size)
+            .execute(params![seq, tag, stream_no, self.clock.now(), retry_ms, message, event.is_response])?;
+        if event.is_response && session.is_none() {
+            // A request stream is complete: rmcp sends nothing after it.
+            self.streams.borrow_mut().remove(stream);
+        }
+        self.note_append(stream_no, size)
+    }
+
+    /// The event `id` as (sequence number, stream number), if it exists.
+    fn find_event(&self, id: &str) -> Result<Option<(i64, i64)>, StoreError> {
+        let Some((seq, tag)) = crate::parse_event_id(id) else { return Ok(None) };
+        let (seq, tag) = (seq as i64, tag as i64);
+        Ok(self
+            .connection
+            .prepare_cached("SELECT stream FROM events WHERE seq = ?1 AND tag = ?2")?
+            .query_row(params![seq, tag], |row| row.get(0))
+            .optional()?
+            .map(|stream| (seq, stream)))
     }
 
     /// Counts an append to `stream` and trims the stream to its bounds
     /// when enough has been appended since the last trim.
-    fn note_append(&self, stream: &str, size: usize) -> Result<(), StoreError> {
+    fn note_append(&self, stream: i64, size: usize) -> Result<(), StoreError> {
         let max_events = self.retention.max_events_per_session;
         let max_bytes = self.retention.max_stream_bytes;
         let due = {
             let mut appended = self.appended.borrow_mut();
-            let (events, bytes) = appended.entry(stream.to_string()).or_default();
+            let (events, bytes) = appended.entry(stream).or_default();
             *events += 1;
             *bytes += size;
             *events > max_events.div_ceil(4) || *bytes > max_bytes.div_ceil(4)
         };
         if due {
             self.trim_stream(stream, max_events, max_bytes)?;
-            self.appended.borrow_mut().remove(stream);
+            self.appended.borrow_mut().remove(&stream);
         }
         Ok(())
     }
 
     /// Deletes a stream's oldest events until it holds at most `max_events`
     /// events and `max_bytes` bytes (always keeping the newest).
-    fn trim_stream(&self, stream: &str, max_events: usize, max_bytes: usize) -> Result<(), StoreError> {
+    fn trim_stream(&self, stream: i64, max_events: usize, max_bytes: usize) -> Result<(), StoreError> {
         let mut statement = self.connection.prepare_cached(
             "SELECT seq, coalesce(length(message), 0) FROM events WHERE stream = ?1 ORDER BY seq DESC",
         )?;
@@ -556,9 +631,7 @@ impl Writer {
     fn delete_session(&self, key: &[u8]) -> Result<usize, StoreError> {
         let events = self
             .connection
-            .prepare_cached(
-                "DELETE FROM events WHERE stream IN (SELECT stream FROM streams WHERE session = ?1)",
-            )?
+            .prepare_cached("DELETE FROM events WHERE stream IN (SELECT no FROM streams WHERE session = ?1)")?
             .execute([key])?;
         self.connection.prepare_cached("DELETE FROM streams WHERE session = ?1")?.execute([key])?;
         self.connection.prepare_cached("DELETE FROM state WHERE session = ?1")?.execute([key])?;
@@ -571,11 +644,11 @@ fn session_aad(key: &[u8]) -> Vec<u8> {
     [b"session:".as_slice(), key].concat()
 }
 
-fn event_aad(id: &str, stream: &str) -> Vec<u8> {
+fn event_aad(id: &str, stream: i64) -> Vec<u8> {
     format!("event:{id}:{stream}").into_bytes()
 }
 
-fn stream_aad(stream: &str) -> Vec<u8> {
+fn stream_aad(stream: i64) -> Vec<u8> {
     format!("stream:{stream}").into_bytes()
 }
 
@@ -662,19 +735,19 @@ impl Store for SqliteStore {
     ) -> Result<String, StoreError> {
         let stream = stream.to_string();
         let session = session.map(session_key);
+        let (seq, tag, id) = self.next_event_id();
         self.submit(move |writer| {
-            let id = new_event_id();
-            writer.append(&id, &stream, session.as_deref(), event)?;
+            writer.append(seq, tag, &id, &stream, session.as_deref(), event)?;
             Ok(id)
         })
         .await
     }
 
     fn append_event_deferred(&self, stream: &str, event: NewEvent) -> String {
-        let id = new_event_id();
+        let (seq, tag, id) = self.next_event_id();
         let (stream, event_id) = (stream.to_string(), id.clone());
         let job = Job::Run(Box::new(move |writer: &Writer| {
-            if let Err(error) = writer.append(&event_id, &stream, None, event) {
+            if let Err(error) = writer.append(seq, tag, &event_id, &stream, None, event) {
                 tracing::warn!(%error, "could not store an event");
             }
             Box::new(|_: Option<&str>| {})
@@ -690,19 +763,15 @@ impl Store for SqliteStore {
         let session = session_key(session);
         let request_id = request_id.to_vec();
         self.submit(move |writer| {
-            let stream: Option<String> = writer
-                .connection
-                .prepare_cached("SELECT stream FROM events WHERE id = ?1")?
-                .query_row([&event_id], |row| row.get(0))
-                .optional()?;
-            let Some(stream) = stream else { return Ok(()) };
-            let request_id = writer.seal(Purpose::Events, &stream_aad(&stream), &request_id);
+            let Some((_, stream)) = writer.find_event(&event_id)? else { return Ok(()) };
+            let request_id = writer.seal(Purpose::Events, &stream_aad(stream), &request_id);
+            // First come: a stream already bound stays with its session.
             writer
                 .connection
                 .prepare_cached(
-                    "INSERT OR IGNORE INTO streams (stream, session, request_id, created_at) VALUES (?1, ?2, ?3, ?4)",
+                    "UPDATE streams SET session = ?2, request_id = ?3 WHERE no = ?1 AND session IS NULL",
                 )?
-                .execute(params![stream, session, request_id, writer.clock.now()])?;
+                .execute(params![stream, session, request_id])?;
             Ok(())
         })
         .await
@@ -712,40 +781,33 @@ impl Store for SqliteStore {
         let event_id = event_id.to_string();
         let session = session_key(session);
         self.submit(move |writer| {
-            let found = writer
+            let Some((seq, stream)) = writer.find_event(&event_id)? else { return Ok(None) };
+            let owner: Option<(Option<Vec<u8>>, bool)> = writer
                 .connection
-                .prepare_cached(
-                    "SELECT e.seq, e.stream, s.session, s.request_id IS NULL
-                     FROM events e JOIN streams s ON s.stream = e.stream WHERE e.id = ?1",
-                )?
-                .query_row([&event_id], |row| {
-                    Ok((
-                        row.get::<_, i64>(0)?,
-                        row.get::<_, String>(1)?,
-                        row.get::<_, Vec<u8>>(2)?,
-                        row.get(3)?,
-                    ))
-                })
+                .prepare_cached("SELECT session, request_id IS NULL FROM streams WHERE no = ?1")?
+                .query_row([stream], |row| Ok((row.get(0)?, row.get(1)?)))
                 .optional()?;
-            let Some((seq, stream, owner, standalone)) = found else { return Ok(None) };
+            let Some((Some(owner), standalone)) = owner else { return Ok(None) };
             if owner != session {
                 return Ok(None);
             }
             let mut statement = writer.connection.prepare_cached(
-                "SELECT id, retry_ms, message FROM events WHERE stream = ?1 AND seq > ?2 ORDER BY seq",
+                "SELECT seq, tag, retry_ms, message FROM events WHERE stream = ?1 AND seq > ?2 ORDER BY seq",
             )?;
             let rows = statement.query_map(params![stream, seq], |row| {
                 Ok((
-                    row.get::<_, String>(0)?,
-                    row.get::<_, Option<i64>>(1)?.map(|ms| u64::try_from(ms).unwrap_or(0)),
-                    row.get::<_, Option<Vec<u8>>>(2)?,
+                    row.get::<_, i64>(0)?,
+                    row.get::<_, i64>(1)?,
+                    row.get::<_, Option<i64>>(2)?.map(|ms| u64::try_from(ms).unwrap_or(0)),
+                    row.get::<_, Option<Vec<u8>>>(3)?,
                 ))
             })?;
             let mut events = Vec::new();
             for row in rows {
-                let (id, retry_ms, message) = row?;
+                let (seq, tag, retry_ms, message) = row?;
+                let id = crate::format_event_id(seq as u64, tag as u64);
                 let message = match message {
-                    Some(sealed) => Some(writer.open(Purpose::Events, &event_aad(&id, &stream), sealed)?),
+                    Some(sealed) => Some(writer.open(Purpose::Events, &event_aad(&id, stream), sealed)?),
                     None => None,
                 };
                 events.push(StoredEvent { id, message, retry_ms });
@@ -758,19 +820,19 @@ impl Store for SqliteStore {
     async fn open_streams(&self) -> Result<Vec<OpenStream>, StoreError> {
         self.submit(move |writer| {
             let mut statement = writer.connection.prepare_cached(
-                "SELECT s.stream, s.request_id FROM streams s JOIN sessions x ON x.key = s.session
+                "SELECT s.no, s.request_id FROM streams s JOIN sessions x ON x.key = s.session
                  WHERE s.request_id IS NOT NULL AND x.last_seen > ?1
-                   AND NOT EXISTS (SELECT 1 FROM events e WHERE e.stream = s.stream AND e.response)
-                 ORDER BY s.created_at, s.stream",
+                   AND NOT EXISTS (SELECT 1 FROM events e WHERE e.stream = s.no AND e.response)
+                 ORDER BY s.no",
             )?;
             let rows = statement.query_map([writer.expiry_cutoff()], |row| {
-                Ok((row.get::<_, String>(0)?, row.get::<_, Vec<u8>>(1)?))
+                Ok((row.get::<_, i64>(0)?, row.get::<_, Vec<u8>>(1)?))
             })?;
             let mut open = Vec::new();
             for row in rows {
                 let (stream, sealed) = row?;
-                let request_id = writer.open(Purpose::Events, &stream_aad(&stream), sealed)?;
-                open.push(OpenStream { stream, request_id });
+                let request_id = writer.open(Purpose::Events, &stream_aad(stream), sealed)?;
+                open.push(OpenStream { stream: format!("no:{stream}"), request_id });
             }
             Ok(open)
         })
@@ -839,14 +901,14 @@ impl Store for SqliteStore {
                 .connection
                 .prepare_cached(
                     "DELETE FROM streams WHERE created_at < ?1
-                     AND NOT EXISTS (SELECT 1 FROM events e WHERE e.stream = streams.stream)",
+                     AND NOT EXISTS (SELECT 1 FROM events e WHERE e.stream = streams.no)",
                 )?
                 .execute([oldest_kept])?;
             let cap = i64::try_from(writer.retention.max_events_per_session).unwrap_or(i64::MAX);
             let crowded: Vec<Vec<u8>> = {
                 let mut statement = writer.connection.prepare_cached(
-                    "SELECT s.session FROM events e JOIN streams s ON s.stream = e.stream
-                     GROUP BY s.session HAVING count(*) > ?1",
+                    "SELECT s.session FROM events e JOIN streams s ON s.no = e.stream
+                     WHERE s.session IS NOT NULL GROUP BY s.session HAVING count(*) > ?1",
                 )?;
                 let rows = statement.query_map([cap], |row| row.get(0))?;
                 rows.collect::<Result<_, _>>()?
@@ -856,12 +918,19 @@ impl Store for SqliteStore {
                     .connection
                     .prepare_cached(
                         "DELETE FROM events WHERE seq IN (
-                            SELECT e.seq FROM events e JOIN streams s ON s.stream = e.stream
+                            SELECT e.seq FROM events e JOIN streams s ON s.no = e.stream
                             WHERE s.session = ?1 ORDER BY e.seq DESC LIMIT -1 OFFSET ?2)",
                     )?
                     .execute(params![session, cap])?;
             }
             writer.appended.borrow_mut().clear();
+            // Forget standalone streams (found again by their session) and
+            // request streams whose rows are gone.
+            let oldest_stream: i64 = writer
+                .connection
+                .prepare_cached("SELECT coalesce(min(no), 0) FROM streams")?
+                .query_row([], |row| row.get(0))?;
+            writer.streams.borrow_mut().retain(|_, (no, standalone)| !*standalone && *no >= oldest_stream);
             Ok(purged)
         })
         .await

@@ -237,6 +237,11 @@ fn socket_serves_one_stdio_server_on_its_own_socket() {
     assert!(stdout(&tools).contains("mcpsock-demo-server__echo"), "{}", stdout(&tools));
     let status = status_of(&socket);
     assert_eq!(status["config_file"], serde_json::Value::Null);
+    // Each app keeps its sessions in a database of its own.
+    let app_db = sandbox.path().join("xdg-data/mcpsock/sockets/mcpsock-demo-server.db");
+    assert_eq!(status["storage"]["mode"], "sqlite");
+    assert_eq!(status["storage"]["path"], app_db.to_str().unwrap());
+    assert!(app_db.exists());
     let reload = sandbox.run(&[&["reload"][..], &target].concat());
     assert_eq!(reload.status.code(), Some(1));
     assert!(stderr(&reload).contains("no config file to reload"), "{}", stderr(&reload));
@@ -255,6 +260,7 @@ fn socket_serves_one_stdio_server_on_its_own_socket() {
     let call =
         sandbox.run(&["call", "echoes__echo", "--arg", "text=one line", "--socket", named.to_str().unwrap()]);
     assert_eq!(stdout(&call).trim(), "one line", "{}", stderr(&call));
+    assert!(sandbox.path().join("xdg-data/mcpsock/sockets/echoes.db").exists());
     rustix::process::kill_process(pid(child.id()), rustix::process::Signal::TERM).unwrap();
     assert!(wait_for_exit("the socket server exits", &mut child).success());
 }

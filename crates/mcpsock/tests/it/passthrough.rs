@@ -383,3 +383,36 @@ fn a_request_the_client_cancels_is_cancelled_upstream() {
     });
     assert!(daemon.stop().success());
 }
+
+#[test]
+fn a_reload_renames_the_tools_and_tells_open_sessions() {
+    let sandbox = Sandbox::new();
+    let config = sandbox.write_config(&json!({"mcpServers": {"demo": {"command": demo_server()}}}));
+    let daemon = Daemon::start(&sandbox, &config);
+    runtime().block_on(async {
+        let recorder = Recorder::new(Answer::Accept(json!({})));
+        let client = connect(&sandbox, &recorder).await;
+        let names = |tools: Vec<rmcp::model::Tool>| -> Vec<String> {
+            tools.into_iter().map(|tool| tool.name.to_string()).collect()
+        };
+        let before = names(client.list_all_tools().await.unwrap());
+        assert_eq!(before, ["demo__add", "demo__countdown", "demo__echo", "demo__now"]);
+
+        rewrite_config(
+            &config,
+            &json!({"mcpServers": {"demo": {"command": demo_server(), "prefix": "d2", "disabled_tools": ["now"]}}}),
+        );
+        let reload = sandbox.client(&["reload"]);
+        assert!(reload.status.success(), "{}", stderr(&reload));
+        wait_for("the open session hears the tool list changed", &recorder, |seen| seen.tools_changed >= 1)
+            .await;
+        // The same session sees the names of the new set of upstreams.
+        let after = names(client.list_all_tools().await.unwrap());
+        assert_eq!(after, ["d2__add", "d2__countdown", "d2__echo"]);
+        assert_eq!(call(&client, "d2__echo", json!({"text": "renamed"})).await, "renamed");
+        let old = client.call_tool(CallToolRequestParams::new("demo__echo")).await;
+        assert!(old.is_err(), "the old name is gone: {old:?}");
+        client.cancel().await.unwrap();
+    });
+    assert!(daemon.stop().success());
+}

@@ -6,6 +6,7 @@ use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use mcpsock_store::Store;
 use rustix::process::Signal;
 use serde_json::json;
 
@@ -172,6 +173,7 @@ fn sec40_every_event_a_client_received_survives_kill_9() {
     let config = sandbox.write_config(&json!({"mcpServers": {}}));
     let socket = sandbox.socket();
     let mut received_total = 0;
+    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
     for round in 0..100u32 {
         let mut daemon = Daemon::start(&sandbox, &config);
         let session = open_session(Target::Unix(&socket), "localhost", "");
@@ -221,12 +223,22 @@ fn sec40_every_event_a_client_received_survives_kill_9() {
         .unwrap();
         let integrity: String = db.query_row("PRAGMA integrity_check", [], |row| row.get(0)).unwrap();
         assert_eq!(integrity, "ok", "round {round}");
+        drop(db);
+        // Every id the client holds resumes its stream in the restarted
+        // store: the event is there, and its stream is bound to the session.
         let received = received.lock().unwrap();
-        let mut lookup = db.prepare("SELECT count(*) FROM events WHERE id = ?1").unwrap();
-        for id in received.iter() {
-            let found: i64 = lookup.query_row([id], |row| row.get(0)).unwrap();
-            assert_eq!(found, 1, "round {round}: event {id} was sent to a client but is not in the database");
-        }
+        let store =
+            mcpsock_store::SqliteStore::open(mcpsock_store::SqliteOptions::new(sandbox.state_db())).unwrap();
+        runtime.block_on(async {
+            for id in received.iter() {
+                let replay = store.replay_after(&session, id).await.unwrap();
+                assert!(
+                    replay.is_some(),
+                    "round {round}: event {id} was sent to a client but cannot be resumed"
+                );
+            }
+            store.close().await.unwrap();
+        });
         received_total += received.len();
     }
     assert!(received_total >= 100, "only {received_total} events were checked");
@@ -375,5 +387,33 @@ fn a_database_in_use_is_already_running() {
         command.arg("--memory");
     });
     assert!(in_memory.stop().success());
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn status_reports_the_store_and_full_durability_is_taken() {
+    let sandbox = Sandbox::new();
+    let config = sandbox.write_config(&json!({"mcpServers": {}, "durability": "full"}));
+    let key = write_secret(&sandbox, "key", &"k".repeat(40), 0o600);
+    let db = sandbox.path().join("elsewhere.db");
+    let daemon = Daemon::start_with(&sandbox, &config, &sandbox.socket(), |command| {
+        command.args(["--db", db.to_str().unwrap(), "--encryption-secret-file", key.to_str().unwrap()]);
+    });
+    let (code, body) = http_get(&sandbox.socket(), "/status").unwrap();
+    assert_eq!(code, 200, "{body}");
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        status["storage"],
+        json!({"mode": "sqlite", "path": db.to_str().unwrap(), "encrypted": true, "durability": "full"})
+    );
+    assert!(daemon.stop().success());
+
+    // The flag wins over the config file.
+    let daemon = Daemon::start_with(&sandbox, &config, &sandbox.socket(), |command| {
+        command.args(["--memory"]);
+    });
+    let (_, body) = http_get(&sandbox.socket(), "/status").unwrap();
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(status["storage"], json!({"mode": "memory", "encrypted": false}));
     assert!(daemon.stop().success());
 }

@@ -138,6 +138,13 @@ fn sighup_and_watch_config_reload() {
         .spawn()
         .unwrap();
     let mut lines = std::io::BufRead::lines(std::io::BufReader::new(events.stdout.take().unwrap()));
+    // The stream opens with a status event: once it is here, the
+    // subscription is live and no later event can be missed.
+    for line in lines.by_ref() {
+        if line.unwrap() == "event: status" {
+            break;
+        }
+    }
 
     // An edit is picked up by the watcher.
     rewrite_config(
