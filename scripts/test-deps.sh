@@ -9,6 +9,9 @@
 # The venv lives at ${MCPSOCK_TEST_VENV:-<repo>/target/test-venv}. Only
 # python3 (3.11+) with the venv module and access to PyPI are needed.
 #
+# It also installs the pinned npm MCP servers of tests/python/npm-upstreams.txt
+# into <repo>/target/npm-upstreams (npm and node are needed for that).
+#
 # Idempotent: a stamp file in the venv holds a hash of the requirements file
 # and of the interpreter version. When it matches, nothing is installed. When
 # the interpreter changed, the venv is rebuilt from scratch.
@@ -49,6 +52,21 @@ mkdir -p "$(dirname "$VENV")"
 if command -v flock >/dev/null 2>&1; then
     exec 9>"$VENV.lock"
     flock 9
+fi
+
+# The npm upstreams: installed when their pinned list changed.
+NPM_LIST="$REPO/tests/python/npm-upstreams.txt"
+NPM_DIR="${MCPSOCK_TEST_NPM:-$REPO/target/npm-upstreams}"
+NPM_STAMP="$NPM_DIR/.mcpsock-test-deps.stamp"
+NPM_WANT="$(sha256 <"$NPM_LIST")"
+if [[ ! -f "$NPM_STAMP" || "$(cat "$NPM_STAMP")" != "$NPM_WANT" ]]; then
+    command -v npm >/dev/null 2>&1 || die "npm is needed for the npm MCP servers in $NPM_LIST"
+    log "installing npm upstreams from $NPM_LIST into $NPM_DIR"
+    mkdir -p "$NPM_DIR"
+    mapfile -t packages < <(grep -Ev '^\s*(#|$)' "$NPM_LIST")
+    npm install --prefix "$NPM_DIR" --no-save --no-audit --no-fund --no-update-notifier --loglevel=error \
+        "${packages[@]}" >&2 || die "npm install failed"
+    printf '%s\n' "$NPM_WANT" >"$NPM_STAMP"
 fi
 
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$WANT" && "$(venv_version)" == "$BASE_VERSION" ]]; then

@@ -4,7 +4,8 @@
 # Python suite with real third-party MCP clients and servers.
 #
 # Idempotent and self-installing: everything the tests need beyond the Rust
-# toolchain and python3 is installed by scripts/test-deps.sh on first use.
+# toolchain, python3 and npm is installed by scripts/test-deps.sh and
+# scripts/conformance.sh on first use.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -49,3 +50,6 @@ step "Python tests (real MCP clients and servers)"
 python="$(bash scripts/test-deps.sh | tail -n 1)"
 # The Rust tests built the debug binaries the Python suite drives.
 MCPSOCK_BIN="$PWD/target/debug/mcpsock" "$python" -m pytest tests/python -q -p no:cacheprovider
+
+step "MCP conformance suite through the gateway"
+MCPSOCK_BIN="$PWD/target/debug/mcpsock" bash scripts/conformance.sh

@@ -214,6 +214,21 @@ pub struct ServerConfigView {
     pub env: std::collections::BTreeMap<String, String>,
     pub cwd: Option<String>,
     pub enabled: bool,
+    /// What its tool and prompt names start with; `None` offers its own.
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// Only these of its tools are offered, when set.
+    #[serde(default)]
+    pub enabled_tools: Option<Vec<String>>,
+    #[serde(default)]
+    pub disabled_tools: Vec<String>,
+    #[serde(default)]
+    pub max_concurrent_requests: Option<usize>,
+    #[serde(default)]
+    pub max_queued_requests: usize,
+    /// Human-readable, like every duration in `GET /config`.
+    #[serde(default)]
+    pub queue_timeout: String,
 }
 
 /// What a secret is replaced with in every admin reply.
@@ -354,6 +369,15 @@ pub struct UpstreamHealth {
     pub restarts: u32,
     /// Lines on its stdout that were not valid JSON-RPC, dropped.
     pub dropped_messages: u64,
+    /// Client requests being served by it now.
+    #[serde(default)]
+    pub in_flight: usize,
+    /// Client requests waiting for a free slot (`max_concurrent_requests`).
+    #[serde(default)]
+    pub queued: usize,
+    /// Client requests refused because the queue was full or the wait too long.
+    #[serde(default)]
+    pub shed: u64,
 }
 
 #[cfg(test)]
@@ -373,13 +397,16 @@ mod tests {
                 error: Some("command not found".into()),
                 restarts: 0,
                 dropped_messages: 3,
+                in_flight: 0,
+                queued: 0,
+                shed: 1,
             }],
             rejected_connections: 2,
         };
         let json = serde_json::to_string(&health).unwrap();
         assert_eq!(
             json,
-            r#"{"status":"degraded","admin_protocol":1,"upstreams":[{"name":"time","state":"failed","pid":null,"tools":0,"error":"command not found","restarts":0,"dropped_messages":3}],"rejected_connections":2}"#
+            r#"{"status":"degraded","admin_protocol":1,"upstreams":[{"name":"time","state":"failed","pid":null,"tools":0,"error":"command not found","restarts":0,"dropped_messages":3,"in_flight":0,"queued":0,"shed":1}],"rejected_connections":2}"#
         );
         let back: Health = serde_json::from_str(&json).unwrap();
         assert_eq!(back, health);

@@ -87,6 +87,8 @@ const DEFAULT_STREAM_STALL_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_MAX_SESSIONS_PER_PRINCIPAL: usize = 1000;
 const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 const DEFAULT_INIT_TIMEOUT: Duration = Duration::from_secs(60);
+const DEFAULT_MAX_QUEUED_REQUESTS: usize = 100;
+const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_TTL_CLEANUP_INTERVAL: Duration = Duration::from_secs(60);
 const DEFAULT_EVENT_RETENTION: Duration = Duration::from_secs(3600);
 const DEFAULT_MAX_EVENTS_PER_SESSION: usize = 1_000;
@@ -234,6 +236,20 @@ pub struct ServerConfig {
     /// Extra environment for this server only (its secrets).
     pub env: Vec<(String, Secret)>,
     pub cwd: Option<PathBuf>,
+    /// What its tool and prompt names start with (`prefix`); `None` offers
+    /// the server's own names. Defaults to the server name.
+    pub prefix: Option<String>,
+    /// Only these of its tools are offered (`enabled_tools`), when set.
+    pub enabled_tools: Option<Vec<String>>,
+    /// These of its tools are never offered (`disabled_tools`).
+    pub disabled_tools: Vec<String>,
+    /// Client requests it serves at once (`max_concurrent_requests`); no
+    /// limit when `None`.
+    pub max_concurrent_requests: Option<usize>,
+    /// Client requests that may wait for a slot (`max_queued_requests`).
+    pub max_queued_requests: usize,
+    /// How long a request may wait for a slot (`queue_timeout`).
+    pub queue_timeout: Duration,
 }
 
 #[derive(Deserialize)]
@@ -308,6 +324,18 @@ struct RawServer {
     cwd: Option<PathBuf>,
     #[serde(default)]
     disabled: bool,
+    #[serde(default)]
+    prefix: Option<String>,
+    #[serde(default)]
+    enabled_tools: Option<Vec<String>>,
+    #[serde(default)]
+    disabled_tools: Vec<String>,
+    #[serde(default)]
+    max_concurrent_requests: Option<usize>,
+    #[serde(default)]
+    max_queued_requests: Option<usize>,
+    #[serde(default, deserialize_with = "duration")]
+    queue_timeout: Option<Duration>,
 }
 
 /// Durations are a number of seconds (`5`, `0.5`) or a human string (`"5s"`,
@@ -438,12 +466,31 @@ impl Config {
                     return Err(at(format!("env key {key:?} is not a valid variable name")));
                 }
             }
+            let prefix = match server.prefix {
+                None => Some(name.clone()),
+                Some(prefix) if prefix.is_empty() => None,
+                Some(prefix) if prefix.chars().all(is_name_char) => Some(prefix),
+                Some(prefix) => {
+                    return Err(at(format!(
+                        "prefix {prefix:?} may use only A-Z a-z 0-9 _ - . (or be \"\" for the server's own names)"
+                    )));
+                }
+            };
+            if server.max_concurrent_requests == Some(0) {
+                return Err(at("max_concurrent_requests must be at least 1".into()));
+            }
             servers.push(ServerConfig {
+                max_concurrent_requests: server.max_concurrent_requests,
+                max_queued_requests: server.max_queued_requests.unwrap_or(DEFAULT_MAX_QUEUED_REQUESTS),
+                queue_timeout: server.queue_timeout.unwrap_or(DEFAULT_QUEUE_TIMEOUT),
                 command: resolve_command(&command, config_dir),
                 name,
                 args: server.args,
                 env: server.env.into_iter().collect(),
                 cwd: server.cwd.map(|cwd| config_dir.join(cwd)),
+                prefix,
+                enabled_tools: server.enabled_tools,
+                disabled_tools: server.disabled_tools,
             });
         }
 
@@ -595,6 +642,39 @@ mod tests {
         assert_eq!(config.servers[1].env[0].1.expose(), "s3cret");
         assert_eq!(config.tool_separator, "__");
         assert_eq!(config.shutdown_grace, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn tool_control() {
+        let config = parse(
+            r#"{"mcpServers": {
+                "a": {"command": "x"},
+                "b": {"command": "x", "prefix": "", "enabled_tools": ["t"], "disabled_tools": ["u"]},
+                "c": {"command": "x", "prefix": "see"}
+            }}"#,
+        )
+        .unwrap();
+        assert_eq!(config.servers[0].prefix.as_deref(), Some("a"));
+        assert_eq!(config.servers[1].prefix, None);
+        assert_eq!(config.servers[1].enabled_tools, Some(vec!["t".to_string()]));
+        assert_eq!(config.servers[1].disabled_tools, ["u"]);
+        assert_eq!(config.servers[2].prefix.as_deref(), Some("see"));
+        assert_eq!(config.servers[0].max_concurrent_requests, None);
+        let config = parse(
+            r#"{"mcpServers": {"a": {"command": "x", "max_concurrent_requests": 2, "max_queued_requests": 0, "queue_timeout": "250ms"}}}"#,
+        )
+        .unwrap();
+        assert_eq!(config.servers[0].max_concurrent_requests, Some(2));
+        assert_eq!(config.servers[0].max_queued_requests, 0);
+        assert_eq!(config.servers[0].queue_timeout, Duration::from_millis(250));
+        check_error(
+            r#"{"mcpServers": {"a": {"command": "x", "max_concurrent_requests": 0}}}"#,
+            "max_concurrent_requests must be at least 1",
+        );
+        check_error(
+            r#"{"mcpServers": {"a": {"command": "x", "prefix": "a b"}}}"#,
+            "prefix \"a b\" may use only",
+        );
     }
 
     #[test]

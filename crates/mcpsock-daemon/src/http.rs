@@ -152,6 +152,9 @@ pub(crate) fn gateway_health(gateway: &Gateway, rejected_connections: u64) -> He
             error: report.error,
             restarts: report.restarts,
             dropped_messages: report.dropped_messages,
+            in_flight: report.in_flight,
+            queued: report.queued,
+            shed: report.shed,
         })
         .collect();
     let all_running = upstreams.iter().all(|upstream| upstream.state == mcpsock_api::UpstreamState::Running);

@@ -181,7 +181,7 @@ pub async fn run(options: DaemonOptions, shutdown: impl Future<Output = ()>) -> 
     let session_gateway = gateway.clone();
     let mut admin = None;
     let bound = locked.bind_with(
-        move || session_gateway.clone(),
+        move || session_gateway.for_session(),
         events.clone(),
         |parts| {
             let state = Arc::new(admin::Admin {

@@ -21,7 +21,7 @@ use std::time::{Duration, SystemTime};
 use http::StatusCode;
 use mcpsock_api::{EffectiveConfig, EventBody, REDACTED, ReloadAccepted, ReloadOutcome, ReloadStatus};
 use mcpsock_config::Config;
-use mcpsock_gateway::UpstreamSpec;
+use mcpsock_gateway::{RequestLimits, ToolFilter, UpstreamSpec};
 use mcpsock_transport::SystemdEnv;
 
 use crate::admin::{Admin, AdminError};
@@ -91,6 +91,16 @@ pub(crate) fn specs_of(config: &Config, disabled: &BTreeSet<String>) -> Vec<Upst
                 .args(server.args.clone())
                 .env(server.env.iter().map(|(key, value)| (key.clone(), value.expose().to_string())))
                 .cwd(server.cwd.clone())
+                .prefix(server.prefix.clone())
+                .tools(ToolFilter {
+                    enabled: server.enabled_tools.clone(),
+                    disabled: server.disabled_tools.clone(),
+                })
+                .limits(RequestLimits {
+                    max_concurrent: server.max_concurrent_requests,
+                    max_queued: server.max_queued_requests,
+                    queue_timeout: server.queue_timeout,
+                })
         })
         .collect()
 }
@@ -202,6 +212,12 @@ impl Reloader {
                     env: server.env.iter().map(|(key, _)| (key.clone(), REDACTED.to_string())).collect(),
                     cwd: server.cwd.as_ref().map(|cwd| cwd.display().to_string()),
                     enabled: !disabled.contains(&server.name),
+                    prefix: server.prefix.clone(),
+                    enabled_tools: server.enabled_tools.clone(),
+                    disabled_tools: server.disabled_tools.clone(),
+                    max_concurrent_requests: server.max_concurrent_requests,
+                    max_queued_requests: server.max_queued_requests,
+                    queue_timeout: human(server.queue_timeout),
                 })
                 .collect(),
         }

@@ -10,6 +10,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rmcp::model::ServerNotification;
+
 use crate::UpstreamSpec;
 use crate::handler::Gateway;
 use crate::upstream::{Timing, Upstream};
@@ -96,10 +98,11 @@ impl Gateway {
         }
         let options = &self.inner.options;
         let timing = Timing { init_timeout: options.init_timeout, stop_grace: options.stop_grace };
-        let started = futures::future::join_all(
-            to_start.iter().map(|spec| Upstream::start(spec, timing, options.events.clone())),
-        )
-        .await;
+        let started =
+            futures::future::join_all(to_start.iter().map(|spec| {
+                Upstream::start(spec, timing, self.inner.sessions.clone(), options.events.clone())
+            }))
+            .await;
         let mut started: BTreeMap<String, Arc<Upstream>> =
             started.into_iter().map(|upstream| (upstream.name.clone(), upstream)).collect();
         let next: Vec<Arc<Upstream>> = wanted
@@ -117,6 +120,15 @@ impl Gateway {
         }
         // From here on no new request can lease a replaced upstream.
         *self.inner.upstreams.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(next);
+        // The offered names follow the new set on their next use; clients
+        // learn that the lists changed now.
+        for notification in [
+            ServerNotification::ToolListChangedNotification(Default::default()),
+            ServerNotification::PromptListChangedNotification(Default::default()),
+            ServerNotification::ResourceListChangedNotification(Default::default()),
+        ] {
+            self.inner.sessions.broadcast(notification).await;
+        }
         let drained = futures::future::join_all(replaced.iter().map(|upstream| async move {
             let drained = upstream.drain(grace).await;
             if !drained {

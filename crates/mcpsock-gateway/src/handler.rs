@@ -1,22 +1,44 @@
 //! The aggregating MCP server handler.
 //!
-//! Tools and prompts are offered as `<server><separator><name>` in the
+//! Tools and prompts are offered under the names of [`crate::names`] in the
 //! order of server names, then of the upstream's own order; resources keep
 //! their URIs and are routed by the upstream that listed them.
+//!
+//! Every request is forwarded as the client sent it, `_meta` included, apart
+//! from the names: rmcp gives the upstream request its own id and progress
+//! token, and the request's [`Route`] brings back what the upstream sends
+//! while it runs (progress with the client's token, log messages, and its own
+//! requests such as elicitation, sampling or roots), which this request's task
+//! delivers on the client's stream.
+
+// Logging, sampling and roots are deprecated by SEP-2577 (2026-07-28), but
+// clients and servers of the earlier revisions use them, and a gateway
+// passes through what both sides speak.
+#![allow(deprecated)]
 
 use std::borrow::Cow;
-use std::sync::{Arc, RwLock};
+use std::pin::pin;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, GetPromptRequestParams, GetPromptResponse, Implementation,
-    ListPromptsResult, ListResourceTemplatesResult, ListResourcesResult, ListToolsResult,
-    PaginatedRequestParams, ReadResourceRequestParams, ReadResourceResponse, ResultType, ServerCapabilities,
-    ServerConfig,
+    CallToolRequestParams, CallToolResponse, CancelledNotificationParam, ClientNotification, ClientRequest,
+    CompleteRequestParams, CompleteResult, GetPromptRequestParams, GetPromptResponse, Implementation,
+    InitializeRequestParams, InitializeResult, ListPromptsResult, ListResourceTemplatesResult,
+    ListResourcesResult, ListToolsResult, LoggingLevel, Notification, PaginatedRequestParams,
+    ReadResourceRequestParams, ReadResourceResponse, Reference, Request, RequestId, ResultType,
+    ServerCapabilities, ServerConfig, ServerNotification, ServerRequest, ServerResult, SetLevelRequestParams,
+    SubscribeRequestParams, SubscriptionFilter, UnsubscribeRequestParams,
 };
-use rmcp::service::RequestContext;
+use rmcp::service::{NotificationContext, PeerRequestOptions, RequestContext, SubscriptionContext};
 use rmcp::{ErrorData, Peer, RoleClient, RoleServer, ServerHandler, ServiceError};
+use tokio::sync::{mpsc, oneshot};
 
+use crate::downstream::{Session, Sessions};
+use crate::names::NameIndex;
+use crate::routes::{RELAY_BUFFER, Relay, Route};
 use crate::upstream::{Lease, Timing, Upstream, read};
 use crate::{UpstreamEvent, UpstreamReport, UpstreamSpec};
 
@@ -76,11 +98,12 @@ impl GatewayOptions {
     }
 }
 
-/// The shared gateway. Cloning is cheap; every downstream session gets a
-/// clone and all clones share the same upstreams.
+/// The shared gateway. Every downstream session gets its own handle from
+/// [`Gateway::for_session`]; all handles share the same upstreams.
 #[derive(Clone, Debug)]
 pub struct Gateway {
     pub(crate) inner: Arc<Inner>,
+    session: Arc<Session>,
 }
 
 #[derive(Debug)]
@@ -90,10 +113,25 @@ pub(crate) struct Inner {
     /// `change`); a request takes its [`Lease`] under this lock.
     pub(crate) upstreams: RwLock<Arc<Vec<Arc<Upstream>>>>,
     pub(crate) options: GatewayOptions,
+    pub(crate) sessions: Arc<Sessions>,
+    /// The offered names, rebuilt when the set of upstreams or a catalog
+    /// changes.
+    names: Mutex<Option<Arc<Names>>>,
     /// Serializes changes to the set of upstreams.
     pub(crate) changing: tokio::sync::Mutex<()>,
     /// Replaced upstreams still finishing their requests.
-    pub(crate) draining: std::sync::Mutex<Vec<Arc<Upstream>>>,
+    pub(crate) draining: Mutex<Vec<Arc<Upstream>>>,
+}
+
+/// The offered names of one set of upstreams. Entries refer to upstreams by
+/// their position in `upstreams`, so the names are only valid for that very
+/// set (the same `Arc`) at the catalog generations they were built from.
+#[derive(Debug)]
+struct Names {
+    upstreams: Arc<Vec<Arc<Upstream>>>,
+    generations: Vec<u64>,
+    tools: NameIndex,
+    prompts: NameIndex,
 }
 
 impl Gateway {
@@ -101,22 +139,30 @@ impl Gateway {
     /// or failed. A failed upstream is reported, never fatal.
     pub async fn start(mut specs: Vec<UpstreamSpec>, options: GatewayOptions) -> Self {
         specs.sort_by(|a, b| a.name.cmp(&b.name));
-        let upstreams = futures::future::join_all(specs.iter().map(|spec| {
-            Upstream::start(
-                spec,
-                Timing { init_timeout: options.init_timeout, stop_grace: options.stop_grace },
-                options.events.clone(),
-            )
-        }))
+        let sessions = Arc::new(Sessions::default());
+        let timing = Timing { init_timeout: options.init_timeout, stop_grace: options.stop_grace };
+        let upstreams = futures::future::join_all(
+            specs.iter().map(|spec| Upstream::start(spec, timing, sessions.clone(), options.events.clone())),
+        )
         .await;
+        let session = sessions.open();
         Self {
             inner: Arc::new(Inner {
                 upstreams: RwLock::new(Arc::new(upstreams)),
                 options,
+                sessions,
+                names: Mutex::new(None),
                 changing: tokio::sync::Mutex::new(()),
-                draining: std::sync::Mutex::new(Vec::new()),
+                draining: Mutex::new(Vec::new()),
             }),
+            session,
         }
+    }
+
+    /// A handle for a new downstream session: its own log level and
+    /// resource subscriptions, the shared upstreams.
+    pub fn for_session(&self) -> Self {
+        Self { inner: self.inner.clone(), session: self.inner.sessions.open() }
     }
 
     /// The state of every upstream, in name order.
@@ -134,33 +180,65 @@ impl Gateway {
         self.inner.upstreams.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
-    /// Splits `server__tool` into the upstream and the upstream's own name.
-    fn route<'a>(&self, qualified: &'a str, what: &str) -> Result<(Lease, &'a str), ErrorData> {
-        let unknown = || {
-            ErrorData::invalid_params(
-                format!("unknown {what} {qualified:?}; list the {what}s to see what is offered"),
-                None,
-            )
-        };
-        let (server, name) =
-            qualified.split_once(self.inner.options.separator.as_str()).ok_or_else(unknown)?;
+    /// The offered names for the current upstreams and their catalogs.
+    fn names(&self) -> Arc<Names> {
+        self.names_of(&self.upstreams())
+    }
+
+    /// The offered names for `upstreams` at their current catalogs: the
+    /// cached ones while both are what they were built from.
+    fn names_of(&self, upstreams: &Arc<Vec<Arc<Upstream>>>) -> Arc<Names> {
+        let generations: Vec<u64> =
+            upstreams.iter().map(|upstream| read(&upstream.catalog).generation).collect();
+        let mut cached = lock(&self.inner.names);
+        if let Some(names) = cached
+            .as_ref()
+            .filter(|names| Arc::ptr_eq(&names.upstreams, upstreams) && names.generations == generations)
+        {
+            return names.clone();
+        }
+        let separator = self.inner.options.separator.as_str();
+        let tools = NameIndex::build(
+            upstreams.iter().map(|upstream| {
+                let names = read(&upstream.catalog)
+                    .tools
+                    .iter()
+                    .filter(|tool| upstream.spec.tools.allows(&tool.name))
+                    .map(|tool| tool.name.to_string())
+                    .collect();
+                (upstream.spec.prefix.as_deref(), names)
+            }),
+            separator,
+            true,
+        );
+        let prompts = NameIndex::build(
+            upstreams.iter().map(|upstream| {
+                let names =
+                    read(&upstream.catalog).prompts.iter().map(|prompt| prompt.name.clone()).collect();
+                (upstream.spec.prefix.as_deref(), names)
+            }),
+            separator,
+            false,
+        );
+        let names = Arc::new(Names { upstreams: upstreams.clone(), generations, tools, prompts });
+        *cached = Some(names.clone());
+        names
+    }
+
+    /// The upstream and its own name for an offered tool or prompt name.
+    fn route(&self, exposed: &str, what: &str) -> Result<(Lease, String), ErrorData> {
         // The lease is taken under the lock, so an upstream being replaced
         // is either found with the lease counted, or not found at all.
         let upstreams = self.inner.upstreams.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let upstream = upstreams.iter().find(|upstream| upstream.name == server).ok_or_else(unknown)?;
-        let catalog = read(&upstream.catalog);
-        let offered = match what {
-            "tool" => catalog.tools.iter().any(|tool| tool.name == name),
-            _ => catalog.prompts.iter().any(|prompt| prompt.name == name),
-        };
-        if !offered {
-            return Err(unknown());
-        }
-        Ok((upstream.lease(), name))
-    }
-
-    fn qualify(&self, server: &str, name: &str) -> String {
-        format!("{server}{}{name}", self.inner.options.separator)
+        let names = self.names_of(&upstreams);
+        let index = if what == "tool" { &names.tools } else { &names.prompts };
+        let entry = index.get(exposed).ok_or_else(|| {
+            ErrorData::invalid_params(
+                format!("unknown {what} {exposed:?}; list the {what}s to see what is offered"),
+                None,
+            )
+        })?;
+        Ok((names.upstreams[entry.upstream].lease(), entry.original.clone()))
     }
 
     fn resource_owner(&self, uri: &str) -> Option<Lease> {
@@ -168,30 +246,222 @@ impl Gateway {
         let listed = upstreams
             .iter()
             .find(|upstream| read(&upstream.catalog).resources.iter().any(|resource| resource.uri == uri));
-        listed.map(Upstream::lease).or_else(|| {
-            // A URI made from a template: the upstream whose template shares
-            // the longest literal prefix with it.
-            upstreams
-                .iter()
-                .filter_map(|upstream| {
-                    let catalog = read(&upstream.catalog);
-                    catalog
-                        .resource_templates
-                        .iter()
-                        .map(|template| template.uri_template.split('{').next().unwrap_or_default())
-                        .filter(|prefix| !prefix.is_empty() && uri.starts_with(prefix))
-                        .map(str::len)
-                        .max()
-                        .map(|length| (length, upstream))
-                })
-                .max_by_key(|(length, _)| *length)
-                .map(|(_, upstream)| upstream.lease())
-        })
+        listed.or_else(|| template_owner(&upstreams, uri)).map(Upstream::lease)
+    }
+
+    /// Sends `request` to `upstream` on behalf of this session and relays
+    /// what the upstream sends meanwhile, until the answer, the request
+    /// timeout, or the client's cancellation. Whichever way it ends early,
+    /// the upstream gets `notifications/cancelled`.
+    async fn forward(
+        &self,
+        upstream: &Upstream,
+        request: ClientRequest,
+        context: &RequestContext<RoleServer>,
+    ) -> Result<ServerResult, ErrorData> {
+        let _slot = tokio::select! {
+            slot = upstream.limiter.admit(&upstream.name) => slot?,
+            () = context.ct.cancelled() => return Err(ErrorData::internal_error("the request was cancelled", None)),
+        };
+        let peer = upstream.peer().map_err(|message| ErrorData::internal_error(message, None))?;
+        let mut meta = context.meta.clone();
+        // rmcp sets a progress token of its own on the upstream request.
+        meta.0.0.remove("progressToken");
+        if !read(&upstream.catalog).accepts_modern_envelope {
+            for key in MODERN_ENVELOPE {
+                meta.0.0.remove(key);
+            }
+        }
+        let options = PeerRequestOptions::no_options().with_meta(meta);
+        let handle = peer
+            .send_request_with_option(request, options)
+            .await
+            .map_err(|error| upstream_error(upstream, error))?;
+        let (relay, mut relayed) = mpsc::channel(RELAY_BUFFER);
+        let _route = upstream.routes.register(
+            handle.id.clone(),
+            handle.progress_token.clone(),
+            Route { session: self.session.id, progress_token: context.meta.get_progress_token(), relay },
+        );
+        let mut cancel = CancelOnDrop { peer: Some(peer), id: handle.id.clone() };
+        let timeout = self.inner.options.request_timeout;
+        let mut response = pin!(handle.await_response());
+        let mut deadline = pin!(tokio::time::sleep(timeout));
+        let mut deliveries = FuturesUnordered::new();
+        let result = loop {
+            tokio::select! {
+                result = &mut response => break result.map_err(|error| upstream_error(upstream, error)),
+                Some(message) = relayed.recv() => match message {
+                    Relay::Notification(notification) => notify(&context.peer, notification).await,
+                    Relay::Request { request, reply } => deliveries.push(deliver(context.peer.clone(), request, reply)),
+                },
+                Some(()) = deliveries.next(), if !deliveries.is_empty() => {}
+                () = &mut deadline => {
+                    return Err(ErrorData::internal_error(
+                        format!(
+                            "upstream {} did not answer within {}s; the request was cancelled (raise request_timeout for slow tools)",
+                            upstream.name,
+                            timeout.as_secs_f64()
+                        ),
+                        None,
+                    ));
+                }
+                () = context.ct.cancelled() => {
+                    return Err(ErrorData::internal_error("the request was cancelled", None));
+                }
+            }
+        };
+        cancel.disarm();
+        // rmcp hands each upstream notification to its own task, so one sent
+        // just before the answer may still be on its way to the relay; let
+        // those tasks run, then deliver what they relayed before the answer.
+        for _ in 0..4 {
+            tokio::task::yield_now().await;
+        }
+        while let Ok(message) = relayed.try_recv() {
+            if let Relay::Notification(notification) = message {
+                notify(&context.peer, notification).await;
+            }
+        }
+        result
+    }
+
+    /// Forwards a request whose answer is an empty result.
+    async fn forward_empty(
+        &self,
+        upstream: &Upstream,
+        request: ClientRequest,
+        context: &RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        match self.forward(upstream, request, context).await? {
+            ServerResult::EmptyResult(_) => Ok(()),
+            other => Err(unexpected(upstream, &other)),
+        }
+    }
+
+    /// A request the gateway makes on its own behalf (no client request to
+    /// relay to), bounded by the request timeout.
+    async fn forward_upstream_only(
+        &self,
+        upstream: &Upstream,
+        request: ClientRequest,
+    ) -> Result<ServerResult, ErrorData> {
+        let peer = upstream.peer().map_err(|message| ErrorData::internal_error(message, None))?;
+        let timeout = self.inner.options.request_timeout;
+        // With a timeout, rmcp cancels the request upstream when it expires.
+        let handle = peer
+            .send_request_with_option(request, PeerRequestOptions::with_timeout(timeout))
+            .await
+            .map_err(|error| upstream_error(upstream, error))?;
+        handle.await_response().await.map_err(|error| upstream_error(upstream, error))
     }
 }
 
-fn peer_of(upstream: &Upstream) -> Result<Peer<RoleClient>, ErrorData> {
-    upstream.peer().map_err(|message| ErrorData::internal_error(message, None))
+/// The upstreams that are up, with their positions in `upstreams`.
+fn running(upstreams: &[Arc<Upstream>]) -> impl Iterator<Item = (usize, &Arc<Upstream>)> {
+    upstreams.iter().enumerate().filter(|(_, upstream)| upstream.peer().is_ok())
+}
+
+/// For a URI made from a template: the upstream whose template shares the
+/// longest literal prefix with it.
+fn template_owner<'a>(upstreams: &'a [Arc<Upstream>], uri: &str) -> Option<&'a Arc<Upstream>> {
+    upstreams
+        .iter()
+        .filter_map(|upstream| {
+            let catalog = read(&upstream.catalog);
+            catalog
+                .resource_templates
+                .iter()
+                .map(|template| template.uri_template.split('{').next().unwrap_or_default())
+                .filter(|prefix| !prefix.is_empty() && uri.starts_with(prefix))
+                .map(str::len)
+                .max()
+                .map(|length| (length, upstream))
+        })
+        .max_by_key(|(length, _)| *length)
+        .map(|(_, upstream)| upstream)
+}
+
+/// The `_meta` keys of the 2026-07-28 per-request envelope, which an upstream
+/// session begun with `initialize` may refuse.
+const MODERN_ENVELOPE: [&str; 4] = [
+    "io.modelcontextprotocol/protocolVersion",
+    "io.modelcontextprotocol/clientInfo",
+    "io.modelcontextprotocol/clientCapabilities",
+    "io.modelcontextprotocol/logLevel",
+];
+
+/// Sends `notifications/cancelled` for an upstream request that is dropped
+/// before its answer arrived.
+struct CancelOnDrop {
+    peer: Option<Peer<RoleClient>>,
+    id: RequestId,
+}
+
+impl CancelOnDrop {
+    fn disarm(&mut self) {
+        self.peer = None;
+    }
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        let Some(peer) = self.peer.take() else { return };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let params =
+            CancelledNotificationParam::new(Some(self.id.clone()), Some("cancelled by mcpsock".into()));
+        runtime.spawn(async move {
+            let _ = peer
+                .send_notification(ClientNotification::CancelledNotification(Notification::new(params)))
+                .await;
+        });
+    }
+}
+
+async fn notify(peer: &Peer<RoleServer>, notification: ServerNotification) {
+    if let Err(error) = peer.send_notification(notification).await {
+        tracing::debug!(%error, "could not relay a notification to the client");
+    }
+}
+
+/// Delivers an upstream's request to the client on the originating
+/// request's stream (this runs inside that request's task, which is how rmcp
+/// knows the stream) and passes the answer back. When the upstream gives up
+/// on its request first, the client's request is cancelled too.
+async fn deliver(
+    peer: Peer<RoleServer>,
+    request: ServerRequest,
+    mut reply: oneshot::Sender<Result<rmcp::model::ClientResult, ErrorData>>,
+) {
+    let handle = match peer.send_request_with_option(request, PeerRequestOptions::no_options()).await {
+        Ok(handle) => handle,
+        Err(error) => {
+            let _ = reply.send(Err(client_error(error)));
+            return;
+        }
+    };
+    let id = handle.id.clone();
+    let answer = tokio::select! {
+        answer = handle.await_response() => Some(answer),
+        () = reply.closed() => None,
+    };
+    match answer {
+        Some(answer) => {
+            let _ = reply.send(answer.map_err(client_error));
+        }
+        None => {
+            let params =
+                CancelledNotificationParam::new(Some(id), Some("the server cancelled its request".into()));
+            notify(&peer, ServerNotification::CancelledNotification(Notification::new(params))).await;
+        }
+    }
+}
+
+fn client_error(error: ServiceError) -> ErrorData {
+    match error {
+        ServiceError::McpError(error) => error,
+        other => ErrorData::internal_error(format!("the client did not answer: {other}"), None),
+    }
 }
 
 /// Passes an upstream's own JSON-RPC error through unchanged and turns
@@ -210,35 +480,31 @@ fn upstream_error(upstream: &Upstream, error: ServiceError) -> ErrorData {
     }
 }
 
-/// Runs an upstream request within the request timeout. Dropping the
-/// request (on timeout, or when the downstream request is cancelled) sends
-/// `notifications/cancelled` upstream.
-async fn forward<T>(
-    upstream: &Upstream,
-    timeout: Duration,
-    context: &RequestContext<RoleServer>,
-    request: impl Future<Output = Result<T, ServiceError>>,
-) -> Result<T, ErrorData> {
-    tokio::select! {
-        result = tokio::time::timeout(timeout, request) => match result {
-            Ok(result) => result.map_err(|error| upstream_error(upstream, error)),
-            Err(_) => Err(ErrorData::internal_error(
-                format!(
-                    "upstream {} did not answer within {}s; the request was cancelled (raise request_timeout for slow tools)",
-                    upstream.name,
-                    timeout.as_secs_f64()
-                ),
-                None,
-            )),
-        },
-        () = context.ct.cancelled() => Err(ErrorData::internal_error("the request was cancelled", None)),
-    }
+fn unexpected(upstream: &Upstream, result: &ServerResult) -> ErrorData {
+    tracing::debug!(upstream = %upstream.name, ?result, "unexpected result type");
+    ErrorData::internal_error(
+        format!("upstream {} answered with an unexpected result type", upstream.name),
+        None,
+    )
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl ServerHandler for Gateway {
     fn get_info(&self) -> ServerConfig {
-        let capabilities =
-            ServerCapabilities::builder().enable_tools().enable_resources().enable_prompts().build();
+        let capabilities = ServerCapabilities::builder()
+            .enable_tools()
+            .enable_tool_list_changed()
+            .enable_resources()
+            .enable_resources_subscribe()
+            .enable_resources_list_changed()
+            .enable_prompts()
+            .enable_prompts_list_changed()
+            .enable_logging()
+            .enable_completions()
+            .build();
         let mut instructions = String::from("mcpsock gateway: tools and prompts are named <server>");
         instructions.push_str(&self.inner.options.separator);
         instructions.push_str("<name>.");
@@ -252,20 +518,31 @@ impl ServerHandler for Gateway {
             .with_instructions(instructions)
     }
 
+    async fn initialize(
+        &self,
+        request: InitializeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<InitializeResult, ErrorData> {
+        context.peer.set_peer_info(request.clone());
+        self.session.remember_peer(&context.peer);
+        self.negotiate_initialize(&request)
+    }
+
     async fn list_tools(
         &self,
         _request: Option<PaginatedRequestParams>,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
-        let mut tools = Vec::new();
-        for upstream in self.upstreams().iter() {
-            if upstream.peer().is_err() {
-                continue;
-            }
-            tools.extend(read(&upstream.catalog).tools.iter().map(|tool| {
+        self.session.remember_peer(&context.peer);
+        let names = self.names();
+        let mut tools = Vec::with_capacity(names.tools.entries.len());
+        for (position, upstream) in running(&names.upstreams) {
+            let catalog = read(&upstream.catalog);
+            tools.extend(catalog.tools.iter().filter_map(|tool| {
+                let exposed = names.tools.exposed(position, &tool.name)?;
                 let mut tool = tool.clone();
-                tool.name = Cow::Owned(self.qualify(&upstream.name, &tool.name));
-                tool
+                tool.name = Cow::Owned(exposed.to_string());
+                Some(tool)
             }));
         }
         Ok(ListToolsResult::with_all_items(tools))
@@ -276,38 +553,35 @@ impl ServerHandler for Gateway {
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
+        self.session.remember_peer(&context.peer);
         let (upstream, tool) = self.route(&request.name, "tool")?;
-        let peer = peer_of(&upstream)?;
-        let mut upstream_request = CallToolRequestParams::new(tool.to_string());
-        upstream_request.arguments = request.arguments;
-        upstream_request.input_responses = request.input_responses;
-        upstream_request.request_state = request.request_state;
-        let mut response = forward(
-            &upstream,
-            self.inner.options.request_timeout,
-            &context,
-            peer.call_tool_once(upstream_request),
-        )
-        .await?;
-        // The upstream session may be of an older era, whose results carry
-        // no resultType; 2026-07-28 clients require it (rmcp strips it again
-        // for older clients).
-        if let CallToolResponse::Complete(result) = &mut response {
-            result.result_type.get_or_insert(ResultType::COMPLETE);
+        let mut upstream_request = request;
+        upstream_request.name = tool.into();
+        let result = self
+            .forward(&upstream, ClientRequest::CallToolRequest(Request::new(upstream_request)), &context)
+            .await?;
+        match result {
+            // The upstream session may be of an older era, whose results
+            // carry no resultType; 2026-07-28 clients require it (rmcp
+            // strips it again for older clients).
+            ServerResult::CallToolResult(mut result) => {
+                result.result_type.get_or_insert(ResultType::COMPLETE);
+                Ok(CallToolResponse::Complete(result))
+            }
+            ServerResult::InputRequiredResult(result) => Ok(CallToolResponse::InputRequired(result)),
+            ServerResult::CreateTaskResult(result) => Ok(CallToolResponse::Task(result)),
+            other => Err(unexpected(&upstream, &other)),
         }
-        Ok(response)
     }
 
     async fn list_resources(
         &self,
         _request: Option<PaginatedRequestParams>,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<ListResourcesResult, ErrorData> {
-        let resources = self
-            .upstreams()
-            .iter()
-            .filter(|upstream| upstream.peer().is_ok())
-            .flat_map(|upstream| read(&upstream.catalog).resources.clone())
+        self.session.remember_peer(&context.peer);
+        let resources = running(&self.upstreams())
+            .flat_map(|(_, upstream)| read(&upstream.catalog).resources.clone())
             .collect();
         Ok(ListResourcesResult::with_all_items(resources))
     }
@@ -315,13 +589,11 @@ impl ServerHandler for Gateway {
     async fn list_resource_templates(
         &self,
         _request: Option<PaginatedRequestParams>,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<ListResourceTemplatesResult, ErrorData> {
-        let templates = self
-            .upstreams()
-            .iter()
-            .filter(|upstream| upstream.peer().is_ok())
-            .flat_map(|upstream| read(&upstream.catalog).resource_templates.clone())
+        self.session.remember_peer(&context.peer);
+        let templates = running(&self.upstreams())
+            .flat_map(|(_, upstream)| read(&upstream.catalog).resource_templates.clone())
             .collect();
         Ok(ListResourceTemplatesResult::with_all_items(templates))
     }
@@ -331,43 +603,123 @@ impl ServerHandler for Gateway {
         request: ReadResourceRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, ErrorData> {
-        let upstream = self.resource_owner(&request.uri).ok_or_else(|| {
-            ErrorData::resource_not_found(format!("no upstream offers the resource {:?}", request.uri), None)
-        })?;
-        let peer = peer_of(&upstream)?;
-        let mut upstream_request = ReadResourceRequestParams::new(request.uri);
-        upstream_request.input_responses = request.input_responses;
-        upstream_request.request_state = request.request_state;
-        let mut response = forward(
-            &upstream,
-            self.inner.options.request_timeout,
-            &context,
-            peer.read_resource_once(upstream_request),
-        )
-        .await?;
-        // The upstream session may be of an older era, whose results carry
-        // no resultType; 2026-07-28 clients require it (rmcp strips it again
-        // for older clients).
-        if let ReadResourceResponse::Complete(result) = &mut response {
-            result.result_type.get_or_insert(ResultType::COMPLETE);
+        self.session.remember_peer(&context.peer);
+        let upstream = self.resource_owner(&request.uri).ok_or_else(|| not_offered(&request.uri))?;
+        match self
+            .forward(&upstream, ClientRequest::ReadResourceRequest(Request::new(request)), &context)
+            .await?
+        {
+            ServerResult::ReadResourceResult(mut result) => {
+                result.result_type.get_or_insert(ResultType::COMPLETE);
+                Ok(ReadResourceResponse::Complete(result))
+            }
+            ServerResult::InputRequiredResult(result) => Ok(ReadResourceResponse::InputRequired(result)),
+            other => Err(unexpected(&upstream, &other)),
         }
-        Ok(response)
+    }
+
+    async fn subscribe(
+        &self,
+        request: SubscribeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        self.session.remember_peer(&context.peer);
+        let uri = request.uri.clone();
+        let upstream = self.resource_owner(&uri).ok_or_else(|| not_offered(&uri))?;
+        self.forward_empty(&upstream, ClientRequest::SubscribeRequest(Request::new(request)), &context)
+            .await?;
+        self.session.subscribe(&uri);
+        Ok(())
+    }
+
+    async fn unsubscribe(
+        &self,
+        request: UnsubscribeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        self.session.remember_peer(&context.peer);
+        let uri = request.uri.clone();
+        self.session.unsubscribe(&uri);
+        // The upstream subscription is shared: it ends with its last subscriber.
+        if self.inner.sessions.anyone_subscribed(&uri) {
+            return Ok(());
+        }
+        let upstream = self.resource_owner(&uri).ok_or_else(|| not_offered(&uri))?;
+        self.forward_empty(&upstream, ClientRequest::UnsubscribeRequest(Request::new(request)), &context)
+            .await
+    }
+
+    async fn set_level(
+        &self,
+        request: SetLevelRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        self.session.remember_peer(&context.peer);
+        self.session.set_log_level(request.level);
+        // One upstream stream serves every session: it runs at the most
+        // verbose level any session asked for, and each session gets only
+        // the messages at or above its own level.
+        let level = self.inner.sessions.most_verbose_level().unwrap_or(LoggingLevel::Debug);
+        for (_, upstream) in running(&self.upstreams()) {
+            if read(&upstream.catalog).capabilities.logging.is_none() {
+                continue;
+            }
+            let upstream = upstream.lease();
+            let mut upstream_request = request.clone();
+            upstream_request.level = level;
+            let forwarded = ClientRequest::SetLevelRequest(Request::new(upstream_request));
+            if let Err(error) = self.forward_empty(&upstream, forwarded, &context).await {
+                tracing::warn!(upstream = %upstream.name, %error.message, "could not set the upstream's log level");
+            }
+        }
+        Ok(())
+    }
+
+    async fn complete(
+        &self,
+        request: CompleteRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CompleteResult, ErrorData> {
+        self.session.remember_peer(&context.peer);
+        let mut upstream_request = request;
+        let upstream = match &mut upstream_request.r#ref {
+            Reference::Prompt(prompt) => {
+                let (upstream, original) = self.route(&prompt.name, "prompt")?;
+                prompt.name = original;
+                upstream
+            }
+            Reference::Resource(resource) => {
+                self.resource_owner(&resource.uri).ok_or_else(|| not_offered(&resource.uri))?
+            }
+            _ => return Err(ErrorData::invalid_params("unknown completion reference type", None)),
+        };
+        if read(&upstream.catalog).capabilities.completions.is_none() {
+            return Ok(CompleteResult::default());
+        }
+        match self
+            .forward(&upstream, ClientRequest::CompleteRequest(Request::new(upstream_request)), &context)
+            .await?
+        {
+            ServerResult::CompleteResult(result) => Ok(result),
+            other => Err(unexpected(&upstream, &other)),
+        }
     }
 
     async fn list_prompts(
         &self,
         _request: Option<PaginatedRequestParams>,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<ListPromptsResult, ErrorData> {
+        self.session.remember_peer(&context.peer);
+        let names = self.names();
         let mut prompts = Vec::new();
-        for upstream in self.upstreams().iter() {
-            if upstream.peer().is_err() {
-                continue;
-            }
-            prompts.extend(read(&upstream.catalog).prompts.iter().map(|prompt| {
+        for (position, upstream) in running(&names.upstreams) {
+            let catalog = read(&upstream.catalog);
+            prompts.extend(catalog.prompts.iter().filter_map(|prompt| {
+                let exposed = names.prompts.exposed(position, &prompt.name)?;
                 let mut prompt = prompt.clone();
-                prompt.name = self.qualify(&upstream.name, &prompt.name);
-                prompt
+                prompt.name = exposed.to_string();
+                Some(prompt)
             }));
         }
         Ok(ListPromptsResult::with_all_items(prompts))
@@ -378,25 +730,70 @@ impl ServerHandler for Gateway {
         request: GetPromptRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<GetPromptResponse, ErrorData> {
+        self.session.remember_peer(&context.peer);
         let (upstream, prompt) = self.route(&request.name, "prompt")?;
-        let peer = peer_of(&upstream)?;
-        let mut upstream_request = GetPromptRequestParams::new(prompt.to_string());
-        upstream_request.arguments = request.arguments;
-        upstream_request.input_responses = request.input_responses;
-        upstream_request.request_state = request.request_state;
-        let mut response = forward(
-            &upstream,
-            self.inner.options.request_timeout,
-            &context,
-            peer.get_prompt_once(upstream_request),
-        )
-        .await?;
-        // The upstream session may be of an older era, whose results carry
-        // no resultType; 2026-07-28 clients require it (rmcp strips it again
-        // for older clients).
-        if let GetPromptResponse::Complete(result) = &mut response {
-            result.result_type.get_or_insert(ResultType::COMPLETE);
+        let mut upstream_request = request;
+        upstream_request.name = prompt;
+        match self
+            .forward(&upstream, ClientRequest::GetPromptRequest(Request::new(upstream_request)), &context)
+            .await?
+        {
+            ServerResult::GetPromptResult(mut result) => {
+                result.result_type.get_or_insert(ResultType::COMPLETE);
+                Ok(GetPromptResponse::Complete(result))
+            }
+            ServerResult::InputRequiredResult(result) => Ok(GetPromptResponse::InputRequired(result)),
+            other => Err(unexpected(&upstream, &other)),
         }
-        Ok(response)
     }
+
+    /// 2026-07-28 clients learn of changes on `subscriptions/listen`
+    /// streams; the gateway offers everything it can relay.
+    fn accepted_subscription_filter(&self, requested: &SubscriptionFilter) -> Option<SubscriptionFilter> {
+        Some(requested.clone())
+    }
+
+    async fn listen(&self, context: SubscriptionContext) -> Result<(), ErrorData> {
+        let uris = context.accepted().resource_subscriptions.clone().unwrap_or_default();
+        let request = context.request_context();
+        // Upstream subscriptions are of the earlier revisions' kind; the
+        // gateway holds one per resource for every listener together.
+        for uri in &uris {
+            let Some(upstream) = self.resource_owner(uri) else { continue };
+            let subscribe =
+                ClientRequest::SubscribeRequest(Request::new(SubscribeRequestParams::new(uri.clone())));
+            if let Err(error) = self.forward_upstream_only(&upstream, subscribe).await {
+                tracing::debug!(upstream = %upstream.name, %error.message, "resource subscription refused upstream");
+            }
+        }
+        let id = request.id.clone();
+        self.inner.sessions.add_listener(context.sink().clone());
+        context.cancelled().await;
+        self.inner.sessions.remove_listener(&id);
+        for uri in &uris {
+            if self.inner.sessions.anyone_subscribed(uri) {
+                continue;
+            }
+            let Some(upstream) = self.resource_owner(uri) else { continue };
+            let unsubscribe =
+                ClientRequest::UnsubscribeRequest(Request::new(UnsubscribeRequestParams::new(uri.clone())));
+            let _ = self.forward_upstream_only(&upstream, unsubscribe).await;
+        }
+        Ok(())
+    }
+
+    async fn on_roots_list_changed(&self, _context: NotificationContext<RoleServer>) {
+        for (_, upstream) in running(&self.upstreams()) {
+            if let Ok(peer) = upstream.peer() {
+                let _ = peer.notify_roots_list_changed().await;
+            }
+        }
+    }
+}
+
+fn not_offered(uri: &str) -> ErrorData {
+    ErrorData::resource_not_found(
+        format!("no upstream offers the resource {uri:?}"),
+        Some(serde_json::json!({"uri": uri})),
+    )
 }

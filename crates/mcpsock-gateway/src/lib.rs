@@ -5,10 +5,16 @@
 //! rmcp's `ServerHandler`; whoever owns the listeners mounts it.
 
 mod change;
+mod downstream;
 mod handler;
+mod limits;
+mod names;
+mod routes;
 mod spawn;
 mod upstream;
 
 pub use change::ChangeReport;
 pub use handler::{Gateway, GatewayOptions};
+pub use limits::RequestLimits;
+pub use names::ToolFilter;
 pub use upstream::{UpstreamEvent, UpstreamReport, UpstreamSpec, UpstreamState};

@@ -1,6 +1,11 @@
 //! One upstream MCP server: its process, its MCP client session, and the
 //! catalog of what it offers.
 
+// Logging, sampling and roots are deprecated by SEP-2577 (2026-07-28), but
+// clients and servers of the earlier revisions use them, and a gateway
+// passes through what both sides speak.
+#![allow(deprecated)]
+
 use std::collections::VecDeque;
 use std::fmt;
 use std::path::PathBuf;
@@ -9,14 +14,26 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use rmcp::model::{
-    ClientCapabilities, ClientConfig, Implementation, Prompt, Resource, ResourceTemplate, Tool,
+    ClientCapabilities, ClientConfig, ClientRequest, ClientResult, CreateMessageRequestParams,
+    CreateMessageResult, CustomRequest, CustomResult, ElicitRequestParams, ElicitResult,
+    ElicitationCapability, FormElicitationCapability, Implementation, ListRootsResult,
+    LoggingMessageNotificationParam, Notification, ProgressNotificationParam, Prompt, ProtocolVersion,
+    Request, RequestMetaObject, RequestNoParam, Resource, ResourceTemplate, ResourceUpdatedNotificationParam,
+    RootsCapabilities, SamplingCapability, ServerCapabilities, ServerNotification, ServerRequest, Tool,
+    UrlElicitationCapability,
 };
-use rmcp::service::{NotificationContext, RunningService};
+use rmcp::service::{
+    InboundStreamOrigin, NotificationContext, PeerRequestOptions, RequestContext, RunningService,
+};
 use rmcp::transport::async_rw::AsyncRwTransport;
-use rmcp::{ClientHandler, Peer, RoleClient, ServiceExt};
-use tokio::sync::{Notify, broadcast, watch};
+use rmcp::{ClientHandler, ErrorData, Peer, RoleClient, ServiceExt};
+use tokio::sync::{Notify, broadcast, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::downstream::Sessions;
+use crate::limits::{Limiter, RequestLimits};
+use crate::names::ToolFilter;
+use crate::routes::{Relay, Routes, Target};
 use crate::spawn::{filter_stdout, kill_group_now, spawn_stdio, stop_group};
 
 /// Longest JSON-RPC line accepted from an upstream's stdout.
@@ -36,11 +53,43 @@ pub struct UpstreamSpec {
     /// Extra environment, typically secrets: never printed.
     pub env: Vec<(String, String)>,
     pub cwd: Option<PathBuf>,
+    /// What tool and prompt names start with; `None` offers the upstream's
+    /// own names. Defaults to the server name.
+    pub prefix: Option<String>,
+    /// Which of its tools are offered.
+    pub tools: ToolFilter,
+    /// How many client requests it serves at once, and how many may wait.
+    pub limits: RequestLimits,
 }
 
 impl UpstreamSpec {
     pub fn new(name: impl Into<String>, command: impl Into<PathBuf>) -> Self {
-        Self { name: name.into(), command: command.into(), args: Vec::new(), env: Vec::new(), cwd: None }
+        let name = name.into();
+        Self {
+            prefix: Some(name.clone()),
+            name,
+            command: command.into(),
+            args: Vec::new(),
+            env: Vec::new(),
+            cwd: None,
+            tools: ToolFilter::default(),
+            limits: RequestLimits::default(),
+        }
+    }
+
+    pub fn limits(mut self, limits: RequestLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    pub fn prefix(mut self, prefix: Option<String>) -> Self {
+        self.prefix = prefix;
+        self
+    }
+
+    pub fn tools(mut self, tools: ToolFilter) -> Self {
+        self.tools = tools;
+        self
     }
 
     pub fn args(mut self, args: impl IntoIterator<Item = impl Into<String>>) -> Self {
@@ -68,6 +117,9 @@ impl fmt::Debug for UpstreamSpec {
             .field("args", &self.args)
             .field("env_keys", &env_keys)
             .field("cwd", &self.cwd)
+            .field("prefix", &self.prefix)
+            .field("tools", &self.tools)
+            .field("limits", &self.limits)
             .finish()
     }
 }
@@ -94,6 +146,12 @@ pub struct UpstreamReport {
     pub restarts: u32,
     /// Lines on its stdout that were not valid JSON-RPC, dropped.
     pub dropped_messages: u64,
+    /// Client requests being served now.
+    pub in_flight: usize,
+    /// Client requests waiting for a slot.
+    pub queued: usize,
+    /// Client requests refused by the limits.
+    pub shed: u64,
     pub prompts: usize,
     pub resources: usize,
     /// The most recent failure, kept after the upstream recovered.
@@ -153,6 +211,23 @@ pub(crate) struct Catalog {
     pub(crate) resource_templates: Vec<ResourceTemplate>,
     pub(crate) prompts: Vec<Prompt>,
     pub(crate) instructions: Option<String>,
+    pub(crate) capabilities: ServerCapabilities,
+    /// Whether the upstream serves requests that carry the 2026-07-28
+    /// per-request envelope (`_meta` protocol version, client info and
+    /// capabilities) on its session. Only then is a 2026-07-28 client's
+    /// envelope passed on; other upstreams get the request without it.
+    pub(crate) accepts_modern_envelope: bool,
+    /// Grows on every change, so that derived data (the offered names) knows
+    /// when to rebuild.
+    pub(crate) generation: u64,
+}
+
+/// What the upstream client shares with the gateway: where to send what an
+/// upstream says during a request, and the sessions to tell about changes.
+#[derive(Debug, Clone)]
+pub(crate) struct Links {
+    pub(crate) routes: Arc<Routes>,
+    pub(crate) sessions: Arc<Sessions>,
 }
 
 /// The MCP client side of the connection to one upstream.
@@ -160,15 +235,189 @@ pub(crate) struct Catalog {
 pub(crate) struct UpstreamClient {
     name: String,
     catalog: Arc<RwLock<Catalog>>,
+    links: Links,
     events: EventSender,
+}
+
+/// The client capabilities mcpsock declares upstream: everything a client
+/// may offer, because a downstream client may offer it. A request the
+/// downstream client cannot serve is answered with its error.
+fn relayed_capabilities() -> ClientCapabilities {
+    let mut capabilities = ClientCapabilities::default();
+    capabilities.elicitation = Some(
+        ElicitationCapability::new()
+            .with_form(FormElicitationCapability::new())
+            .with_url(UrlElicitationCapability::new()),
+    );
+    capabilities.sampling = Some(SamplingCapability::default());
+    let mut roots = RootsCapabilities::default();
+    roots.list_changed = Some(true);
+    capabilities.roots = Some(roots);
+    capabilities
+}
+
+impl UpstreamClient {
+    /// Hands a server-initiated request to the downstream request that
+    /// caused it and waits for its client's answer. Over Streamable HTTP the
+    /// upstream's stream says which request that is; over stdio it is the
+    /// request in flight, provided all in-flight requests come from one
+    /// session.
+    async fn relay(
+        &self,
+        request: ServerRequest,
+        context: &RequestContext<RoleClient>,
+    ) -> Result<ClientResult, ErrorData> {
+        let method = method_of(&request);
+        let associated = match context.extensions.get::<InboundStreamOrigin>() {
+            Some(InboundStreamOrigin::OutboundRequest(id)) => self.links.routes.by_request(id),
+            _ => None,
+        };
+        let route = match associated.map(Target::Route).unwrap_or_else(|| self.links.routes.unassociated()) {
+            Target::Route(route) => route,
+            Target::Ambiguous(sessions) => {
+                tracing::warn!(upstream = %self.name, method, ?sessions, "a server request could belong to several sessions; refused");
+                return Err(ErrorData::invalid_request(
+                    format!(
+                        "mcpsock cannot tell which of {} client sessions this {} belongs to; give upstream {} \"isolation\": \"per-session\"",
+                        sessions.len(),
+                        method,
+                        self.name
+                    ),
+                    None,
+                ));
+            }
+            Target::Idle => {
+                return Err(ErrorData::invalid_request(
+                    format!("{} is only relayed while a client request to this server is in flight", method),
+                    None,
+                ));
+            }
+        };
+        let (reply, answer) = oneshot::channel();
+        if route.relay.send(Relay::Request { request, reply }).await.is_err() {
+            return Err(ErrorData::internal_error("the client request that caused this has ended", None));
+        }
+        tokio::select! {
+            answer = answer => answer.unwrap_or_else(|_| Err(ErrorData::internal_error("the client request that caused this has ended", None))),
+            // The upstream cancelled its request: dropping `answer` makes the
+            // relaying task cancel the client's side too.
+            () = context.ct.cancelled() => Err(ErrorData::internal_error("cancelled by the server", None)),
+        }
+    }
+
+    async fn broadcast(&self, notification: ServerNotification) {
+        self.links.sessions.broadcast(notification).await;
+    }
+}
+
+fn method_of(request: &ServerRequest) -> String {
+    match request {
+        ServerRequest::PingRequest(_) => "ping".into(),
+        ServerRequest::CreateMessageRequest(_) => "sampling/createMessage".into(),
+        ServerRequest::ListRootsRequest(_) => "roots/list".into(),
+        ServerRequest::ElicitRequest(_) => "elicitation/create".into(),
+        ServerRequest::CustomRequest(request) => request.method.clone(),
+        _ => "a server request".into(),
+    }
+}
+
+fn unexpected(result: ClientResult) -> ErrorData {
+    tracing::debug!(?result, "a client answered a relayed request with the wrong result type");
+    ErrorData::internal_error("the client answered with an unexpected result type", None)
 }
 
 impl ClientHandler for UpstreamClient {
     fn get_info(&self) -> ClientConfig {
-        ClientConfig::new(
-            ClientCapabilities::default(),
-            Implementation::new("mcpsock", env!("CARGO_PKG_VERSION")),
-        )
+        ClientConfig::new(relayed_capabilities(), Implementation::new("mcpsock", env!("CARGO_PKG_VERSION")))
+    }
+
+    async fn create_elicitation(
+        &self,
+        request: ElicitRequestParams,
+        context: RequestContext<RoleClient>,
+    ) -> Result<ElicitResult, ErrorData> {
+        match self.relay(ServerRequest::ElicitRequest(Request::new(request)), &context).await? {
+            ClientResult::ElicitResult(result) => Ok(result),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn create_message(
+        &self,
+        params: CreateMessageRequestParams,
+        context: RequestContext<RoleClient>,
+    ) -> Result<CreateMessageResult, ErrorData> {
+        match self.relay(ServerRequest::CreateMessageRequest(Request::new(params)), &context).await? {
+            ClientResult::CreateMessageResult(result) => Ok(*result),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn list_roots(&self, context: RequestContext<RoleClient>) -> Result<ListRootsResult, ErrorData> {
+        let request = RequestNoParam { method: Default::default(), extensions: Default::default() };
+        match self.relay(ServerRequest::ListRootsRequest(request), &context).await? {
+            ClientResult::ListRootsResult(result) => Ok(result),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn on_custom_request(
+        &self,
+        request: CustomRequest,
+        context: RequestContext<RoleClient>,
+    ) -> Result<CustomResult, ErrorData> {
+        match self.relay(ServerRequest::CustomRequest(request), &context).await? {
+            ClientResult::CustomResult(result) => Ok(result),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn on_progress(
+        &self,
+        mut params: ProgressNotificationParam,
+        _context: NotificationContext<RoleClient>,
+    ) {
+        // rmcp gives every upstream request a progress token of its own; the
+        // client's token (if it asked for progress at all) goes back on.
+        let Some(route) = self.links.routes.by_progress(&params.progress_token) else { return };
+        let Some(token) = route.progress_token.clone() else { return };
+        params.progress_token = token;
+        let notification = ServerNotification::ProgressNotification(Notification::new(params));
+        // Progress is advisory: a client too slow to take it loses some.
+        let _ = route.relay.try_send(Relay::Notification(notification));
+    }
+
+    async fn on_logging_message(
+        &self,
+        params: LoggingMessageNotificationParam,
+        _context: NotificationContext<RoleClient>,
+    ) {
+        let level = params.level;
+        let notification = ServerNotification::LoggingMessageNotification(Notification::new(params));
+        match self.links.routes.unassociated() {
+            Target::Route(route) => {
+                if self.links.sessions.get(route.session).is_some_and(|session| session.wants_log(level)) {
+                    let _ = route.relay.try_send(Relay::Notification(notification));
+                }
+            }
+            // Not tied to one session's request: every session that asked
+            // for log messages at this level gets it.
+            Target::Ambiguous(_) | Target::Idle => {
+                for session in self.links.sessions.live() {
+                    if session.log_level().is_some() && session.wants_log(level) {
+                        session.notify(notification.clone()).await;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn on_resource_updated(
+        &self,
+        params: ResourceUpdatedNotificationParam,
+        _context: NotificationContext<RoleClient>,
+    ) {
+        self.broadcast(ServerNotification::ResourceUpdatedNotification(Notification::new(params))).await;
     }
 
     async fn on_tool_list_changed(&self, context: NotificationContext<RoleClient>) {
@@ -182,15 +431,26 @@ impl ClientHandler for UpstreamClient {
                 tracing::warn!(upstream = %self.name, %error, "could not refresh the tool list")
             }
         }
+        self.broadcast(ServerNotification::ToolListChangedNotification(Default::default())).await;
     }
 
     async fn on_resource_list_changed(&self, context: NotificationContext<RoleClient>) {
-        match context.peer.list_all_resources().await {
-            Ok(resources) => write(&self.catalog).resources = resources,
+        let refreshed = async {
+            let resources = context.peer.list_all_resources().await?;
+            let templates = context.peer.list_all_resource_templates().await?;
+            Ok::<_, rmcp::ServiceError>((resources, templates))
+        };
+        match refreshed.await {
+            Ok((resources, templates)) => {
+                let mut catalog = write(&self.catalog);
+                catalog.resources = resources;
+                catalog.resource_templates = templates;
+            }
             Err(error) => {
                 tracing::warn!(upstream = %self.name, %error, "could not refresh the resource list")
             }
         }
+        self.broadcast(ServerNotification::ResourceListChangedNotification(Default::default())).await;
     }
 
     async fn on_prompt_list_changed(&self, context: NotificationContext<RoleClient>) {
@@ -200,6 +460,7 @@ impl ClientHandler for UpstreamClient {
                 tracing::warn!(upstream = %self.name, %error, "could not refresh the prompt list")
             }
         }
+        self.broadcast(ServerNotification::PromptListChangedNotification(Default::default())).await;
     }
 }
 
@@ -231,9 +492,14 @@ pub(crate) fn restart_delay(recent_restarts: usize) -> Option<Duration> {
 /// process ends.
 pub(crate) struct Upstream {
     pub(crate) name: String,
-    spec: UpstreamSpec,
+    pub(crate) spec: UpstreamSpec,
     timing: Timing,
     pub(crate) catalog: Arc<RwLock<Catalog>>,
+    /// The downstream requests in flight on this upstream.
+    pub(crate) routes: Arc<Routes>,
+    /// `max_concurrent_requests` and its queue.
+    pub(crate) limiter: Limiter,
+    links: Links,
     connection: Mutex<Connection>,
     restarts: AtomicU32,
     /// Lines from the upstream's stdout that were not valid JSON-RPC.
@@ -293,11 +559,17 @@ impl Upstream {
     /// `init_timeout`, and reads the catalog. Never fails: a failure is
     /// recorded in the upstream's state, where health reports show it. A
     /// started upstream whose process later ends is restarted with backoff.
-    pub(crate) async fn start(spec: &UpstreamSpec, timing: Timing, events: EventSender) -> Arc<Self> {
+    pub(crate) async fn start(
+        spec: &UpstreamSpec,
+        timing: Timing,
+        sessions: Arc<Sessions>,
+        events: EventSender,
+    ) -> Arc<Self> {
         let catalog = Arc::new(RwLock::new(Catalog::default()));
         let dropped_messages = Arc::new(AtomicU64::new(0));
+        let links = Links { routes: Arc::new(Routes::default()), sessions };
         let mut last_error = None;
-        let connection = match connect(spec, &catalog, &dropped_messages, timing, &events).await {
+        let connection = match connect(spec, &catalog, &links, &dropped_messages, timing, &events).await {
             Ok(connection) => {
                 let tools = read(&catalog).tools.len();
                 tracing::info!(upstream = %spec.name, tools, "upstream started");
@@ -319,6 +591,9 @@ impl Upstream {
             spec: spec.clone(),
             timing,
             catalog,
+            routes: links.routes.clone(),
+            limiter: Limiter::new(spec.limits),
+            links,
             connection: Mutex::new(connection),
             restarts: AtomicU32::new(0),
             dropped_messages,
@@ -369,8 +644,15 @@ impl Upstream {
                     () = self.stopping.cancelled() => return,
                 }
                 recent.push_back(Instant::now());
-                match connect(&self.spec, &self.catalog, &self.dropped_messages, self.timing, &self.events)
-                    .await
+                match connect(
+                    &self.spec,
+                    &self.catalog,
+                    &self.links,
+                    &self.dropped_messages,
+                    self.timing,
+                    &self.events,
+                )
+                .await
                 {
                     Ok(connection) => {
                         self.restarts.fetch_add(1, Ordering::Relaxed);
@@ -452,6 +734,9 @@ impl Upstream {
             error,
             restarts: self.restarts.load(Ordering::Relaxed),
             dropped_messages: self.dropped_messages.load(Ordering::Relaxed),
+            in_flight: self.limiter.load.in_flight.load(Ordering::Relaxed),
+            queued: self.limiter.load.queued.load(Ordering::Relaxed),
+            shed: self.limiter.load.shed.load(Ordering::Relaxed),
             prompts: read(&self.catalog).prompts.len(),
             resources: read(&self.catalog).resources.len(),
             last_error: lock(&self.last_error).clone(),
@@ -509,6 +794,7 @@ impl Upstream {
 async fn connect(
     spec: &UpstreamSpec,
     catalog: &Arc<RwLock<Catalog>>,
+    links: &Links,
     dropped_messages: &Arc<AtomicU64>,
     timing: Timing,
     events: &EventSender,
@@ -526,7 +812,12 @@ async fn connect(
     })?;
     let pid = child.pid;
     let mut exited = child.exited;
-    let client = UpstreamClient { name: spec.name.clone(), catalog: catalog.clone(), events: events.clone() };
+    let client = UpstreamClient {
+        name: spec.name.clone(),
+        catalog: catalog.clone(),
+        links: links.clone(),
+        events: events.clone(),
+    };
     // Only valid JSON-RPC reaches rmcp; everything else the child prints on
     // stdout is dropped and counted.
     let (filtered, filter_output) = tokio::io::duplex(FILTER_BUFFER);
@@ -550,7 +841,7 @@ async fn connect(
             return Err(format!("no answer to initialize within {}", humanize(init_timeout)));
         }
     };
-    if let Err(error) = load_catalog(service.peer(), catalog).await {
+    if let Err(error) = load_catalog(service.peer(), catalog, init_timeout).await {
         // Dropping the service closes its transport (stdin) at once.
         drop(service);
         stop_group(pid, &mut exited, stop_grace).await;
@@ -559,7 +850,40 @@ async fn connect(
     Ok(Connection::Running { service, pid, exited })
 }
 
-async fn load_catalog(peer: &Peer<RoleClient>, catalog: &RwLock<Catalog>) -> Result<(), rmcp::ServiceError> {
+/// Asks the upstream for a list with a 2026-07-28 envelope in `_meta`: rmcp
+/// servers serve such requests on any session, others (the Python SDK's, for
+/// one) refuse them on a session that began with `initialize`.
+async fn accepts_modern_envelope(
+    peer: &Peer<RoleClient>,
+    capabilities: &ServerCapabilities,
+    timeout: Duration,
+) -> bool {
+    let request = if capabilities.tools.is_some() {
+        ClientRequest::ListToolsRequest(Default::default())
+    } else if capabilities.prompts.is_some() {
+        ClientRequest::ListPromptsRequest(Default::default())
+    } else if capabilities.resources.is_some() {
+        ClientRequest::ListResourcesRequest(Default::default())
+    } else {
+        return false;
+    };
+    let envelope = RequestMetaObject::with_client_context(
+        ProtocolVersion::V_2026_07_28,
+        Implementation::new("mcpsock", env!("CARGO_PKG_VERSION")),
+        relayed_capabilities(),
+    );
+    let options = PeerRequestOptions::with_timeout(timeout).with_meta(envelope);
+    match peer.send_request_with_option(request, options).await {
+        Ok(handle) => handle.await_response().await.is_ok(),
+        Err(_) => false,
+    }
+}
+
+async fn load_catalog(
+    peer: &Peer<RoleClient>,
+    catalog: &RwLock<Catalog>,
+    probe_timeout: Duration,
+) -> Result<(), rmcp::ServiceError> {
     let info = peer.peer_info();
     let capabilities = info.as_ref().map(|info| info.capabilities.clone()).unwrap_or_default();
     let tools = if capabilities.tools.is_some() { peer.list_all_tools().await? } else { Vec::new() };
@@ -569,13 +893,15 @@ async fn load_catalog(peer: &Peer<RoleClient>, catalog: &RwLock<Catalog>) -> Res
         (Vec::new(), Vec::new())
     };
     let prompts = if capabilities.prompts.is_some() { peer.list_all_prompts().await? } else { Vec::new() };
-    *write(catalog) = Catalog {
-        tools,
-        resources,
-        resource_templates,
-        prompts,
-        instructions: info.and_then(|info| info.instructions.clone()),
-    };
+    let accepts_modern_envelope = accepts_modern_envelope(peer, &capabilities, probe_timeout).await;
+    let mut catalog = write(catalog);
+    catalog.accepts_modern_envelope = accepts_modern_envelope;
+    catalog.tools = tools;
+    catalog.resources = resources;
+    catalog.resource_templates = resource_templates;
+    catalog.prompts = prompts;
+    catalog.instructions = info.as_ref().and_then(|info| info.instructions.clone());
+    catalog.capabilities = capabilities;
     Ok(())
 }
 
@@ -594,8 +920,11 @@ pub(crate) fn read(lock: &RwLock<Catalog>) -> std::sync::RwLockReadGuard<'_, Cat
     lock.read().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// Write access to a catalog, which counts as a change.
 fn write(lock: &RwLock<Catalog>) -> std::sync::RwLockWriteGuard<'_, Catalog> {
-    lock.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+    let mut catalog = lock.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+    catalog.generation += 1;
+    catalog
 }
 
 #[cfg(test)]

@@ -65,6 +65,13 @@ fn status_servers_config_metrics_and_openapi_with_curl() {
     let demo_config =
         effective["servers"].as_array().unwrap().iter().find(|server| server["name"] == "demo").unwrap();
     assert_eq!(demo_config["env"]["DEMO_TOKEN"], "<redacted>");
+    // The per-server keys of tool control and request limits, at their defaults.
+    assert_eq!(demo_config["prefix"], "demo");
+    assert_eq!(demo_config["enabled_tools"], Value::Null);
+    assert_eq!(demo_config["disabled_tools"], json!([]));
+    assert_eq!(demo_config["max_concurrent_requests"], Value::Null);
+    assert_eq!(demo_config["max_queued_requests"], 100);
+    assert_eq!(demo_config["queue_timeout"], "30s");
 
     let session = McpSession::open(socket);
     assert_eq!(session.call("demo__echo", json!({"text": "hi"})).unwrap()["content"][0]["text"], "hi");

@@ -5,10 +5,12 @@
 mod admin;
 mod backlog;
 mod lifecycle;
+mod passthrough;
 mod persist;
 mod reload;
 mod security;
 mod serve;
 mod socket;
 mod support;
+mod tools;
 mod upstream;

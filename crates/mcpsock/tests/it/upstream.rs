@@ -103,7 +103,10 @@ fn sec38_terminal_escapes_and_newlines_cannot_forge_log_lines() {
     let output = sandbox.client(&["call", "fake__ansi"]);
     assert_eq!(stdout(&output).trim(), "ansi done", "{}", stderr(&output));
     let tools = sandbox.client(&["tools", "--json"]);
-    assert!(stdout(&tools).contains(r#"fake__evil\u001b[31m\nname"#), "{}", stdout(&tools));
+    // Offered tool names follow the MCP tool-name rules: the escape and the
+    // newline become `_`.
+    assert!(stdout(&tools).contains(r#""fake__evil__31m_name""#), "{}", stdout(&tools));
+    assert!(!stdout(&tools).contains(r"\u001b"), "{}", stdout(&tools));
     wait_until("the escaped stderr line is logged", || daemon.log_text().contains(r"\u{1b}[31mred"));
     let log = daemon.log_text();
     assert!(!log.contains('\u{1b}'), "a raw escape reached the log");
@@ -115,5 +118,41 @@ fn sec38_terminal_escapes_and_newlines_cannot_forge_log_lines() {
         );
     }
     assert!(log.contains(r"\rINFO forged: admin logged in"), "a carriage return is escaped: {log}");
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn requests_beyond_max_concurrent_requests_wait_then_are_shed_with_a_clear_error() {
+    let sandbox = Sandbox::new();
+    let received = sandbox.path().join("received.jsonl");
+    let daemon = fake_daemon(
+        &sandbox,
+        json!({"command": fake_upstream(), "env": {"FAKE_UPSTREAM_LOG": received},
+               "max_concurrent_requests": 1, "max_queued_requests": 1, "queue_timeout": "300ms"}),
+        json!({"request_timeout": "3s"}),
+    );
+    let socket = sandbox.socket();
+    let mut hanging = sandbox.command(&["call", "fake__hang", "--socket", socket.to_str().unwrap()]);
+    hanging.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+    let mut hanging = hanging.spawn().unwrap();
+    wait_until("the hanging call holds the only slot", || upstream_health(&daemon)["in_flight"] == 1);
+    let shed = sandbox.client(&["call", "fake__echo", "--arg", "text=queued"]);
+    assert_eq!(shed.status.code(), Some(6), "{}", stderr(&shed));
+    assert!(
+        stderr(&shed).contains("is busy: no slot freed within 0.3s of queue_timeout"),
+        "{}",
+        stderr(&shed)
+    );
+    assert!(
+        !std::fs::read_to_string(&received).unwrap().contains("queued"),
+        "a shed request reached the upstream"
+    );
+    let health = upstream_health(&daemon);
+    assert_eq!((health["shed"].as_u64(), health["queued"].as_u64()), (Some(1), Some(0)), "{health}");
+    // When the hanging call times out, its slot is free again.
+    wait_for_exit("the hanging call ends at request_timeout", &mut hanging);
+    let served = sandbox.client(&["call", "fake__echo", "--arg", "text=served"]);
+    assert_eq!(stdout(&served).trim(), "served", "{}", stderr(&served));
+    assert_eq!(upstream_health(&daemon)["in_flight"], 0);
     assert!(daemon.stop().success());
 }
