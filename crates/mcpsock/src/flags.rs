@@ -135,7 +135,7 @@ pub(crate) struct SocketFlags {
     /// Socket path [env: MCPSOCK_SOCKET] [default: $XDG_RUNTIME_DIR/mcpsock/sockets/<app>.sock]
     #[arg(long, short = 's', value_name = "PATH")]
     pub(crate) socket: Option<PathBuf>,
-    /// The server's name: its socket, log and tool prefix (<app>__tool)
+    /// The server's name: its socket, log and database file names
     /// [default: from the command, e.g. server-everything]
     #[arg(long, value_name = "APP")]
     pub(crate) name: Option<String>,

@@ -86,7 +86,9 @@ pub(crate) async fn run_socket(flags: SocketFlags) -> Result<ExitCode, Failure> 
     let app = app_name(flags.name.as_deref(), &flags.command)?;
     // The config is written, and validated, exactly as a file would be;
     // relative commands resolve against the working directory.
-    let server = serde_json::json!({"command": flags.command[0], "args": flags.command[1..]});
+    // One server on its own socket never shares it, so its tools keep their
+    // own names: a client sees exactly what the server offers.
+    let server = serde_json::json!({"command": flags.command[0], "args": flags.command[1..], "prefix": ""});
     let text = serde_json::json!({"mcpServers": {&app: server}}).to_string();
     let anchor = absolute(Path::new("command-line"));
     let config = Config::parse(&text, &anchor).map_err(Failure::config)?;
