@@ -416,6 +416,7 @@ mod tests {
             sessions: Arc::new(BoundSessions::new(
                 Arc::new(mcpsock_store::MemoryStore::default()),
                 CancellationToken::new(),
+                Arc::new(EventBus::new(8)),
                 10,
                 Duration::from_secs(60),
             )),

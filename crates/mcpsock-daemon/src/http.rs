@@ -193,15 +193,12 @@ async fn session_events(
     request: Request,
     next: Next,
 ) -> Response {
+    // `session.closed` comes from the session manager, which sees every
+    // way a session ends (DELETE, idle expiry, a failed worker).
     let opening = request.method() == Method::POST && !request.headers().contains_key("mcp-session-id");
-    let closing = request.method() == Method::DELETE;
     let response = next.run(request).await;
-    if response.status().is_success() {
-        if opening && response.headers().contains_key("mcp-session-id") {
-            events.publish(EventBody::SessionOpened { sessions: sessions.open_count().await });
-        } else if closing {
-            events.publish(EventBody::SessionClosed { sessions: sessions.open_count().await });
-        }
+    if opening && response.status().is_success() && response.headers().contains_key("mcp-session-id") {
+        events.publish(EventBody::SessionOpened { sessions: sessions.open_count().await });
     }
     response
 }

@@ -184,6 +184,7 @@ impl LockedSocket {
         let sessions = Arc::new(BoundSessions::new(
             options.store.clone(),
             streams_token.clone(),
+            events.clone(),
             options.max_sessions_per_principal,
             options.session_idle_ttl,
         ));

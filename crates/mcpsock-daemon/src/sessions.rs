@@ -38,7 +38,9 @@ use rmcp::transport::streamable_http_server::session::{
 
 use tokio_util::sync::CancellationToken;
 
+use crate::events::EventBus;
 use crate::persist::{EventStoreAdapter, REQUEST_PRINCIPAL};
+use mcpsock_api::EventBody;
 
 const SESSION_HEADER: &str = "mcp-session-id";
 const VERSION_HEADER: &str = "mcp-protocol-version";
@@ -81,6 +83,8 @@ pub(crate) struct BoundSessions {
     /// Cancelled when the daemon stops: sessions that close then are kept
     /// in the store for the next process.
     stopping: CancellationToken,
+    /// Where `session.closed` is announced.
+    events: Arc<EventBus>,
     owners: Mutex<HashMap<SessionId, Principal>>,
     max_per_principal: usize,
 }
@@ -94,13 +98,14 @@ impl BoundSessions {
     pub(crate) fn new(
         store: Arc<dyn Store>,
         stopping: CancellationToken,
+        events: Arc<EventBus>,
         max_per_principal: usize,
         idle_ttl: Duration,
     ) -> Self {
         let mut inner =
             LocalSessionManager::default().with_event_store(Arc::new(EventStoreAdapter(store.clone())));
         inner.session_config.keep_alive = Some(idle_ttl);
-        Self { inner, store, stopping, owners: Mutex::default(), max_per_principal }
+        Self { inner, store, stopping, events, owners: Mutex::default(), max_per_principal }
     }
 
     pub(crate) fn store(&self) -> Arc<dyn Store> {
@@ -186,12 +191,18 @@ impl SessionManager for BoundSessions {
         // A session closes on DELETE, on idle expiry or when its worker
         // fails, and when the daemon stops. Only in the last case may it
         // live on in the store.
-        if !self.stopping.is_cancelled()
-            && let Err(error) = self.store.delete_session(id).await
-        {
+        let stopping = self.stopping.is_cancelled();
+        if !stopping && let Err(error) = self.store.delete_session(id).await {
             tracing::warn!(%error, "a closed session stays in the store until its expiry");
         }
-        self.inner.close_session(id).await
+        // rmcp closes a deleted session twice (the DELETE, then its ending
+        // worker): announce it once, while it is still open here.
+        let was_open = self.inner.has_session(id).await?;
+        self.inner.close_session(id).await?;
+        if was_open && !stopping {
+            self.events.publish(EventBody::SessionClosed { sessions: self.open_count().await });
+        }
+        Ok(())
     }
 
     async fn create_stream(

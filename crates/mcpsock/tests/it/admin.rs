@@ -271,3 +271,34 @@ fn events_have_ids_and_resume_with_last_event_id() {
     assert_eq!(garbage.0, 400, "{}", garbage.1);
     assert!(daemon.stop().success());
 }
+
+#[test]
+fn session_closed_is_announced_for_a_delete_and_for_an_expiry() {
+    let sandbox = Sandbox::new();
+    let config = sandbox.write_config(&json!({"mcpServers": {}, "session_idle_ttl": "300ms"}));
+    let daemon = Daemon::start(&sandbox, &config);
+    let mut events = EventReader::start(&daemon.socket, None);
+    events.until("status");
+
+    let deleted = open_session(Target::Unix(&daemon.socket), "localhost", "");
+    events.until("session.opened");
+    let delete = raw_request(
+        Target::Unix(&daemon.socket),
+        &format!("DELETE /mcp HTTP/1.1\r\nHost: localhost\r\nMcp-Session-Id: {deleted}"),
+        b"",
+    );
+    assert!(delete.status / 100 == 2, "{delete:?}");
+    let (_, closed) = events.until("session.closed");
+    assert_eq!(closed["sessions"], 0);
+
+    // A session left alone expires: that is announced too. (And the
+    // deleted one was announced once: the next event is this opening.)
+    open_session(Target::Unix(&daemon.socket), "localhost", "");
+    let (_, kind, opened) = events.next();
+    assert_eq!(kind, "session.opened");
+    assert_eq!(opened["sessions"], 1);
+    let (_, expired) = events.until("session.closed");
+    assert_eq!(expired["sessions"], 0);
+    drop(events);
+    assert!(daemon.stop().success());
+}
