@@ -357,6 +357,8 @@ pub(crate) const MCP_HEADERS: &str =
 
 /// The TCP address the daemon logged it serves on.
 pub(crate) fn tcp_address(daemon: &Daemon) -> std::net::SocketAddr {
+    // The socket may answer a moment before the TCP listener is logged.
+    wait_until("the daemon logs its TCP address", || daemon.log_text().contains("serving loopback TCP"));
     let log = daemon.log_text();
     let line = log.lines().find(|line| line.contains("serving loopback TCP")).expect("the daemon serves TCP");
     let address = line.split("address=").nth(1).unwrap().split_whitespace().next().unwrap();
