@@ -155,6 +155,17 @@ fn status_text(endpoint: &Endpoint, status: &Status) -> String {
     if let Some(log) = &status.log_file {
         let _ = writeln!(text, "  log          {log}");
     }
+    let storage = &status.storage;
+    let _ = match &storage.path {
+        Some(path) => writeln!(
+            text,
+            "  sessions     {} {path} ({}, durability {})",
+            storage.mode,
+            if storage.encrypted { "encrypted" } else { "not encrypted" },
+            storage.durability.as_deref().unwrap_or("normal")
+        ),
+        None => writeln!(text, "  sessions     {} (a restart forgets them)", storage.mode),
+    };
     let _ = writeln!(
         text,
         "  offers       {} tools, {} prompts, {} resources; {} sessions open",

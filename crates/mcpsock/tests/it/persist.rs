@@ -410,6 +410,9 @@ fn status_reports_the_store_and_full_durability_is_taken() {
         status["storage"],
         json!({"mode": "sqlite", "path": db.to_str().unwrap(), "encrypted": true, "durability": "full"})
     );
+    let text = stdout(&sandbox.client(&["status"]));
+    let expected = format!("  sessions     sqlite {} (encrypted, durability full)\n", db.display());
+    assert!(text.contains(&expected), "{text}");
     assert!(daemon.stop().success());
 
     // The flag wins over the config file.
@@ -419,6 +422,8 @@ fn status_reports_the_store_and_full_durability_is_taken() {
     let (_, body) = http_get(&sandbox.socket(), "/status").unwrap();
     let status: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(status["storage"], json!({"mode": "memory", "encrypted": false}));
+    let text = stdout(&sandbox.client(&["status"]));
+    assert!(text.contains("  sessions     memory (a restart forgets them)\n"), "{text}");
     assert!(daemon.stop().success());
 }
 
