@@ -4,6 +4,9 @@
 
 // The binary is where output belongs.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
+// The flag structs' doc comments are the `--help` text, written for a
+// terminal: `[default: …]` and `<app>` there are not rustdoc links or tags.
+#![allow(rustdoc::broken_intra_doc_links, rustdoc::invalid_html_tags)]
 
 /// Prints a line to stdout. A closed stdout (`mcpsock tools | head -1`)
 /// is not an error worth a panic: the line is dropped.
