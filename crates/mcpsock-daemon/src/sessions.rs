@@ -85,6 +85,8 @@ pub(crate) struct BoundSessions {
     stopping: CancellationToken,
     /// Where `session.closed` is announced.
     events: Arc<EventBus>,
+    /// Sessions being closed: out of memory, their rows not yet deleted.
+    closing: Mutex<HashSet<SessionId>>,
     owners: Mutex<HashMap<SessionId, Principal>>,
     max_per_principal: usize,
 }
@@ -105,7 +107,19 @@ impl BoundSessions {
         let mut inner =
             LocalSessionManager::default().with_event_store(Arc::new(EventStoreAdapter(store.clone())));
         inner.session_config.keep_alive = Some(idle_ttl);
-        Self { inner, store, stopping, events, owners: Mutex::default(), max_per_principal }
+        Self {
+            inner,
+            store,
+            stopping,
+            events,
+            closing: Mutex::default(),
+            owners: Mutex::default(),
+            max_per_principal,
+        }
+    }
+
+    fn closing(&self) -> std::sync::MutexGuard<'_, HashSet<SessionId>> {
+        self.closing.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     pub(crate) fn store(&self) -> Arc<dyn Store> {
@@ -171,6 +185,10 @@ impl SessionManager for BoundSessions {
     }
 
     async fn restore_session(&self, id: SessionId) -> Result<RestoreOutcome<Self::Transport>, Self::Error> {
+        if self.closing().contains(&id) {
+            // Closed a moment ago; its row is on its way out.
+            return Ok(RestoreOutcome::NotSupported);
+        }
         self.inner.restore_session(id).await
     }
 
@@ -190,19 +208,27 @@ impl SessionManager for BoundSessions {
         self.owners().remove(id);
         // A session closes on DELETE, on idle expiry or when its worker
         // fails, and when the daemon stops. Only in the last case may it
-        // live on in the store.
+        // live on in the store. It leaves memory first, so no request finds
+        // a session whose worker is gone; until its row is deleted too, it
+        // must not be restored from that row.
         let stopping = self.stopping.is_cancelled();
-        if !stopping && let Err(error) = self.store.delete_session(id).await {
-            tracing::warn!(%error, "a closed session stays in the store until its expiry");
+        if !stopping {
+            self.closing().insert(id.clone());
         }
         // rmcp closes a deleted session twice (the DELETE, then its ending
         // worker): announce it once, while it is still open here.
         let was_open = self.inner.has_session(id).await?;
-        self.inner.close_session(id).await?;
-        if was_open && !stopping {
-            self.events.publish(EventBody::SessionClosed { sessions: self.open_count().await });
+        let closed = self.inner.close_session(id).await;
+        if !stopping {
+            if let Err(error) = self.store.delete_session(id).await {
+                tracing::warn!(%error, "a closed session stays in the store until its expiry");
+            }
+            self.closing().remove(id);
+            if was_open {
+                self.events.publish(EventBody::SessionClosed { sessions: self.open_count().await });
+            }
         }
-        Ok(())
+        closed
     }
 
     async fn create_stream(
