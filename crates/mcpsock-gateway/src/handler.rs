@@ -313,11 +313,10 @@ impl Gateway {
         };
         cancel.disarm();
         // rmcp hands each upstream notification to its own task, so one sent
-        // just before the answer may still be on its way to the relay; let
-        // those tasks run, then deliver what they relayed before the answer.
-        for _ in 0..4 {
-            tokio::task::yield_now().await;
-        }
+        // just before the answer may still be on its way to the relay; wait
+        // until the progress and log notifications read so far are relayed,
+        // then deliver them before the answer.
+        upstream.links.ledger.caught_up(NOTIFICATION_CATCH_UP).await;
         while let Ok(message) = relayed.try_recv() {
             if let Relay::Notification(notification) = message {
                 notify(&context.peer, notification).await;
@@ -384,6 +383,10 @@ fn template_owner<'a>(upstreams: &'a [Arc<Upstream>], uri: &str) -> Option<&'a A
 
 /// The `_meta` keys of the 2026-07-28 per-request envelope, which an upstream
 /// session begun with `initialize` may refuse.
+/// How long an answer waits for the notifications read before it to be
+/// relayed (they normally are within microseconds).
+const NOTIFICATION_CATCH_UP: Duration = Duration::from_millis(100);
+
 const MODERN_ENVELOPE: [&str; 4] = [
     "io.modelcontextprotocol/protocolVersion",
     "io.modelcontextprotocol/clientInfo",

@@ -207,6 +207,7 @@ pub(crate) async fn filter_stdout(
     stdout: ChildStdout,
     mut output: impl AsyncWrite + Unpin,
     dropped: Arc<AtomicU64>,
+    ledger: Arc<crate::upstream::Ledger>,
 ) {
     let mut reader = BufReader::new(stdout);
     let mut line = Vec::new();
@@ -214,12 +215,16 @@ pub(crate) async fn filter_stdout(
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        if line.len() > MAX_STDOUT_LINE || !is_json_rpc(&line) {
+        let kind = if line.len() > MAX_STDOUT_LINE { None } else { json_rpc_kind(&line) };
+        let Some(kind) = kind else {
             let count = dropped.fetch_add(1, Ordering::Relaxed) + 1;
             if count <= 10 || count.is_power_of_two() {
                 tracing::warn!(upstream = %name, bytes = line.len(), dropped = count, "dropped a stdout line that is not a JSON-RPC message");
             }
             continue;
+        };
+        if kind == Kind::Relayed {
+            ledger.read_one();
         }
         line.push(b'\n');
         if output.write_all(&line).await.is_err() {
@@ -228,10 +233,25 @@ pub(crate) async fn filter_stdout(
     }
 }
 
-/// One JSON-RPC 2.0 request, notification or response. Checked without
-/// building the message: this runs on every upstream line, before rmcp
-/// parses it for real.
+/// What a valid line is, as far as the stdout filter cares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    /// A progress or log notification: its handler relays it to a client
+    /// (see `Ledger`).
+    Relayed,
+    /// Any other request, notification or response.
+    Other,
+}
+
+#[cfg(test)]
 fn is_json_rpc(line: &[u8]) -> bool {
+    json_rpc_kind(line).is_some()
+}
+
+/// One JSON-RPC 2.0 request, notification or response, and its kind.
+/// Checked without building the message: this runs on every upstream line,
+/// before rmcp parses it for real.
+fn json_rpc_kind(line: &[u8]) -> Option<Kind> {
     /// Whether a member is present, whatever its value (even `null`).
     #[derive(Default)]
     struct Seen(bool);
@@ -258,15 +278,18 @@ fn is_json_rpc(line: &[u8]) -> bool {
 
     // serde would also read a struct from an array; a message is an object.
     if line.iter().find(|byte| !byte.is_ascii_whitespace()) != Some(&b'{') {
-        return false;
+        return None;
     }
-    let Ok(message) = serde_json::from_slice::<Envelope<'_>>(line) else {
-        return false;
-    };
+    let message = serde_json::from_slice::<Envelope<'_>>(line).ok()?;
     if message.jsonrpc.as_deref() != Some("2.0") {
-        return false;
+        return None;
     }
-    message.method.is_some() || (message.id.0 && message.result.0 != message.error.0)
+    match message.method.as_deref() {
+        Some("notifications/progress" | "notifications/message") if !message.id.0 => Some(Kind::Relayed),
+        Some(_) => Some(Kind::Other),
+        None if message.id.0 && message.result.0 != message.error.0 => Some(Kind::Other),
+        None => None,
+    }
 }
 
 /// Reads one line into `line` (without its newline), keeping at most `max`
@@ -312,6 +335,27 @@ mod tests {
             lines.push(line.len());
         }
         assert_eq!(lines, [3, MAX_STDERR_LINE, 4]);
+    }
+
+    #[test]
+    fn progress_and_log_notifications_are_told_apart() {
+        let kind = |line: &str| json_rpc_kind(line.as_bytes());
+        assert_eq!(
+            kind(r#"{"jsonrpc":"2.0","method":"notifications/progress","params":{}}"#),
+            Some(Kind::Relayed)
+        );
+        assert_eq!(
+            kind(r#"{"jsonrpc":"2.0","method":"notifications/message","params":{}}"#),
+            Some(Kind::Relayed)
+        );
+        assert_eq!(
+            kind(r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{}}"#),
+            Some(Kind::Other)
+        );
+        // A request that happens to carry the name is not a notification.
+        assert_eq!(kind(r#"{"jsonrpc":"2.0","id":3,"method":"notifications/progress"}"#), Some(Kind::Other));
+        assert_eq!(kind(r#"{"jsonrpc":"2.0","id":3,"result":{}}"#), Some(Kind::Other));
+        assert_eq!(kind("not json"), None);
     }
 
     #[test]

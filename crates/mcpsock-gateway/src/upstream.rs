@@ -228,6 +228,63 @@ pub(crate) struct Catalog {
 pub(crate) struct Links {
     pub(crate) routes: Arc<Routes>,
     pub(crate) sessions: Arc<Sessions>,
+    pub(crate) ledger: Arc<Ledger>,
+}
+
+/// Counts the upstream's progress and log notifications twice: when its
+/// stdout filter passes them on (in wire order) and when their handler has
+/// relayed them. rmcp hands each notification to a task of its own, so one
+/// sent just before an answer may still be on its way when the answer is
+/// in; a request waits until the two counts meet before it answers, so its
+/// client sees the progress and logs that came first, first.
+#[derive(Debug, Default)]
+pub(crate) struct Ledger {
+    read: AtomicU64,
+    handled: AtomicU64,
+    changed: Notify,
+}
+
+impl Ledger {
+    /// The stdout filter passed one on.
+    pub(crate) fn read_one(&self) {
+        self.read.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn handled_one(&self) {
+        self.handled.fetch_add(1, Ordering::SeqCst);
+        self.changed.notify_waiters();
+    }
+
+    /// Waits until every notification read so far was handled, at most
+    /// `bound` (after which the counts are made to agree, so a miscount
+    /// costs one wait, not one per request).
+    pub(crate) async fn caught_up(&self, bound: std::time::Duration) {
+        let target = self.read.load(Ordering::SeqCst);
+        let waited = tokio::time::timeout(bound, async {
+            loop {
+                let changed = self.changed.notified();
+                if self.handled.load(Ordering::SeqCst) >= target {
+                    return;
+                }
+                changed.await;
+            }
+        })
+        .await;
+        if waited.is_err() {
+            tracing::debug!("upstream notifications were not all handled in time");
+            self.handled.fetch_max(target, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Counts a notification as handled when dropped, whichever way its handler
+/// returns.
+struct Handled<'a>(&'a Ledger);
+
+impl Drop for Handled<'_> {
+    fn drop(&mut self) {
+        self.0.handled_one();
+    }
 }
 
 /// The MCP client side of the connection to one upstream.
@@ -377,6 +434,7 @@ impl ClientHandler for UpstreamClient {
         mut params: ProgressNotificationParam,
         _context: NotificationContext<RoleClient>,
     ) {
+        let _handled = Handled(&self.links.ledger);
         // rmcp gives every upstream request a progress token of its own; the
         // client's token (if it asked for progress at all) goes back on.
         let Some(route) = self.links.routes.by_progress(&params.progress_token) else { return };
@@ -392,6 +450,7 @@ impl ClientHandler for UpstreamClient {
         params: LoggingMessageNotificationParam,
         _context: NotificationContext<RoleClient>,
     ) {
+        let _handled = Handled(&self.links.ledger);
         let level = params.level;
         let notification = ServerNotification::LoggingMessageNotification(Notification::new(params));
         match self.links.routes.unassociated() {
@@ -499,7 +558,7 @@ pub(crate) struct Upstream {
     pub(crate) routes: Arc<Routes>,
     /// `max_concurrent_requests` and its queue.
     pub(crate) limiter: Limiter,
-    links: Links,
+    pub(crate) links: Links,
     connection: Mutex<Connection>,
     restarts: AtomicU32,
     /// Lines from the upstream's stdout that were not valid JSON-RPC.
@@ -567,7 +626,7 @@ impl Upstream {
     ) -> Arc<Self> {
         let catalog = Arc::new(RwLock::new(Catalog::default()));
         let dropped_messages = Arc::new(AtomicU64::new(0));
-        let links = Links { routes: Arc::new(Routes::default()), sessions };
+        let links = Links { routes: Arc::new(Routes::default()), sessions, ledger: Arc::default() };
         let mut last_error = None;
         let connection = match connect(spec, &catalog, &links, &dropped_messages, timing, &events).await {
             Ok(connection) => {
@@ -821,7 +880,13 @@ async fn connect(
     // Only valid JSON-RPC reaches rmcp; everything else the child prints on
     // stdout is dropped and counted.
     let (filtered, filter_output) = tokio::io::duplex(FILTER_BUFFER);
-    tokio::spawn(filter_stdout(spec.name.clone(), child.stdout, filter_output, dropped_messages.clone()));
+    tokio::spawn(filter_stdout(
+        spec.name.clone(),
+        child.stdout,
+        filter_output,
+        dropped_messages.clone(),
+        links.ledger.clone(),
+    ));
     let transport = AsyncRwTransport::new(filtered, child.stdin).with_max_line_length(MAX_UPSTREAM_LINE);
     let handshake = tokio::select! {
         result = tokio::time::timeout(init_timeout, client.serve(transport)) => result,
