@@ -104,6 +104,18 @@ impl Inner {
         seqs.len()
     }
 
+    /// Per session, keeps the newest `cap` events; returns how many went.
+    fn trim_sessions(&mut self, cap: usize) -> usize {
+        let mut per_session: HashMap<Vec<u8>, Vec<u64>> = HashMap::new();
+        for (seq, event) in self.events.iter().rev() {
+            if let Some(row) = self.streams.get(&event.stream) {
+                per_session.entry(row.session.clone()).or_default().push(*seq);
+            }
+        }
+        let over: Vec<u64> = per_session.into_values().flat_map(|seqs| seqs.into_iter().skip(cap)).collect();
+        self.remove_events(&over)
+    }
+
     /// Drops a stream's oldest events until it is within both bounds.
     fn trim_stream(&mut self, stream: &str, max_events: usize, max_bytes: usize) {
         let mut doomed = Vec::new();
@@ -153,6 +165,9 @@ impl MemoryStore {
             },
         );
         inner.trim_stream(stream, self.retention.max_events_per_session, self.retention.max_stream_bytes);
+        if seq % crate::TRIM_SESSIONS_EVERY == crate::TRIM_SESSIONS_EVERY - 1 {
+            inner.trim_sessions(self.retention.max_events_per_session);
+        }
         Ok(id)
     }
 }
@@ -298,18 +313,7 @@ impl Store for MemoryStore {
             .map(|(seq, _)| *seq)
             .collect();
         purged.events += inner.remove_events(&old);
-        // Per session, keep the newest events up to the cap.
-        let mut per_session: HashMap<Vec<u8>, Vec<u64>> = HashMap::new();
-        for (seq, event) in inner.events.iter().rev() {
-            if let Some(row) = inner.streams.get(&event.stream) {
-                per_session.entry(row.session.clone()).or_default().push(*seq);
-            }
-        }
-        let over: Vec<u64> = per_session
-            .into_values()
-            .flat_map(|seqs| seqs.into_iter().skip(self.retention.max_events_per_session))
-            .collect();
-        purged.events += inner.remove_events(&over);
+        purged.events += inner.trim_sessions(self.retention.max_events_per_session);
         Ok(purged)
     }
 

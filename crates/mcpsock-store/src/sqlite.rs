@@ -166,6 +166,8 @@ struct Writer {
     /// since start, or the last cleanup): a stream is trimmed once these
     /// pass a quarter of its bounds, so each append stays cheap.
     appended: RefCell<HashMap<i64, (usize, usize)>>,
+    /// Events that joined each session since its last trim.
+    joined: RefCell<HashMap<Vec<u8>, usize>>,
     /// rmcp's stream names → (stream number, standalone) for the streams
     /// this process writes to.
     streams: RefCell<HashMap<String, (i64, bool)>>,
@@ -205,6 +207,7 @@ impl SqliteStore {
             clock: clock.clone(),
             appended: RefCell::default(),
             streams: RefCell::default(),
+            joined: RefCell::default(),
             _lock: lock,
         };
         let next_seq: i64 = writer
@@ -552,6 +555,9 @@ impl Writer {
         event: NewEvent,
     ) -> Result<(), StoreError> {
         let stream_no = self.stream_no(stream, session)?;
+        if let Some(session) = session {
+            self.note_session_events(session)?;
+        }
         let message =
             event.message.map(|message| self.seal(Purpose::Events, &event_aad(id, stream_no), &message));
         let size = message.as_ref().map_or(0, Vec::len);
@@ -562,6 +568,7 @@ impl Writer {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?
             .execute(params![seq, tag, stream_no, self.clock.now(), retry_ms, message, event.is_response])?;
+
         if event.is_response && session.is_none() {
             // A request stream is complete: rmcp sends nothing after it.
             self.streams.borrow_mut().remove(stream);
@@ -626,6 +633,64 @@ impl Writer {
                 .execute(params![stream, seq])?;
         }
         Ok(())
+    }
+
+    /// Counts events that joined `session` (a bound stream, an event on its
+    /// standalone stream) and trims the session to its cap once another cap's
+    /// worth has joined since its last trim: a session holds at most twice
+    /// its cap between cleanups, and old events go in large, cheap batches.
+    fn note_session_events(&self, session: &[u8]) -> Result<(), StoreError> {
+        let cap = self.retention.max_events_per_session;
+        let due = {
+            let mut joined = self.joined.borrow_mut();
+            let count = joined.entry(session.to_vec()).or_default();
+            *count += 1;
+            *count > cap
+        };
+        if due {
+            self.joined.borrow_mut().remove(session);
+            self.trim_session(session)?;
+        }
+        Ok(())
+    }
+
+    /// Keeps the newest `max_events_per_session` events of `session`.
+    fn trim_session(&self, session: &[u8]) -> Result<usize, StoreError> {
+        let cap = i64::try_from(self.retention.max_events_per_session).unwrap_or(i64::MAX);
+        Ok(self
+            .connection
+            .prepare_cached(
+                "DELETE FROM events WHERE seq IN (
+                    SELECT e.seq FROM streams s JOIN events e ON e.stream = s.no
+                    WHERE s.session = ?1 ORDER BY e.seq DESC LIMIT -1 OFFSET ?2)",
+            )?
+            .execute(params![session, cap])?)
+    }
+
+    /// Per session, keeps the newest `max_events_per_session` events;
+    /// returns how many went.
+    fn trim_sessions(&self) -> Result<usize, StoreError> {
+        let cap = i64::try_from(self.retention.max_events_per_session).unwrap_or(i64::MAX);
+        let crowded: Vec<Vec<u8>> = {
+            let mut statement = self.connection.prepare_cached(
+                "SELECT s.session FROM events e JOIN streams s ON s.no = e.stream
+                 WHERE s.session IS NOT NULL GROUP BY s.session HAVING count(*) > ?1",
+            )?;
+            let rows = statement.query_map([cap], |row| row.get(0))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        let mut trimmed = 0;
+        for session in crowded {
+            trimmed += self
+                .connection
+                .prepare_cached(
+                    "DELETE FROM events WHERE seq IN (
+                        SELECT e.seq FROM events e JOIN streams s ON s.no = e.stream
+                        WHERE s.session = ?1 ORDER BY e.seq DESC LIMIT -1 OFFSET ?2)",
+                )?
+                .execute(params![session, cap])?;
+        }
+        Ok(trimmed)
     }
 
     fn delete_session(&self, key: &[u8]) -> Result<usize, StoreError> {
@@ -766,12 +831,15 @@ impl Store for SqliteStore {
             let Some((_, stream)) = writer.find_event(&event_id)? else { return Ok(()) };
             let request_id = writer.seal(Purpose::Events, &stream_aad(stream), &request_id);
             // First come: a stream already bound stays with its session.
-            writer
+            let bound = writer
                 .connection
                 .prepare_cached(
                     "UPDATE streams SET session = ?2, request_id = ?3 WHERE no = ?1 AND session IS NULL",
                 )?
                 .execute(params![stream, session, request_id])?;
+            if bound > 0 {
+                writer.note_session_events(&session)?;
+            }
             Ok(())
         })
         .await
@@ -904,26 +972,9 @@ impl Store for SqliteStore {
                      AND NOT EXISTS (SELECT 1 FROM events e WHERE e.stream = streams.no)",
                 )?
                 .execute([oldest_kept])?;
-            let cap = i64::try_from(writer.retention.max_events_per_session).unwrap_or(i64::MAX);
-            let crowded: Vec<Vec<u8>> = {
-                let mut statement = writer.connection.prepare_cached(
-                    "SELECT s.session FROM events e JOIN streams s ON s.no = e.stream
-                     WHERE s.session IS NOT NULL GROUP BY s.session HAVING count(*) > ?1",
-                )?;
-                let rows = statement.query_map([cap], |row| row.get(0))?;
-                rows.collect::<Result<_, _>>()?
-            };
-            for session in crowded {
-                purged.events += writer
-                    .connection
-                    .prepare_cached(
-                        "DELETE FROM events WHERE seq IN (
-                            SELECT e.seq FROM events e JOIN streams s ON s.no = e.stream
-                            WHERE s.session = ?1 ORDER BY e.seq DESC LIMIT -1 OFFSET ?2)",
-                    )?
-                    .execute(params![session, cap])?;
-            }
+            purged.events += writer.trim_sessions()?;
             writer.appended.borrow_mut().clear();
+            writer.joined.borrow_mut().clear();
             // Forget standalone streams (found again by their session) and
             // request streams whose rows are gone.
             let oldest_stream: i64 = writer
