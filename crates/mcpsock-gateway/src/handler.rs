@@ -322,6 +322,16 @@ impl Gateway {
                 notify(&context.peer, notification).await;
             }
         }
+        // A question the upstream withdrew just before it answered (its
+        // `notifications/cancelled` comes first on the wire, but rmcp may act
+        // on the answer first) must be withdrawn from the client too: let the
+        // deliveries still running see that, briefly, before they are dropped.
+        if !deliveries.is_empty() {
+            let _ = tokio::time::timeout(QUESTION_WIND_DOWN, async {
+                while deliveries.next().await.is_some() {}
+            })
+            .await;
+        }
         result
     }
 
@@ -383,6 +393,10 @@ fn template_owner<'a>(upstreams: &'a [Arc<Upstream>], uri: &str) -> Option<&'a A
 
 /// The `_meta` keys of the 2026-07-28 per-request envelope, which an upstream
 /// session begun with `initialize` may refuse.
+/// How long an answer waits for the upstream's withdrawn questions to be
+/// withdrawn from the client too.
+const QUESTION_WIND_DOWN: Duration = Duration::from_millis(250);
+
 /// How long an answer waits for the notifications read before it to be
 /// relayed (they normally are within microseconds).
 const NOTIFICATION_CATCH_UP: Duration = Duration::from_millis(100);
