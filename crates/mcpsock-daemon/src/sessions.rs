@@ -75,6 +75,16 @@ impl Principal {
     }
 }
 
+/// Whose a presented session id is.
+enum Holder {
+    /// Unknown or expired: rmcp answers 404.
+    Nobody,
+    /// Another principal's.
+    Other,
+    /// The presenter's own; `restoring` when only the store knows it yet.
+    Presenter { restoring: bool },
+}
+
 /// rmcp's local session manager with random ids, owners and the store.
 #[derive(Debug)]
 pub(crate) struct BoundSessions {
@@ -126,13 +136,21 @@ impl BoundSessions {
         self.store.clone()
     }
 
-    /// Who owns session `id`: known here, or recorded in the store by an
-    /// earlier process. `None` for an unknown or expired session.
-    async fn owner(&self, id: &SessionId) -> Result<Option<String>, StoreError> {
+    /// Whose session `id` is, as `principal` presents it: known here, or
+    /// recorded in the store by an earlier process (then rmcp restores it).
+    async fn holder(&self, id: &SessionId, principal: Principal) -> Result<Holder, StoreError> {
         if let Some(owner) = self.owners().get(id) {
-            return Ok(Some(owner.to_string()));
+            return Ok(if *owner == principal {
+                Holder::Presenter { restoring: false }
+            } else {
+                Holder::Other
+            });
         }
-        Ok(self.store.load_session(id).await?.map(|record| record.owner))
+        Ok(match self.store.load_session(id).await? {
+            Some(record) if record.owner == principal.to_string() => Holder::Presenter { restoring: true },
+            Some(_) => Holder::Other,
+            None => Holder::Nobody,
+        })
     }
 
     fn owners(&self) -> std::sync::MutexGuard<'_, HashMap<SessionId, Principal>> {
@@ -443,13 +461,12 @@ pub(crate) async fn guard_sessions(
         request.headers().get(SESSION_HEADER).and_then(|value| value.to_str().ok()).map(Into::into);
     let mut restoring = false;
     if let Some(id) = &presented {
-        match sessions.owner(id).await {
+        match sessions.holder(id, principal).await {
             // The same answer as for an id that does not exist: nothing
             // tells another principal that the session is real.
-            Ok(Some(owner)) if owner != principal.to_string() => {
-                return refuse(StatusCode::NOT_FOUND, "session not found");
-            }
-            Ok(owner) => restoring = owner.is_some() && !sessions.owners().contains_key(id),
+            Ok(Holder::Other) => return refuse(StatusCode::NOT_FOUND, "session not found"),
+            Ok(Holder::Presenter { restoring: from_store }) => restoring = from_store,
+            Ok(Holder::Nobody) => {}
             Err(error) => {
                 tracing::error!(%error, "the state database cannot be read");
                 return refuse(

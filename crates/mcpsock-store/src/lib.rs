@@ -32,10 +32,6 @@ pub use sqlite::{Durability, SCHEMA_VERSION, SqliteOptions, SqliteStore};
 /// Milliseconds since the Unix epoch.
 pub type UnixMillis = i64;
 
-/// Every this many appends, sessions over `max_events_per_session` are
-/// trimmed at once, so the cap holds between cleanups under any load.
-const TRIM_SESSIONS_EVERY: u64 = 1024;
-
 /// A session as stored: its owner and the parameters of its `initialize`
 /// request, replayed to restore the session after a restart.
 #[derive(Clone, PartialEq, Eq)]

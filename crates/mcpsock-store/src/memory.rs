@@ -9,6 +9,10 @@ use crate::{
     session_key,
 };
 
+/// Every this many appends, sessions over `max_events_per_session` are
+/// trimmed at once, so the cap holds between cleanups under any load.
+const TRIM_SESSIONS_EVERY: u64 = 1024;
+
 /// Sessions and events in process memory.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
@@ -165,7 +169,7 @@ impl MemoryStore {
             },
         );
         inner.trim_stream(stream, self.retention.max_events_per_session, self.retention.max_stream_bytes);
-        if seq % crate::TRIM_SESSIONS_EVERY == crate::TRIM_SESSIONS_EVERY - 1 {
+        if seq % TRIM_SESSIONS_EVERY == TRIM_SESSIONS_EVERY - 1 {
             inner.trim_sessions(self.retention.max_events_per_session);
         }
         Ok(id)
