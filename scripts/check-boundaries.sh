@@ -29,6 +29,19 @@ forbid mcpsock-store mcpsock-daemon
 forbid mcpsock-gateway mcpsock-store
 forbid mcpsock-client mcpsock-store
 forbid mcpsock-client rusqlite
+# The library facade without its default features is the client side only.
+forbid_light() { # forbid_light DEPENDENCY: `mcpsock` without default features must not pull it in
+    if cargo tree --locked -p mcpsock --no-default-features -e normal --prefix none --format '{p}' 2>/dev/null \
+        | grep -q "^$1 "; then
+        echo "boundary broken: mcpsock --no-default-features depends on $1" >&2
+        fail=1
+    fi
+}
+forbid_light mcpsock-daemon
+forbid_light mcpsock-store
+forbid_light rusqlite
+forbid_light axum
+forbid_light clap
 # Wire types stay free of behaviour and IO.
 forbid mcpsock-api tokio
 

@@ -1,7 +1,13 @@
 #!/usr/bin/env bash
 # Runs the official MCP conformance suite (@modelcontextprotocol/conformance)
-# against `mcpsock serve` fronting the project's fixture upstream
-# (mcpsock-conformance-server), over the daemon's Unix socket:
+# over a Unix socket against two servers of the project's fixture set:
+#
+#   * gateway: `mcpsock serve` fronting the fixture upstream
+#     (mcpsock-conformance-server, over stdio);
+#   * library: the `notes-server` example of the mcpsock crate serving the
+#     same fixture handler in-process through `mcpsock::Server`;
+#
+# each with:
 #
 #   * 0.1.x, the active server suite;
 #   * 0.2.x, `--requirements 2025-11-25` and `--requirements 2026-07-28`.
@@ -61,21 +67,25 @@ done
 
 MCPSOCK="${MCPSOCK_BIN:-$TARGET/debug/mcpsock}"
 FIXTURE="$(dirname "$MCPSOCK")/mcpsock-conformance-server"
-if [[ ! -x "$MCPSOCK" || ! -x "$FIXTURE" ]]; then
-    log "building mcpsock and the fixture server"
-    (cd "$REPO" && cargo build --locked -p mcpsock -p mcpsock-demo) >&2
+EXAMPLE="$(dirname "$MCPSOCK")/examples/notes-server"
+if [[ ! -x "$MCPSOCK" || ! -x "$FIXTURE" || ! -x "$EXAMPLE" ]]; then
+    log "building mcpsock, the fixture server and the example server"
+    (cd "$REPO" && cargo build --locked -p mcpsock -p mcpsock-demo --bins --example notes-server) >&2
 fi
 
 # A short private directory: socket paths are limited to 108 bytes.
 WORK="$(mktemp -d /tmp/mcpsock-conformance.XXXXXX)"
 chmod 700 "$WORK"
-SOCKET="$WORK/mcpsock.sock"
 DAEMON_PID=""
-cleanup() {
+stop_server() {
     if [[ -n "$DAEMON_PID" ]]; then
         kill -TERM "$DAEMON_PID" 2>/dev/null || true
         wait "$DAEMON_PID" 2>/dev/null || true
+        DAEMON_PID=""
     fi
+}
+cleanup() {
+    stop_server
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -86,51 +96,72 @@ cat >"$WORK/config.json" <<JSON
 {"mcpServers": {"conformance": {"command": "$FIXTURE", "prefix": ""}}}
 JSON
 chmod 600 "$WORK/config.json"
-"$MCPSOCK" serve --config "$WORK/config.json" --socket "$SOCKET" >"$WORK/daemon.log" 2>&1 &
-DAEMON_PID=$!
 
-# Wait for /health (every upstream running) with the same node, so that
-# nothing beyond npm is needed.
-"$NODE" -e '
+# Wait for /health (ok: for the gateway, every upstream running) with the
+# same node, so that nothing beyond npm is needed.
+wait_ready() { # <socket> <log>
+    "$NODE" -e '
 const http = require("node:http");
 const deadline = Date.now() + 60000;
 const poll = () => http.get({ socketPath: process.argv[1], path: "/health", host: "localhost" }, (res) => {
   let body = ""; res.on("data", (d) => body += d);
   res.on("end", () => { try { if (JSON.parse(body).status === "ok") process.exit(0); } catch {} retry(); });
 }).on("error", retry);
-const retry = () => Date.now() > deadline ? (console.error("mcpsock did not become ready"), process.exit(1)) : setTimeout(poll, 50);
-poll();' "$SOCKET" || { cat "$WORK/daemon.log" >&2; die "mcpsock did not start"; }
+const retry = () => Date.now() > deadline ? (console.error("the server did not become ready"), process.exit(1)) : setTimeout(poll, 50);
+poll();' "$1" || { cat "$2" >&2; die "the server did not start"; }
+}
 
 failed=0
 summary=()
-run() { # <name> <suite version> <extra args...>
-    local name="$1" version="$2"
-    shift 2
-    local out="$RESULTS/$name"
+run() { # <setup> <socket> <log> <name> <suite version> <extra args...>
+    local setup="$1" socket="$2" server_log="$3" name="$4" version="$5"
+    shift 5
+    local out="$RESULTS/$setup/$name"
     rm -rf "$out" && mkdir -p "$out"
-    log "running $name"
+    log "running $name against the $setup"
     local status=0
-    (cd "$out" && MCPSOCK_CONFORMANCE_SOCKET="$SOCKET" MCPSOCK_CONFORMANCE_PACKAGE="$(package_dir "$version")" \
+    (cd "$out" && MCPSOCK_CONFORMANCE_SOCKET="$socket" MCPSOCK_CONFORMANCE_PACKAGE="$(package_dir "$version")" \
         "$NODE" --import "$PRELOAD" "$(package_dir "$version")/dist/index.js" server \
         --url http://localhost/mcp --expected-failures "$EXPECTED_FAILURES" -o "$out" "$@") \
         >"$out/output.txt" 2>&1 || status=$?
     sed -n '/=== SUMMARY ===/,$p' "$out/output.txt" >&2
-    local total passed failed
+    local total passed failed_scenarios
     total="$(grep -E '^Total: ' "$out/output.txt" | tail -n 1 || true)"
     passed="$(grep -c '^✓' "$out/output.txt" || true)"
     failed_scenarios="$(grep -c '^✗' "$out/output.txt" || true)"
-    summary+=("$name (@modelcontextprotocol/conformance@$version): scenarios $passed passed, $failed_scenarios failed; checks ${total#Total: } (exit $status)")
-    [[ "$status" == 0 ]] || failed=1
+    summary+=("$setup, $name (@modelcontextprotocol/conformance@$version): scenarios $passed passed, $failed_scenarios failed; checks ${total#Total: } (exit $status)")
+    if [[ "$status" != 0 ]]; then
+        failed=1
+        log "the $setup failed $name; its log follows"
+        cat "$server_log" >&2
+    fi
 }
 
-run active-0.1 "$SUITE_01" --suite active
-run requirements-2025-11-25 "$SUITE_02" --requirements 2025-11-25
-run requirements-2026-07-28 "$SUITE_02" --requirements 2026-07-28
+suites() { # <setup> <socket> <log>
+    run "$@" active-0.1 "$SUITE_01" --suite active
+    run "$@" requirements-2025-11-25 "$SUITE_02" --requirements 2025-11-25
+    run "$@" requirements-2026-07-28 "$SUITE_02" --requirements 2026-07-28
+}
 
-printf '\nconformance summary (through mcpsock, over its Unix socket):\n' >&2
+mkdir -p "$WORK/gateway" "$WORK/library"
+chmod 700 "$WORK/gateway" "$WORK/library"
+
+"$MCPSOCK" serve --config "$WORK/config.json" --socket "$WORK/gateway/mcpsock.sock" --db "$WORK/gateway/state.db" \
+    >"$WORK/gateway.log" 2>&1 &
+DAEMON_PID=$!
+wait_ready "$WORK/gateway/mcpsock.sock" "$WORK/gateway.log"
+suites gateway "$WORK/gateway/mcpsock.sock" "$WORK/gateway.log"
+stop_server
+
+"$EXAMPLE" --fixtures --socket "$WORK/library/fixtures.sock" >"$WORK/library.log" 2>&1 &
+DAEMON_PID=$!
+wait_ready "$WORK/library/fixtures.sock" "$WORK/library.log"
+suites library "$WORK/library/fixtures.sock" "$WORK/library.log"
+stop_server
+
+printf '\nconformance summary (over a Unix socket):\n' >&2
 printf '  %s\n' "${summary[@]}" >&2
 if [[ "$failed" != 0 ]]; then
-    log "a suite failed; its output is in $RESULTS; the daemon log follows"
-    cat "$WORK/daemon.log" >&2
+    log "a suite failed; its output is in $RESULTS"
     exit 1
 fi

@@ -22,8 +22,14 @@ bash scripts/check-boundaries.sh
 
 step "build"
 # The integration tests and the Python suite run the built binaries,
-# including the demo server of another package, so build them all first.
-cargo build --workspace --locked
+# including the demo server of another package, and the conformance run
+# serves the library example, so build them all first.
+cargo build --workspace --locked --bins --examples
+
+step "rustdoc (warnings are errors) and doctests"
+# The README's Rust example is one of the doctests.
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
+cargo test --doc --workspace --locked
 
 step "deployment examples"
 bash scripts/check-examples.sh target/debug/mcpsock
@@ -51,5 +57,5 @@ python="$(bash scripts/test-deps.sh | tail -n 1)"
 # The Rust tests built the debug binaries the Python suite drives.
 MCPSOCK_BIN="$PWD/target/debug/mcpsock" "$python" -m pytest tests/python -q -p no:cacheprovider
 
-step "MCP conformance suite through the gateway"
+step "MCP conformance suite through the gateway and the library"
 MCPSOCK_BIN="$PWD/target/debug/mcpsock" bash scripts/conformance.sh

@@ -237,59 +237,46 @@ async fn run(args: Args) -> io::Result<()> {
     Ok(())
 }
 
-/// Serves `Echo` exactly as the daemon serves its gateway:
-/// `mcpsock_daemon::LockedSocket::serve`.
+/// Serves `Echo` through the library API, `mcpsock::Server`: the path
+/// the daemon serves its gateway on.
 async fn run_mcpsock(args: Args) -> io::Result<()> {
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
-    let locked = match (&args.unix, args.tcp) {
-        (Some(path), _) => mcpsock_daemon::LockedSocket::acquire(mcpsock_daemon::ListenOptions::new(path))
-            .map_err(io::Error::other)?,
+    let server = match (&args.unix, args.tcp) {
+        (Some(path), _) => mcpsock::Server::new(path),
         (None, Some(address)) => {
             let key = std::env::var("MCPSOCK_API_KEY").map_err(|_| {
                 io::Error::other("--mcpsock --tcp needs MCPSOCK_API_KEY (16 characters or more)")
             })?;
-            let mut options = mcpsock_daemon::ListenOptions::new("/nonexistent/unused.sock");
-            options.tcp = Some((address, mcpsock_config::Secret::new(key)));
-            mcpsock_daemon::LockedSocket::tcp_only(options)
+            mcpsock::Server::tcp_only(address, key)
         }
         (None, None) => unreachable!("clap requires --unix or --tcp"),
     };
-    let health: mcpsock_daemon::HealthReporter = Arc::new(|rejected_connections| mcpsock_api::Health {
-        status: mcpsock_api::HealthStatus::Ok,
-        admin_protocol: mcpsock_api::ADMIN_PROTOCOL_VERSION,
-        upstreams: Vec::new(),
-        rejected_connections,
-    });
+    let server = match &args.db {
+        Some(path) => {
+            let secret = args
+                .encryption_secret_file
+                .as_deref()
+                .map(mcpsock::EncryptionSecret::from_file)
+                .transpose()
+                .map_err(io::Error::other)?;
+            server.storage(mcpsock::Storage::Sqlite(mcpsock::SqliteOptions::new(path).secret(secret)))
+        }
+        None => server,
+    };
+    let handle = server.serve(Echo::new).await.map_err(io::Error::other)?;
+    match (handle.socket_path(), handle.local_addr()) {
+        (Some(path), _) => announce(&path.display())?,
+        (None, Some(address)) => announce(&address)?,
+        (None, None) => unreachable!("one listener is bound"),
+    }
     let shutdown = async move {
         tokio::select! {
             _ = sigterm.recv() => {}
             _ = sigint.recv() => {}
         }
     };
-    let locked = match &args.db {
-        Some(path) => {
-            let secret = args
-                .encryption_secret_file
-                .as_deref()
-                .map(mcpsock_store::EncryptionSecret::from_file)
-                .transpose()
-                .map_err(io::Error::other)?;
-            let store =
-                mcpsock_store::SqliteStore::open(mcpsock_store::SqliteOptions::new(path).secret(secret))
-                    .map_err(io::Error::other)?;
-            locked.with_store(Arc::new(store), std::time::Duration::from_secs(60))
-        }
-        None => locked,
-    };
-    let serving = locked.bind(Echo::new, health).map_err(io::Error::other)?;
-    match (&args.unix, serving.tcp_address()) {
-        (Some(path), _) => announce(&path.display())?,
-        (None, Some(address)) => announce(&address)?,
-        (None, None) => unreachable!("one listener is bound"),
-    }
-    drop(serving.run_until(shutdown).await.map_err(io::Error::other)?);
-    Ok(())
+    handle.run_until(shutdown).await.map_err(io::Error::other)
 }
 
 enum Listener {

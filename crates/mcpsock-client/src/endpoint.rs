@@ -69,6 +69,32 @@ impl Endpoint {
         Self::unix(&mcpsock_config::socket_path(None, env, config_socket))
     }
 
+    /// Resolves the endpoint exactly as the `mcpsock` command does, first
+    /// found wins: `endpoint_flag`, `socket_flag`, `MCPSOCK_ENDPOINT`,
+    /// `MCPSOCK_SOCKET`, the `socket` key of the config file (found through
+    /// `config_flag`, `MCPSOCK_CONFIG` or the default location, and read
+    /// only when nothing before it decided), the default socket path.
+    ///
+    /// A program that takes no flags calls `Endpoint::discover(None, None, None)`.
+    pub fn discover(
+        endpoint_flag: Option<&str>,
+        socket_flag: Option<&Path>,
+        config_flag: Option<&Path>,
+    ) -> Result<Self, ClientError> {
+        let env = mcpsock_config::ProcessEnv;
+        let needs_config = endpoint_flag.is_none()
+            && socket_flag.is_none()
+            && env.var_os("MCPSOCK_ENDPOINT").is_none()
+            && env.var_os("MCPSOCK_SOCKET").is_none();
+        let config_socket = if needs_config {
+            let location = mcpsock_config::config_location(config_flag, &env);
+            mcpsock_config::Config::load(&location.path, location.explicit)?.socket
+        } else {
+            None
+        };
+        Self::resolve(endpoint_flag, socket_flag, &env, config_socket.as_deref())
+    }
+
     pub(crate) fn socket_path(&self) -> Result<&Path, ClientError> {
         match self {
             Self::Unix(path) => Ok(path),

@@ -33,6 +33,9 @@ pub enum ClientError {
     VersionMismatch { endpoint: Endpoint, daemon: u32, client: u32 },
     #[error("{0}")]
     InvalidEndpoint(String),
+    /// The config file that names the daemon's socket could not be read.
+    #[error(transparent)]
+    Config(#[from] mcpsock_config::ConfigError),
 }
 
 impl ClientError {

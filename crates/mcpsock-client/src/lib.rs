@@ -1,5 +1,6 @@
 //! Talking to an mcpsock daemon: where to find it, MCP and health calls
-//! over its socket, and the stdio bridge for clients that only speak stdio.
+//! over its socket, MCP over any Streamable HTTP endpoint, and the stdio
+//! bridge for clients that only speak stdio.
 //!
 //! This crate is the light side of mcpsock: it never depends on the daemon,
 //! gateway or storage crates.
@@ -27,6 +28,7 @@ pub use admin::{config, metrics, reload, server_action, servers, status};
 pub use bridge::bridge;
 pub use endpoint::Endpoint;
 pub use error::ClientError;
+pub use rmcp;
 
 /// An MCP client session with a daemon. It derefs to rmcp's `Peer`, so
 /// `list_all_tools`, `call_tool` and the rest are available on it.
@@ -35,13 +37,100 @@ pub type McpSession = RunningService<RoleClient, ()>;
 /// The URL used on the socket: only its path and host matter to the daemon.
 const SOCKET_URL: &str = "http://localhost/mcp";
 
-/// Opens an MCP session (`initialize` included) with the daemon.
+/// How to open an MCP session beyond the endpoint itself.
+#[derive(Clone, Default)]
+#[non_exhaustive]
+pub struct ConnectOptions {
+    /// Sent as `Authorization: Bearer` to HTTP endpoints (an mcpsock
+    /// daemon's TCP listener wants its API key); never sent on a Unix
+    /// socket, where the kernel says who the client is.
+    pub api_key: Option<String>,
+}
+
+impl std::fmt::Debug for ConnectOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectOptions").field("api_key", &self.api_key.as_ref().map(|_| "…")).finish()
+    }
+}
+
+impl ConnectOptions {
+    /// The API key from `MCPSOCK_API_KEY`, when set.
+    pub fn from_env() -> Self {
+        Self { api_key: std::env::var("MCPSOCK_API_KEY").ok().filter(|key| !key.is_empty()) }
+    }
+
+    /// Sends `key` to HTTP endpoints.
+    pub fn api_key(mut self, key: impl Into<String>) -> Self {
+        self.api_key = Some(key.into());
+        self
+    }
+}
+
+/// Opens an MCP session (`initialize` included) with an mcpsock socket or
+/// any Streamable HTTP endpoint; for HTTP, `MCPSOCK_API_KEY` (if set) is
+/// sent as the bearer token.
 pub async fn connect(endpoint: &Endpoint) -> Result<McpSession, ClientError> {
-    let transport = transport(endpoint).await?;
-    ().serve(transport).await.map_err(|error| ClientError::Protocol {
-        endpoint: endpoint.clone(),
-        message: format!("the MCP handshake failed: {error}"),
+    connect_with(endpoint, &ConnectOptions::from_env()).await
+}
+
+/// [`connect`] with explicit options.
+pub async fn connect_with(endpoint: &Endpoint, options: &ConnectOptions) -> Result<McpSession, ClientError> {
+    let session = match endpoint {
+        Endpoint::Unix(_) => ().serve(transport(endpoint).await?).await,
+        Endpoint::Http(url) => {
+            probe_tcp(endpoint, url).await?;
+            let mut config = StreamableHttpClientTransportConfig::with_uri(url.as_str());
+            if let Some(key) = &options.api_key {
+                config = config.auth_header(key.clone());
+            }
+            ().serve(StreamableHttpClientTransport::from_config(config)).await
+        }
+    };
+    session.map_err(|error| {
+        if wants_credentials(&error) {
+            let message = match options.api_key {
+                Some(_) => "the endpoint refused the API key; check MCPSOCK_API_KEY (`mcpsock status --show-key` prints an mcpsock daemon's key)",
+                None => "the endpoint wants an API key; set MCPSOCK_API_KEY (`mcpsock status --show-key` prints an mcpsock daemon's key)",
+            };
+            return ClientError::Refused { endpoint: endpoint.clone(), status: 401, message: message.into() };
+        }
+        ClientError::Protocol { endpoint: endpoint.clone(), message: format!("the MCP handshake failed: {error}") }
     })
+}
+
+/// Whether an HTTP endpoint turned the handshake down for want of (valid)
+/// credentials: a 401 or 403 somewhere in the error's chain.
+fn wants_credentials(error: &rmcp::service::ClientInitializeError) -> bool {
+    use rmcp::transport::streamable_http_client::StreamableHttpError;
+    let mut next: Option<&(dyn std::error::Error + 'static)> = match error {
+        rmcp::service::ClientInitializeError::TransportError { error, .. } => Some(error.error.as_ref()),
+        _ => return false,
+    };
+    while let Some(error) = next {
+        if matches!(
+            error.downcast_ref::<StreamableHttpError<reqwest::Error>>(),
+            Some(StreamableHttpError::AuthRequired(_) | StreamableHttpError::InsufficientScope(_))
+        ) {
+            return true;
+        }
+        next = error.source();
+    }
+    false
+}
+
+/// Connects once to an HTTP endpoint's host, so that "nothing listens
+/// there" is told apart from a protocol failure.
+async fn probe_tcp(endpoint: &Endpoint, url: &str) -> Result<(), ClientError> {
+    let parsed = reqwest::Url::parse(url)
+        .map_err(|error| ClientError::InvalidEndpoint(format!("{url} is not a valid URL: {error}")))?;
+    let (Some(host), Some(port)) = (parsed.host_str(), parsed.port_or_known_default()) else {
+        return Err(ClientError::InvalidEndpoint(format!("{url} names no host to connect to")));
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    tokio::net::TcpStream::connect((host, port))
+        .await
+        .map(drop)
+        .map_err(|source| ClientError::from_connect(endpoint, source))
 }
 
 /// A raw MCP transport to the daemon, checked to be reachable.

@@ -9,6 +9,7 @@
 mod access;
 mod admin;
 pub mod api_key;
+mod builder;
 mod events;
 mod http;
 mod metrics;
@@ -26,13 +27,14 @@ use anyhow::Context;
 use mcpsock_api::EventBody;
 use mcpsock_config::Config;
 use mcpsock_gateway::{Gateway, GatewayOptions, UpstreamEvent};
-use mcpsock_store::{Clock, MemoryStore, Retention, SqliteStore, Store};
+use mcpsock_store::Store;
 
+pub use builder::{Acquired, ServeError, Server, ServerHandle};
 pub use mcpsock_store::{Durability, EncryptionSecret, SqliteOptions, StoreError};
 pub use mcpsock_transport::{PeerPolicy, SocketError, SocketGuard, SystemdEnv, lock_holder};
 pub use persist::{RESTARTED_MESSAGE, cut_open_streams};
 pub use reload::ConfigSource;
-pub use server::{HealthReporter, ListenOptions, LockedSocket, Serving};
+pub use server::HealthReporter;
 
 /// Where the daemon keeps sessions and stream events.
 #[derive(Debug)]
@@ -137,34 +139,36 @@ pub async fn run(options: DaemonOptions, shutdown: impl Future<Output = ()>) -> 
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .context("cannot listen for SIGHUP")?;
     let socket = enable_socket.then(|| socket_path.clone());
-    let mut listen = ListenOptions::new(socket_path);
-    listen.socket_mode = socket_mode;
-    listen.socket_group = config.socket_group;
-    listen.peer_policy = peer_policy;
-    listen.shutdown_grace = config.shutdown_grace;
-    listen.tcp = tcp;
-    listen.max_connections = config.max_connections;
-    listen.max_sessions_per_principal = config.max_sessions_per_principal;
-    listen.header_timeout = config.header_timeout;
-    listen.session_idle_ttl = config.session_idle_ttl;
-    listen.stream_stall_timeout = config.stream_stall_timeout;
-    let locked = match systemd.activated_listener()? {
+    let mut server = match systemd.activated_listener()? {
         Some(listener) => {
             tracing::info!("serving the socket passed by systemd");
-            LockedSocket::activated(listener, listen)
+            Server::activated(listener, socket_path)
         }
-        None if !enable_socket => LockedSocket::tcp_only(listen),
-        None => LockedSocket::acquire(listen)?,
-    };
-    // The store is opened under the socket lock, so of two daemons started
-    // together, the second is told "already running" before it touches it.
-    let storage_report = describe(&storage);
-    let store = open_store(storage, &config).await?;
-    let locked = locked.with_store(store.clone(), config.ttl_cleanup_interval);
-    if let Err(error) = cut_open_streams(store.as_ref()).await {
-        close_quietly(store.as_ref()).await;
-        return Err(error).context("could not answer the requests cut short by the last stop");
+        None if !enable_socket => Server::new(socket_path).without_socket(),
+        None => Server::new(socket_path),
     }
+    .socket_mode(socket_mode)
+    .peer_policy(peer_policy)
+    .shutdown_grace(config.shutdown_grace)
+    .max_connections(config.max_connections)
+    .max_sessions_per_principal(config.max_sessions_per_principal)
+    .header_timeout(config.header_timeout)
+    .session_idle_ttl(config.session_idle_ttl)
+    .stream_stall_timeout(config.stream_stall_timeout)
+    .storage(storage)
+    .event_retention(config.event_retention)
+    .max_events_per_session(config.max_events_per_session)
+    .ttl_cleanup_interval(config.ttl_cleanup_interval);
+    if let Some(gid) = config.socket_group {
+        server = server.socket_group(gid);
+    }
+    if let Some((address, key)) = tcp {
+        server = server.tcp(address, key.expose());
+    }
+    // The lock is taken and the store opened before any upstream starts,
+    // so a second instance is refused before it spawns anything.
+    let acquired = server.acquire().await.map_err(ServeError::into_anyhow)?;
+    let storage_report = acquired.storage();
 
     let specs = reload::specs_of(&config, &Default::default());
     // Subscribed before the upstreams start, so their first events are kept.
@@ -178,9 +182,18 @@ pub async fn run(options: DaemonOptions, shutdown: impl Future<Output = ()>) -> 
     let gateway = Gateway::start(specs, gateway_options).await;
 
     let events = Arc::new(events::EventBus::new(events::RING_CAPACITY));
+    let background = tokio_util::sync::CancellationToken::new();
     let session_gateway = gateway.clone();
+    let stopping_gateway = gateway.clone();
+    let stop_background = background.clone();
+    // Upstreams stop before the lock is released, so a new instance never
+    // overlaps with the old one's children.
+    let before_unlock = Box::pin(async move {
+        stop_background.cancel();
+        stopping_gateway.shutdown().await;
+    });
     let mut admin = None;
-    let bound = locked.bind_with(
+    let bound = acquired.serve_with(
         move || session_gateway.for_session(),
         events.clone(),
         |parts| {
@@ -204,17 +217,16 @@ pub async fn run(options: DaemonOptions, shutdown: impl Future<Output = ()>) -> 
             admin = Some(state.clone());
             admin::router(state)
         },
+        before_unlock,
     );
-    let serving = match bound {
-        Ok(serving) => serving,
+    let handle = match bound {
+        Ok(handle) => handle,
         Err(error) => {
             gateway.shutdown().await;
-            close_quietly(store.as_ref()).await;
-            return Err(error.into());
+            return Err(error.into_anyhow());
         }
     };
     let admin = admin.context("the admin API was not set up")?;
-    let background = tokio_util::sync::CancellationToken::new();
     tokio::spawn(forward_upstream_events(events.clone(), gateway.clone(), upstream_feed));
     if let Some(every) = watch_config {
         tokio::spawn(reload::watch_config(admin.clone(), every, background.clone()));
@@ -253,18 +265,13 @@ pub async fn run(options: DaemonOptions, shutdown: impl Future<Output = ()>) -> 
         shutdown.await;
         systemd.notify("STOPPING=1");
     };
-    let served = serving.run_until(shutdown).await;
-    background.cancel();
-    // Upstreams stop before the lock is released, so a new instance never
-    // overlaps with the old one's children.
-    gateway.shutdown().await;
-    drop(served?);
+    handle.run_until(shutdown).await.map_err(ServeError::into_anyhow)?;
     tracing::info!("stopped");
     Ok(())
 }
 
 /// How `/status` describes the storage.
-fn describe(storage: &Storage) -> mcpsock_api::Storage {
+pub(crate) fn describe(storage: &Storage) -> mcpsock_api::Storage {
     match storage {
         Storage::Memory => {
             mcpsock_api::Storage { mode: "memory".into(), path: None, encrypted: false, durability: None }
@@ -284,25 +291,8 @@ fn describe(storage: &Storage) -> mcpsock_api::Storage {
     }
 }
 
-async fn open_store(storage: Storage, config: &Config) -> anyhow::Result<Arc<dyn Store>> {
-    let retention = Retention::default()
-        .session_idle_ttl(config.session_idle_ttl)
-        .event_max_age(config.event_retention)
-        .max_events_per_session(config.max_events_per_session);
-    Ok(match storage {
-        Storage::Memory => Arc::new(MemoryStore::new(retention, Clock::system())),
-        Storage::Sqlite(options) => {
-            let options = options.retention(retention);
-            let store = tokio::task::spawn_blocking(move || SqliteStore::open(options))
-                .await
-                .context("the state database check panicked")??;
-            Arc::new(store)
-        }
-    })
-}
-
 /// Closes a store on a failed start; the start's own error is what matters.
-async fn close_quietly(store: &dyn Store) {
+pub(crate) async fn close_quietly(store: &dyn Store) {
     if let Err(error) = store.close().await {
         tracing::warn!(%error, "could not close the state store");
     }

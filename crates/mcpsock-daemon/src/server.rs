@@ -1,6 +1,6 @@
 //! Serving any rmcp `ServerHandler` on the hardened socket: the one serving
-//! path, used by the daemon for its gateway and by anything else that
-//! serves its own handler.
+//! path under [`crate::Server`], used by the daemon for its gateway and by
+//! anything else that serves its own handler.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -30,41 +30,40 @@ pub type HealthReporter = Arc<dyn Fn(u64) -> Health + Send + Sync>;
 
 /// Where and how to listen.
 #[derive(Clone, Debug)]
-#[non_exhaustive]
-pub struct ListenOptions {
-    pub socket_path: PathBuf,
+pub(crate) struct ListenOptions {
+    pub(crate) socket_path: PathBuf,
     /// Permission bits of the socket file.
-    pub socket_mode: u32,
+    pub(crate) socket_mode: u32,
     /// Group that owns the socket file.
-    pub socket_group: Option<u32>,
+    pub(crate) socket_group: Option<u32>,
     /// Which local users may connect.
-    pub peer_policy: PeerPolicy,
+    pub(crate) peer_policy: PeerPolicy,
     /// How long in-flight requests may take to finish on shutdown.
-    pub shutdown_grace: Duration,
+    pub(crate) shutdown_grace: Duration,
     /// Loopback TCP listener and the API key its clients must present.
-    pub tcp: Option<(std::net::SocketAddr, Secret)>,
+    pub(crate) tcp: Option<(std::net::SocketAddr, Secret)>,
     /// Most connections open at once, over all listeners.
-    pub max_connections: usize,
+    pub(crate) max_connections: usize,
     /// Most sessions one principal may hold.
-    pub max_sessions_per_principal: usize,
+    pub(crate) max_sessions_per_principal: usize,
     /// How long a client may take to send a request head.
-    pub header_timeout: Duration,
+    pub(crate) header_timeout: Duration,
     /// How long a stream's client may leave a sent event unread before the
     /// stream is dropped.
-    pub stream_stall_timeout: Duration,
+    pub(crate) stream_stall_timeout: Duration,
     /// How long a session may stay unused before it expires.
-    pub session_idle_ttl: Duration,
+    pub(crate) session_idle_ttl: Duration,
     /// Where sessions and stream events are kept; its retention should use
     /// the same `session_idle_ttl`.
-    pub store: Arc<dyn Store>,
+    pub(crate) store: Arc<dyn Store>,
     /// How often expired sessions and old events are removed.
-    pub ttl_cleanup_interval: Duration,
+    pub(crate) ttl_cleanup_interval: Duration,
 }
 
 impl ListenOptions {
     /// Mode 0600, only our own user, a 5 s grace period, sessions in
     /// memory.
-    pub fn new(socket_path: impl Into<PathBuf>) -> Self {
+    pub(crate) fn new(socket_path: impl Into<PathBuf>) -> Self {
         Self {
             socket_path: socket_path.into(),
             socket_mode: 0o600,
@@ -86,7 +85,7 @@ impl ListenOptions {
 /// A socket path whose directory is verified and whose instance lock is
 /// held, not yet bound; or a listening socket passed by systemd.
 #[derive(Debug)]
-pub struct LockedSocket {
+pub(crate) struct LockedSocket {
     source: Source,
     options: ListenOptions,
 }
@@ -104,46 +103,33 @@ enum Source {
 impl LockedSocket {
     /// Checks the path, verifies the directory, takes the lock and clears a
     /// stale socket; see [`SocketGuard::acquire`].
-    pub fn acquire(options: ListenOptions) -> Result<Self, SocketError> {
+    pub(crate) fn acquire(options: ListenOptions) -> Result<Self, SocketError> {
         mcpsock_config::check_socket_path(&options.socket_path).map_err(SocketError::InvalidPath)?;
         let guard = SocketGuard::acquire(&options.socket_path)?;
         Ok(Self { source: Source::Path(guard), options })
     }
 
     /// Serves TCP only (`ListenOptions::tcp` must be set).
-    pub fn tcp_only(options: ListenOptions) -> Self {
+    pub(crate) fn tcp_only(options: ListenOptions) -> Self {
         Self { source: Source::None, options }
     }
 
     /// Keeps sessions and events in `store`, cleaned every `cleanup_interval`.
-    pub fn with_store(mut self, store: Arc<dyn Store>, cleanup_interval: Duration) -> Self {
+    pub(crate) fn with_store(mut self, store: Arc<dyn Store>, cleanup_interval: Duration) -> Self {
         self.options.store = store;
         self.options.ttl_cleanup_interval = cleanup_interval;
         self
     }
 
     /// Serves a listening socket passed by systemd socket activation.
-    pub fn activated(listener: std::os::unix::net::UnixListener, options: ListenOptions) -> Self {
+    pub(crate) fn activated(listener: std::os::unix::net::UnixListener, options: ListenOptions) -> Self {
         Self { source: Source::Activated(listener), options }
     }
 
     /// Binds and starts serving MCP at `/mcp` (a fresh handler from
-    /// `factory` for each session) and `/health`. When this returns, the
-    /// socket accepts connections: the daemon is ready.
-    pub fn bind<S>(
-        self,
-        factory: impl Fn() -> S + Send + Sync + 'static,
-        health: HealthReporter,
-    ) -> Result<Serving, SocketError>
-    where
-        S: ServerHandler + Send + 'static,
-    {
-        let events = Arc::new(EventBus::new(crate::events::RING_CAPACITY));
-        self.bind_with(factory, events, move |parts| http::health_route(health, parts.stats.clone()))
-    }
-
-    /// [`Self::bind`] with the routes beside `/mcp` built by `routes` from
-    /// the serving state (the daemon's admin API).
+    /// `factory` for each session), with the routes beside it built by
+    /// `routes` from the serving state (`/health`, or the daemon's admin
+    /// API). When this returns, the socket accepts connections.
     pub(crate) fn bind_with<S>(
         self,
         factory: impl Fn() -> S + Send + Sync + 'static,
@@ -244,7 +230,18 @@ impl LockedSocket {
                 force.clone(),
             )));
         }
-        Ok(Serving { guard, options, servers, cleanup, tcp_address, stop, force, streams_token, in_flight })
+        Ok(Serving {
+            guard,
+            options,
+            servers,
+            cleanup,
+            tcp_address,
+            stop,
+            force,
+            streams_token,
+            in_flight,
+            sessions: parts.sessions,
+        })
     }
 }
 
@@ -273,9 +270,18 @@ fn raise_descriptor_limit() {
     }
 }
 
+/// How a server is asked to stop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Stop {
+    /// In-flight requests get the grace period.
+    Graceful,
+    /// In-flight requests are cancelled.
+    Now,
+}
+
 /// A socket being served.
 #[derive(Debug)]
-pub struct Serving {
+pub(crate) struct Serving {
     guard: Option<SocketGuard>,
     options: ListenOptions,
     servers: Vec<tokio::task::JoinHandle<()>>,
@@ -285,30 +291,45 @@ pub struct Serving {
     force: CancellationToken,
     streams_token: CancellationToken,
     in_flight: Arc<http::InFlight>,
+    sessions: Arc<BoundSessions>,
 }
 
 impl Serving {
     /// The bound TCP address, when TCP is on (useful with port 0).
-    pub fn tcp_address(&self) -> Option<std::net::SocketAddr> {
+    pub(crate) fn tcp_address(&self) -> Option<std::net::SocketAddr> {
         self.tcp_address
     }
 
     /// Serves until `shutdown` resolves. Then it stops accepting, lets
-    /// in-flight requests finish within the grace period, ends open streams
-    /// and closes connections, and closes the store (for SQLite: the WAL is
-    /// checkpointed and the database unlocked). The returned guard (none for
-    /// an activated socket) still holds the lock; dropping it removes the
-    /// socket and PID file.
-    pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<Option<SocketGuard>> {
-        let Self { guard, options, servers, cleanup, stop, force, streams_token, in_flight, .. } = self;
-        shutdown.await;
+    /// in-flight requests finish within the grace period (none for
+    /// [`Stop::Now`]), ends open streams, closes connections and the
+    /// sessions' workers (their records stay in the store), and closes the
+    /// store (for SQLite: the WAL is checkpointed and the database
+    /// unlocked). The returned guard (none for an activated socket) still
+    /// holds the lock; dropping it removes the socket and PID file.
+    pub(crate) async fn run_until(
+        self,
+        shutdown: impl Future<Output = Stop>,
+    ) -> anyhow::Result<Option<SocketGuard>> {
+        let Self {
+            guard, options, servers, cleanup, stop, force, streams_token, in_flight, sessions, ..
+        } = self;
+        let how = shutdown.await;
         tracing::info!("shutting down");
         stop.cancel();
-        if tokio::time::timeout(options.shutdown_grace, in_flight.wait_idle()).await.is_err() {
+        let grace = match how {
+            Stop::Graceful => options.shutdown_grace,
+            Stop::Now => {
+                // Nothing is waited for: connections close mid-request.
+                force.cancel();
+                Duration::ZERO
+            }
+        };
+        if tokio::time::timeout(grace, in_flight.wait_idle()).await.is_err() {
             tracing::warn!(
                 active = in_flight.active(),
                 "requests still running after the {:?} grace period are cancelled",
-                options.shutdown_grace
+                grace
             );
         }
         streams_token.cancel();
@@ -323,6 +344,9 @@ impl Serving {
         for result in joined {
             result.context("a listener task failed")?;
         }
+        // With the streams token cancelled, closing keeps each session's
+        // record for the next start; its worker and handler end here.
+        sessions.close_all().await;
         cleanup.await.context("the state cleanup task failed")?;
         options.store.close().await.context("could not close the state store")?;
         Ok(guard)

@@ -168,6 +168,19 @@ impl BoundSessions {
         self.inner.sessions.read().await.len()
     }
 
+    /// Closes every session open here, as the daemon stops: their workers
+    /// and handlers end, and (the stop being under way) their records stay
+    /// in the store for the next start.
+    pub(crate) async fn close_all(&self) {
+        debug_assert!(self.stopping.is_cancelled());
+        let open: Vec<SessionId> = self.inner.sessions.read().await.keys().cloned().collect();
+        for id in open {
+            if let Err(error) = self.close_session(&id).await {
+                tracing::debug!(%error, "a session's worker had already ended");
+            }
+        }
+    }
+
     /// Open sessions of `principal`.
     pub(crate) fn count(&self, principal: Principal) -> usize {
         self.owners().values().filter(|owner| **owner == principal).count()

@@ -75,7 +75,7 @@ impl Failure {
             | ClientError::Connect { .. } => Code::NoDaemon,
             ClientError::Refused { status: 401 | 403, .. } => Code::NoDaemon,
             ClientError::Refused { status: 422, .. } => Code::Usage,
-            ClientError::InvalidEndpoint(_) => Code::Usage,
+            ClientError::InvalidEndpoint(_) | ClientError::Config(_) => Code::Usage,
             ClientError::Protocol { .. }
             | ClientError::Refused { .. }
             | ClientError::VersionMismatch { .. } => Code::Internal,

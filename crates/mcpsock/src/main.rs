@@ -317,17 +317,6 @@ fn env_string(key: &str) -> Option<String> {
 /// Finds the daemon: `--endpoint` > `--socket` > `MCPSOCK_ENDPOINT` >
 /// `MCPSOCK_SOCKET` > the config's `socket` > the default socket.
 fn resolve_endpoint(target: &flags::TargetFlags) -> Result<Endpoint, Failure> {
-    let env = ProcessEnv;
-    let needs_config = target.endpoint.is_none()
-        && target.socket.is_none()
-        && std::env::var_os("MCPSOCK_ENDPOINT").is_none()
-        && std::env::var_os("MCPSOCK_SOCKET").is_none();
-    let config_socket = if needs_config {
-        let location = mcpsock_config::config_location(target.config.as_deref(), &env);
-        Config::load(&location.path, location.explicit).map_err(Failure::config)?.socket
-    } else {
-        None
-    };
-    Endpoint::resolve(target.endpoint.as_deref(), target.socket.as_deref(), &env, config_socket.as_deref())
+    Endpoint::discover(target.endpoint.as_deref(), target.socket.as_deref(), target.config.as_deref())
         .map_err(Failure::client)
 }

@@ -108,6 +108,37 @@ fn status_servers_config_metrics_and_openapi_with_curl() {
 }
 
 #[test]
+fn tools_and_call_reach_the_daemon_over_tcp_with_the_key() {
+    let sandbox = Sandbox::new();
+    let config = sandbox.write_config(&json!({"mcpServers": {"demo": {"command": demo_server()}}}));
+    let daemon = Daemon::start_with(&sandbox, &config, &sandbox.socket(), |command| {
+        command.args(["--listen", "127.0.0.1:0"]).env("MCPSOCK_API_KEY", KEY);
+    });
+    let endpoint = format!("http://{}/mcp", tcp_address(&daemon));
+    let run = |args: &[&str], key: Option<&str>| {
+        let mut command = sandbox.command(args);
+        command.args(["--endpoint", &endpoint]);
+        match key {
+            Some(key) => command.env("MCPSOCK_API_KEY", key),
+            None => command.env_remove("MCPSOCK_API_KEY"),
+        };
+        command.output().unwrap()
+    };
+
+    let tools = run(&["tools"], Some(KEY));
+    assert!(tools.status.success(), "{}", stderr(&tools));
+    assert!(stdout(&tools).contains("demo__echo"), "{}", stdout(&tools));
+    let call = run(&["call", "demo__add", "--arg", "a=2", "--arg", "b=40"], Some(KEY));
+    assert!(call.status.success(), "{}", stderr(&call));
+    assert_eq!(stdout(&call).trim(), "42");
+
+    let refused = run(&["tools"], None);
+    assert_eq!(refused.status.code(), Some(5), "{}", stderr(&refused));
+    assert!(stderr(&refused).contains("MCPSOCK_API_KEY"), "{}", stderr(&refused));
+    assert!(daemon.stop().success());
+}
+
+#[test]
 fn sec44_admin_over_tcp_needs_the_key_and_anonymous_health_reveals_nothing() {
     let sandbox = Sandbox::new();
     let config = sandbox.write_config(&json!({"mcpServers": {"demo": {"command": demo_server()}}}));

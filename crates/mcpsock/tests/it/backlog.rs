@@ -9,7 +9,7 @@ use std::io::{Read, Write};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use mcpsock_daemon::{HealthReporter, ListenOptions, LockedSocket};
+use mcpsock_daemon::Server;
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, JsonObject, ListToolsResult,
     LoggingLevel, LoggingMessageNotificationParam, PaginatedRequestParams, ServerCapabilities, ServerConfig,
@@ -81,24 +81,11 @@ fn sec25_a_client_that_never_reads_cannot_grow_the_server_or_stall_others() {
     let socket = sandbox.socket();
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let sent = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(tokio::sync::Notify::new());
-    let health: HealthReporter = Arc::new(|rejected_connections| mcpsock_api::Health {
-        status: mcpsock_api::HealthStatus::Ok,
-        admin_protocol: mcpsock_api::ADMIN_PROTOCOL_VERSION,
-        upstreams: Vec::new(),
-        rejected_connections,
-    });
-    let serving = {
+    let server = {
         let sent = sent.clone();
-        let _entered = runtime.enter();
-        let mut options = ListenOptions::new(&socket);
-        options.stream_stall_timeout = std::time::Duration::from_millis(500);
-        LockedSocket::acquire(options).unwrap().bind(move || Flood { sent: sent.clone() }, health).unwrap()
+        let server = Server::new(&socket).stream_stall_timeout(std::time::Duration::from_millis(500));
+        runtime.block_on(server.serve(move || Flood { sent: sent.clone() })).unwrap()
     };
-    let server = runtime.spawn({
-        let stop = stop.clone();
-        async move { serving.run_until(async move { stop.notified().await }).await }
-    });
     let resident_before = resident_kib();
 
     // Client A opens its session's stream for server messages and then
@@ -170,6 +157,5 @@ fn sec25_a_client_that_never_reads_cannot_grow_the_server_or_stall_others() {
     assert!(grown < 32 * 1024, "the server grew by {grown} KiB while the flood was discarded");
     drop(trigger);
 
-    stop.notify_one();
-    runtime.block_on(server).unwrap().unwrap();
+    runtime.block_on(server.shutdown()).unwrap();
 }

@@ -4,6 +4,7 @@
 
 mod admin;
 mod backlog;
+mod library;
 mod lifecycle;
 mod passthrough;
 mod persist;

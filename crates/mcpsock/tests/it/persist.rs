@@ -472,32 +472,18 @@ impl rmcp::ServerHandler for Recorder {
     }
 }
 
-/// Serves a `Recorder` on `socket` with its sessions in `db` until `stop`.
+/// Serves a `Recorder` on `socket` with its sessions in `db`.
 fn serve_recorder(
     runtime: &tokio::runtime::Runtime,
     socket: &std::path::Path,
     db: &std::path::Path,
-    stop: Arc<tokio::sync::Notify>,
-) -> (Arc<Mutex<Vec<String>>>, tokio::task::JoinHandle<()>) {
+) -> (Arc<Mutex<Vec<String>>>, mcpsock_daemon::ServerHandle) {
     let calls = Arc::new(Mutex::new(Vec::new()));
-    let health: mcpsock_daemon::HealthReporter = Arc::new(|rejected_connections| mcpsock_api::Health {
-        status: mcpsock_api::HealthStatus::Ok,
-        admin_protocol: mcpsock_api::ADMIN_PROTOCOL_VERSION,
-        upstreams: Vec::new(),
-        rejected_connections,
-    });
-    let _entered = runtime.enter();
-    let store = mcpsock_store::SqliteStore::open(mcpsock_store::SqliteOptions::new(db)).unwrap();
     let recorder = Recorder { calls: calls.clone() };
-    let serving = mcpsock_daemon::LockedSocket::acquire(mcpsock_daemon::ListenOptions::new(socket))
-        .unwrap()
-        .with_store(Arc::new(store), std::time::Duration::from_secs(60))
-        .bind(move || recorder.clone(), health)
-        .unwrap();
-    let server = runtime.spawn(async move {
-        drop(serving.run_until(async move { stop.notified().await }).await.unwrap());
-    });
-    (calls, server)
+    let server = mcpsock_daemon::Server::new(socket)
+        .storage(mcpsock_daemon::Storage::Sqlite(mcpsock_daemon::SqliteOptions::new(db)));
+    let handle = runtime.block_on(server.serve(move || recorder.clone())).unwrap();
+    (calls, handle)
 }
 
 #[test]
@@ -513,8 +499,7 @@ fn a_restored_session_gets_its_log_level_and_subscriptions_back() {
         answer
     };
 
-    let stop = Arc::new(tokio::sync::Notify::new());
-    let (calls, server) = serve_recorder(&runtime, &socket, &db, stop.clone());
+    let (calls, server) = serve_recorder(&runtime, &socket, &db);
     let session = open_session(Target::Unix(&socket), "localhost", "");
     request(&session, 2, "logging/setLevel", json!({"level": "debug"}));
     request(&session, 3, "resources/subscribe", json!({"uri": "file:///kept"}));
@@ -522,16 +507,13 @@ fn a_restored_session_gets_its_log_level_and_subscriptions_back() {
     request(&session, 5, "resources/unsubscribe", json!({"uri": "file:///dropped"}));
     request(&session, 6, "logging/setLevel", json!({"level": "warning"}));
     assert_eq!(calls.lock().unwrap().len(), 5);
-    stop.notify_one();
-    runtime.block_on(server).unwrap();
+    runtime.block_on(server.shutdown()).unwrap();
 
     // A new process (a new handler) on the same database: the session's
     // first request restores it, with the settings still in force.
-    let stop = Arc::new(tokio::sync::Notify::new());
-    let (calls, server) = serve_recorder(&runtime, &socket, &db, stop.clone());
+    let (calls, server) = serve_recorder(&runtime, &socket, &db);
     let pinged = request(&session, 7, "ping", json!({}));
     assert!(pinged.body.contains(r#""id":7"#), "{pinged:?}");
     assert_eq!(*calls.lock().unwrap(), ["setLevel \"warning\"", "subscribe file:///kept"]);
-    stop.notify_one();
-    runtime.block_on(server).unwrap();
+    runtime.block_on(server.shutdown()).unwrap();
 }

@@ -1,0 +1,239 @@
+//! The library API: `mcpsock::Server` serving a handler written here, its
+//! handle's stops, the direct client and the socket and HTTP clients.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use mcpsock::client::{ConnectOptions, Endpoint};
+use mcpsock::{Server, SqliteOptions, Storage};
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, GetPromptRequestParams,
+    JsonObject, ListToolsResult, PaginatedRequestParams, ReadResourceRequestParams, ServerCapabilities,
+    ServerConfig, Tool,
+};
+use rmcp::service::RequestContext;
+use rmcp::{ErrorData, RoleServer, ServerHandler};
+use serde_json::json;
+
+use crate::support::*;
+
+/// A handler whose `wait` tool runs until it is released or cancelled.
+#[derive(Clone, Default)]
+struct Gate {
+    started: Arc<AtomicUsize>,
+    cancelled: Arc<AtomicUsize>,
+    release: Arc<tokio::sync::Notify>,
+}
+
+impl ServerHandler for Gate {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        let schema = Arc::new(JsonObject::new());
+        Ok(ListToolsResult::with_all_items(vec![
+            Tool::new("wait", "Answers once released.", schema.clone()),
+            Tool::new("echo", "Answers at once.", schema),
+        ]))
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        if request.name == "wait" {
+            self.started.fetch_add(1, Ordering::SeqCst);
+            tokio::select! {
+                () = self.release.notified() => {}
+                () = context.ct.cancelled() => {
+                    self.cancelled.fetch_add(1, Ordering::SeqCst);
+                    return Err(ErrorData::internal_error("cancelled", None));
+                }
+            }
+        }
+        Ok(CallToolResult::success(vec![ContentBlock::text(format!("{} done", request.name))]).into())
+    }
+}
+
+const CALL_WAIT: &str =
+    r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"wait","arguments":{}}}"#;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+/// Starts `wait` in a session of its own on another thread; the thread
+/// returns the raw answer (which may be cut short).
+fn call_wait_in_background(socket: &std::path::Path) -> std::thread::JoinHandle<RawResponse> {
+    let session = open_session(Target::Unix(socket), "localhost", "");
+    let socket = socket.to_path_buf();
+    std::thread::spawn(move || {
+        let headers = format!("MCP-Protocol-Version: 2025-06-18\r\nMcp-Session-Id: {session}");
+        post(Target::Unix(&socket), "localhost", &headers, CALL_WAIT)
+    })
+}
+
+#[test]
+fn dropping_a_handle_mid_request_removes_the_socket_and_lock_and_leaves_no_task() {
+    let sandbox = Sandbox::new();
+    let socket = sandbox.socket();
+    let lock = socket.with_file_name("mcpsock.sock.pid");
+    let db = sandbox.path().join("state.db");
+    let runtime = runtime();
+    assert_eq!(runtime.metrics().num_alive_tasks(), 0);
+    let gate = Gate::default();
+    let handle = {
+        let gate = gate.clone();
+        let server = Server::new(&socket).storage(Storage::Sqlite(SqliteOptions::new(&db)));
+        runtime.block_on(server.serve(move || gate.clone())).unwrap()
+    };
+    assert!(socket.exists() && lock.exists());
+    assert!(runtime.metrics().num_alive_tasks() > 0);
+
+    let call = call_wait_in_background(&socket);
+    wait_until("the tool is running", || gate.started.load(Ordering::SeqCst) == 1);
+    let stopped = handle.stopped();
+    drop(handle);
+
+    runtime.block_on(stopped);
+    assert!(!socket.exists(), "the socket is removed");
+    assert!(!lock.exists(), "the lock file is removed");
+    wait_until("every task of the server has ended", || runtime.metrics().num_alive_tasks() == 0);
+    assert_eq!(gate.cancelled.load(Ordering::SeqCst), 1, "the running tool was cancelled");
+    let answer = call.join().unwrap();
+    assert!(!answer.body.contains("wait done"), "the cut request did not finish: {answer:?}");
+    // The database was closed: another process could open it now.
+    let store = mcpsock_store::SqliteStore::open(mcpsock_store::SqliteOptions::new(&db)).unwrap();
+    runtime.block_on(mcpsock_store::Store::close(&store)).unwrap();
+}
+
+#[test]
+fn shutdown_lets_an_in_flight_request_finish_then_stops() {
+    let sandbox = Sandbox::new();
+    let socket = sandbox.socket();
+    let runtime = runtime();
+    let gate = Gate::default();
+    let handle = {
+        let gate = gate.clone();
+        runtime.block_on(Server::new(&socket).serve(move || gate.clone())).unwrap()
+    };
+    let call = call_wait_in_background(&socket);
+    wait_until("the tool is running", || gate.started.load(Ordering::SeqCst) == 1);
+
+    let stopped = handle.stopped();
+    let shutdown = runtime.spawn(handle.shutdown());
+    wait_until("the socket stops accepting", || std::os::unix::net::UnixStream::connect(&socket).is_err());
+    assert!(!shutdown.is_finished(), "shutdown waits for the request in flight");
+    gate.release.notify_one();
+
+    let answer = call.join().unwrap();
+    assert_eq!(answer.status, 200);
+    assert!(answer.body.contains("wait done"), "the in-flight request finished: {answer:?}");
+    runtime.block_on(shutdown).unwrap().unwrap();
+    runtime.block_on(stopped);
+    assert!(!socket.exists());
+    assert_eq!(gate.cancelled.load(Ordering::SeqCst), 0);
+    wait_until("every task of the server has ended", || runtime.metrics().num_alive_tasks() == 0);
+}
+
+#[test]
+fn a_second_server_on_the_same_socket_is_refused_as_already_running() {
+    let sandbox = Sandbox::new();
+    let socket = sandbox.socket();
+    let runtime = runtime();
+    let first = runtime.block_on(Server::new(&socket).serve(Gate::default)).unwrap();
+    let second = runtime.block_on(Server::new(&socket).serve(Gate::default)).unwrap_err();
+    match &second {
+        mcpsock::ServeError::Socket(error) => assert!(error.is_already_running(), "{error}"),
+        other => panic!("expected an already-running refusal, got {other}"),
+    }
+    assert!(second.to_string().contains("already running"), "{second}");
+    runtime.block_on(first.shutdown()).unwrap();
+    assert!(!socket.exists());
+}
+
+#[test]
+fn a_tcp_only_server_reports_its_port_and_the_http_client_sends_the_key() {
+    let runtime = runtime();
+    let key = "k".repeat(32);
+    let handle = runtime
+        .block_on(Server::tcp_only("127.0.0.1:0".parse().unwrap(), key.clone()).serve(Gate::default))
+        .unwrap();
+    assert_eq!(handle.socket_path(), None);
+    let address = handle.local_addr().expect("a TCP server has an address");
+    assert_ne!(address.port(), 0);
+    let endpoint = Endpoint::parse(&format!("http://{address}/mcp")).unwrap();
+
+    runtime.block_on(async {
+        let session =
+            mcpsock::client::connect_with(&endpoint, &ConnectOptions::default().api_key(&key)).await.unwrap();
+        let tools = session.list_all_tools().await.unwrap();
+        assert_eq!(tools.iter().map(|tool| tool.name.as_ref()).collect::<Vec<_>>(), ["wait", "echo"]);
+        let result = session.call_tool(CallToolRequestParams::new("echo")).await.unwrap();
+        assert_eq!(result.content[0].as_text().unwrap().text, "echo done");
+        session.cancel().await.unwrap();
+
+        let refused = mcpsock::client::connect_with(&endpoint, &ConnectOptions::default()).await.unwrap_err();
+        assert!(matches!(refused, mcpsock::client::ClientError::Refused { status: 401, .. }), "{refused}");
+        assert!(refused.to_string().contains("MCPSOCK_API_KEY"), "{refused}");
+    });
+    runtime.block_on(handle.shutdown()).unwrap();
+    let gone = runtime
+        .block_on(mcpsock::client::connect_with(&endpoint, &ConnectOptions::default().api_key(&key)))
+        .unwrap_err();
+    assert!(matches!(gone, mcpsock::client::ClientError::NotRunning { .. }), "{gone}");
+}
+
+/// What a client sees of the conformance fixture: a tool's result, a
+/// resource and a prompt.
+async fn observe(session: &mcpsock::client::McpSession) -> serde_json::Value {
+    let tool = session.call_tool(CallToolRequestParams::new("test_simple_text")).await.unwrap();
+    let resource = session.read_resource(ReadResourceRequestParams::new("test://static-text")).await.unwrap();
+    let prompt = session.get_prompt(GetPromptRequestParams::new("test_simple_prompt")).await.unwrap();
+    json!({
+        "tool": serde_json::to_value(tool).unwrap(),
+        "resource": serde_json::to_value(resource).unwrap(),
+        "prompt": serde_json::to_value(prompt).unwrap(),
+    })
+}
+
+#[test]
+fn the_direct_client_sees_a_handler_as_the_socket_client_does() {
+    let sandbox = Sandbox::new();
+    let socket = sandbox.socket();
+    let runtime = runtime();
+    let fixture = mcpsock_demo::conformance::Fixture::new().unwrap();
+
+    let direct = runtime.block_on(async {
+        let session = mcpsock::direct::connect(fixture.clone()).await.unwrap();
+        assert_eq!(
+            session.peer_info().unwrap().server_info.as_ref().unwrap().name,
+            "mcp-conformance-test-server"
+        );
+        let seen = observe(&session).await;
+        session.cancel().await.unwrap();
+        seen
+    });
+    assert_eq!(direct["tool"]["content"][0]["text"], "This is a simple text response for testing.");
+    assert_eq!(direct["resource"]["contents"][0]["uri"], "test://static-text");
+    assert!(direct["prompt"]["messages"].as_array().is_some_and(|messages| !messages.is_empty()));
+
+    let handle = runtime.block_on(Server::new(&socket).serve(move || fixture.clone())).unwrap();
+    let over_socket = runtime.block_on(async {
+        let session =
+            mcpsock::client::connect(&Endpoint::parse(&socket.to_string_lossy()).unwrap()).await.unwrap();
+        let seen = observe(&session).await;
+        session.cancel().await.unwrap();
+        seen
+    });
+    assert_eq!(direct, over_socket);
+    runtime.block_on(handle.shutdown()).unwrap();
+    // Nothing of the direct session outlives it either.
+    wait_until("every task has ended", || runtime.metrics().num_alive_tasks() == 0);
+}
