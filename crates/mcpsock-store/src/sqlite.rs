@@ -27,6 +27,8 @@ use crate::{
 
 /// Most jobs committed in one transaction.
 const MAX_BATCH: usize = 512;
+/// Most request streams remembered as opened but not yet bound.
+const MAX_UNBOUND: usize = 4096;
 
 /// The schema, one entry per version; `PRAGMA user_version` records how many
 /// have been applied. Entries are never edited once released, only added.
@@ -171,6 +173,10 @@ struct Writer {
     /// rmcp's stream names → (stream number, standalone) for the streams
     /// this process writes to.
     streams: RefCell<HashMap<String, (i64, bool)>>,
+    /// The first event of each request stream opened here and not yet
+    /// bound to its session: sequence number → (tag, stream number), so
+    /// that binding, which follows at once, needs no lookup.
+    unbound: RefCell<HashMap<i64, (i64, i64)>>,
     _lock: File,
 }
 
@@ -207,6 +213,7 @@ impl SqliteStore {
             clock: clock.clone(),
             appended: RefCell::default(),
             streams: RefCell::default(),
+            unbound: RefCell::default(),
             joined: RefCell::default(),
             _lock: lock,
         };
@@ -554,7 +561,17 @@ impl Writer {
         session: Option<&[u8]>,
         event: NewEvent,
     ) -> Result<(), StoreError> {
+        let opening = session.is_none() && !self.streams.borrow().contains_key(stream);
         let stream_no = self.stream_no(stream, session)?;
+        if opening {
+            let mut unbound = self.unbound.borrow_mut();
+            // Streams that are never bound (no request behind them) must not
+            // pile up here; a forgotten entry only costs a lookup later.
+            if unbound.len() >= MAX_UNBOUND {
+                unbound.clear();
+            }
+            unbound.insert(seq, (tag, stream_no));
+        }
         if let Some(session) = session {
             self.note_session_events(session)?;
         }
@@ -569,11 +586,24 @@ impl Writer {
             )?
             .execute(params![seq, tag, stream_no, self.clock.now(), retry_ms, message, event.is_response])?;
 
+        self.note_append(stream_no, size)?;
         if event.is_response && session.is_none() {
             // A request stream is complete: rmcp sends nothing after it.
             self.streams.borrow_mut().remove(stream);
+            self.appended.borrow_mut().remove(&stream_no);
         }
-        self.note_append(stream_no, size)
+        Ok(())
+    }
+
+    /// The stream whose first event is `id`, if that event exists.
+    fn stream_of_first_event(&self, id: &str) -> Result<Option<i64>, StoreError> {
+        if let Some((seq, tag)) = crate::parse_event_id(id)
+            && let Some((known_tag, stream)) = self.unbound.borrow_mut().remove(&(seq as i64))
+            && known_tag == tag as i64
+        {
+            return Ok(Some(stream));
+        }
+        Ok(self.find_event(id)?.map(|(_, stream)| stream))
     }
 
     /// The event `id` as (sequence number, stream number), if it exists.
@@ -828,7 +858,7 @@ impl Store for SqliteStore {
         let session = session_key(session);
         let request_id = request_id.to_vec();
         self.submit(move |writer| {
-            let Some((_, stream)) = writer.find_event(&event_id)? else { return Ok(()) };
+            let Some(stream) = writer.stream_of_first_event(&event_id)? else { return Ok(()) };
             let request_id = writer.seal(Purpose::Events, &stream_aad(stream), &request_id);
             // First come: a stream already bound stays with its session.
             let bound = writer
