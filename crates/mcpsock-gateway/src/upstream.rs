@@ -843,7 +843,7 @@ impl Upstream {
                     let error = format!(
                         "it was restarted {} times within {} and failed again, so it is not restarted any more (max_restarts); fix it, then run `mcpsock restart {}`",
                         recent.len(),
-                        humanize(policy.restart_window),
+                        seconds(policy.restart_window),
                         self.name
                     );
                     tracing::error!(upstream = %self.name, "{error}");
@@ -1307,6 +1307,11 @@ async fn load_catalog(
     catalog.instructions = info.as_ref().and_then(|info| info.instructions.clone());
     catalog.capabilities = capabilities;
     Ok(())
+}
+
+/// `60s`, `1.5s`: a duration as people write it in the config.
+fn seconds(duration: Duration) -> String {
+    format!("{}s", duration.as_secs_f64())
 }
 
 fn humanize(duration: Duration) -> String {
