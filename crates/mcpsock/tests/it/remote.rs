@@ -54,7 +54,7 @@ fn a_daemon_fronts_another_daemon_over_its_socket_and_reconnects() {
     assert_eq!(outer.health()["status"], "degraded");
 
     // It comes up: the outer daemon connects and serves its tools.
-    let mut inner = start_inner(&sandbox, &inner_socket);
+    let inner = start_inner(&sandbox, &inner_socket);
     wait_until("the outer daemon connects to the inner one", || upstream(&outer)["state"] == "running");
     let client = McpSession::open(&outer.socket);
     let sum = client.call("inner__demo__add", json!({"a": 2, "b": 40})).unwrap();
