@@ -11,6 +11,12 @@ forbid() { # forbid CRATE DEPENDENCY: CRATE must not depend on DEPENDENCY, even 
         fail=1
     fi
 }
+forbid_feature() { # forbid_feature CRATE DEPENDENCY FEATURE: CRATE must not enable FEATURE of DEPENDENCY
+    if cargo tree --locked -p "$1" -e features -i "$2" 2>/dev/null | grep -q "$2 feature \"$3\""; then
+        echo "boundary broken: $1 enables feature $3 of $2" >&2
+        fail=1
+    fi
+}
 
 # The client side stays light: no daemon, gateway or listener code.
 forbid mcpsock-client mcpsock-daemon
@@ -21,7 +27,16 @@ forbid mcpsock-client axum
 forbid mcpsock-gateway mcpsock-transport
 forbid mcpsock-transport mcpsock-gateway
 forbid mcpsock-gateway axum
-forbid mcpsock-gateway hyper
+# The gateway serves no HTTP. It is an HTTP client of remote upstreams
+# (hyper through rmcp's transports), but no server side may come with that.
+forbid_feature mcpsock-gateway hyper server
+forbid_feature mcpsock-gateway hyper-util server
+forbid_feature mcpsock-gateway rmcp transport-streamable-http-server
+forbid_feature mcpsock-gateway rmcp server-side-http
+# TLS for remote upstreams is rustls; no OpenSSL anywhere.
+forbid mcpsock-gateway openssl
+forbid mcpsock-gateway openssl-sys
+forbid mcpsock-gateway native-tls
 # The store knows neither MCP nor the daemon; the gateway sees no store and
 # the client side carries no SQLite.
 forbid mcpsock-store rmcp

@@ -127,6 +127,43 @@ pub struct UpstreamStatus {
     pub resources: usize,
     /// Lines on its stdout that were not valid JSON-RPC, dropped.
     pub dropped_messages: u64,
+    /// `"stdio"` (a child process) or `"http"` (a server reached by URL).
+    #[serde(default = "stdio")]
+    pub kind: String,
+    /// Where an `http` upstream is reached; a query string is redacted.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// How it is watched and restarted, and how its pings went (absent for
+    /// a disabled upstream).
+    #[serde(default)]
+    pub supervision: Option<SupervisionStatus>,
+}
+
+fn stdio() -> String {
+    "stdio".into()
+}
+
+/// An upstream's health pings and restart policy, in `GET /status`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SupervisionStatus {
+    /// How often it is pinged (`"30s"`); `None` when pings are off.
+    pub ping_interval: Option<String>,
+    /// Consecutive failed pings after which it is restarted (one ping left
+    /// unanswered for `request_timeout` is enough).
+    pub ping_failures_before_restart: u32,
+    /// When the last answered ping was sent, RFC 3339 in UTC.
+    pub last_ping: Option<String>,
+    /// How long that answer took, in microseconds.
+    pub last_ping_us: Option<u64>,
+    /// Pings that failed since the last answered one.
+    pub ping_failures: u32,
+    /// The delay before the first restart (`"500ms"`); it doubles up to
+    /// `restart_backoff_max`.
+    pub restart_backoff_initial: String,
+    pub restart_backoff_max: String,
+    /// Restarts allowed within `restart_window` before it is left failed.
+    pub max_restarts: u32,
+    pub restart_window: String,
 }
 
 /// Outcome of the most recent reload.
@@ -208,7 +245,15 @@ pub struct EffectiveConfig {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServerConfigView {
     pub name: String,
-    pub command: String,
+    /// The program of a stdio server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    /// The address of an HTTP server (a query string redacted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Every value is [`REDACTED`]; the names show what is sent.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub headers: std::collections::BTreeMap<String, String>,
     pub args: Vec<String>,
     /// Every value is [`REDACTED`]; the names show what is set.
     pub env: std::collections::BTreeMap<String, String>,
@@ -255,13 +300,13 @@ pub enum EventBody {
     #[serde(rename = "status")]
     Status { status: HealthStatus, pid: u32, socket: Option<String>, tcp: Option<String>, upstreams: usize },
     #[serde(rename = "upstream.started")]
-    UpstreamStarted { name: String, pid: u32, tools: usize },
+    UpstreamStarted { name: String, pid: Option<u32>, tools: usize },
     #[serde(rename = "upstream.failed")]
     UpstreamFailed { name: String, error: String },
     #[serde(rename = "upstream.crashed")]
     UpstreamCrashed { name: String, error: String },
     #[serde(rename = "upstream.restarted")]
-    UpstreamRestarted { name: String, pid: u32, tools: usize },
+    UpstreamRestarted { name: String, pid: Option<u32>, tools: usize },
     #[serde(rename = "upstream.stopped")]
     UpstreamStopped { name: String },
     #[serde(rename = "tools.changed")]
@@ -359,6 +404,12 @@ pub enum UpstreamState {
 pub struct UpstreamHealth {
     pub name: String,
     pub state: UpstreamState,
+    /// `"stdio"` or `"http"`.
+    #[serde(default = "stdio")]
+    pub kind: String,
+    /// Where an `http` upstream is reached; a query string is redacted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
     /// Process id of a stdio upstream while it runs.
     pub pid: Option<u32>,
     /// Number of tools the upstream offers.
@@ -392,6 +443,8 @@ mod tests {
             upstreams: vec![UpstreamHealth {
                 name: "time".into(),
                 state: UpstreamState::Failed,
+                kind: "stdio".into(),
+                url: None,
                 pid: None,
                 tools: 0,
                 error: Some("command not found".into()),
@@ -406,7 +459,7 @@ mod tests {
         let json = serde_json::to_string(&health).unwrap();
         assert_eq!(
             json,
-            r#"{"status":"degraded","admin_protocol":1,"upstreams":[{"name":"time","state":"failed","pid":null,"tools":0,"error":"command not found","restarts":0,"dropped_messages":3,"in_flight":0,"queued":0,"shed":1}],"rejected_connections":2}"#
+            r#"{"status":"degraded","admin_protocol":1,"upstreams":[{"name":"time","state":"failed","kind":"stdio","pid":null,"tools":0,"error":"command not found","restarts":0,"dropped_messages":3,"in_flight":0,"queued":0,"shed":1}],"rejected_connections":2}"#
         );
         let back: Health = serde_json::from_str(&json).unwrap();
         assert_eq!(back, health);

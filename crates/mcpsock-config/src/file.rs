@@ -125,6 +125,121 @@ impl std::str::FromStr for Durability {
     }
 }
 
+/// How upstreams are watched and restarted (`ping_interval`,
+/// `restart_backoff`, `max_restarts`, `restart_window`): set at the top
+/// level for every server, and per server to override that.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Supervision {
+    /// How often an upstream is sent an MCP `ping`; `None` (`"off"` or `0`)
+    /// sends none.
+    pub ping_interval: Option<Duration>,
+    /// The delay before the first restart; it doubles with each restart.
+    pub restart_initial_delay: Duration,
+    /// The longest delay between restarts.
+    pub restart_max_delay: Duration,
+    /// Restarts allowed within `restart_window`; then the upstream is left
+    /// failed until `mcpsock restart` or a reload.
+    pub max_restarts: u32,
+    pub restart_window: Duration,
+}
+
+impl Default for Supervision {
+    fn default() -> Self {
+        Self {
+            ping_interval: Some(Duration::from_secs(30)),
+            restart_initial_delay: Duration::from_millis(500),
+            restart_max_delay: Duration::from_secs(30),
+            max_restarts: 5,
+            restart_window: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The supervision keys as written, at either level.
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSupervision {
+    #[serde(default, deserialize_with = "interval")]
+    ping_interval: Option<Option<Duration>>,
+    #[serde(default)]
+    restart_backoff: Option<RawBackoff>,
+    #[serde(default)]
+    max_restarts: Option<u32>,
+    #[serde(default, deserialize_with = "duration")]
+    restart_window: Option<Duration>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBackoff {
+    #[serde(default, deserialize_with = "duration")]
+    initial: Option<Duration>,
+    #[serde(default, deserialize_with = "duration")]
+    max: Option<Duration>,
+}
+
+impl RawSupervision {
+    /// `self` over `base`; `key` prefixes error messages.
+    fn over(&self, base: Supervision) -> Result<Supervision, String> {
+        let mut supervision = base;
+        if let Some(interval) = self.ping_interval {
+            supervision.ping_interval = interval;
+        }
+        if let Some(backoff) = &self.restart_backoff {
+            if let Some(initial) = backoff.initial {
+                supervision.restart_initial_delay = initial;
+            }
+            if let Some(max) = backoff.max {
+                supervision.restart_max_delay = max;
+            }
+        }
+        if let Some(max_restarts) = self.max_restarts {
+            supervision.max_restarts = max_restarts;
+        }
+        if let Some(window) = self.restart_window {
+            supervision.restart_window = window;
+        }
+        if supervision.restart_initial_delay.is_zero() {
+            return Err("restart_backoff.initial must be longer than zero".into());
+        }
+        if supervision.restart_max_delay < supervision.restart_initial_delay {
+            return Err(format!(
+                "restart_backoff.max ({}) must not be shorter than restart_backoff.initial ({})",
+                humantime::format_duration(supervision.restart_max_delay),
+                humantime::format_duration(supervision.restart_initial_delay)
+            ));
+        }
+        if supervision.restart_window.is_zero() {
+            return Err("restart_window must be longer than zero".into());
+        }
+        Ok(supervision)
+    }
+}
+
+/// `ping_interval`: a duration, or `"off"` / `0` for none.
+fn interval<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Option<Duration>>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Seconds(f64),
+        Text(String),
+    }
+    let parsed =
+        match Raw::deserialize(deserializer)? {
+            Raw::Text(text) if text == "off" => None,
+            Raw::Seconds(seconds) => Some(Duration::try_from_secs_f64(seconds).map_err(|_| {
+                serde::de::Error::custom(format!("{seconds} is not a valid number of seconds"))
+            })?),
+            Raw::Text(text) => Some(humantime::parse_duration(&text).map_err(|error| {
+                serde::de::Error::custom(format!(
+                    "{text:?} is not a duration ({error}); write e.g. \"30s\", or \"off\" for no pings"
+                ))
+            })?),
+        };
+    Ok(Some(parsed.filter(|interval| !interval.is_zero())))
+}
+
 /// A validated configuration: every field has its final value.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
@@ -188,6 +303,8 @@ pub struct Config {
     pub event_retention: Duration,
     /// Most events kept per session (`max_events_per_session`).
     pub max_events_per_session: usize,
+    /// Pings and restarts of every server without its own.
+    pub supervision: Supervision,
 }
 
 impl Default for Config {
@@ -220,22 +337,19 @@ impl Default for Config {
             ttl_cleanup_interval: DEFAULT_TTL_CLEANUP_INTERVAL,
             event_retention: DEFAULT_EVENT_RETENTION,
             max_events_per_session: DEFAULT_MAX_EVENTS_PER_SESSION,
+            supervision: Supervision::default(),
         }
     }
 }
 
-/// One upstream MCP server started as a child process.
+/// One upstream MCP server: a child process on stdio, or a server that
+/// runs on its own and speaks Streamable HTTP.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct ServerConfig {
     pub name: String,
-    /// The program: absolute, relative to the config file's directory when
-    /// it contains a `/`, or looked up in `PATH` when it is a bare name.
-    pub command: PathBuf,
-    pub args: Vec<String>,
-    /// Extra environment for this server only (its secrets).
-    pub env: Vec<(String, Secret)>,
-    pub cwd: Option<PathBuf>,
+    /// How it is reached: `command` or `url`.
+    pub transport: ServerTransport,
     /// What its tool and prompt names start with (`prefix`); `None` offers
     /// the server's own names. Defaults to the server name.
     pub prefix: Option<String>,
@@ -250,12 +364,14 @@ pub struct ServerConfig {
     pub max_queued_requests: usize,
     /// How long a request may wait for a slot (`queue_timeout`).
     pub queue_timeout: Duration,
+    /// Its pings and restarts (the top-level keys, overridden by its own).
+    pub supervision: Supervision,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
-    #[serde(rename = "mcpServers", default)]
+    #[serde(rename = "mcpServers", default, deserialize_with = "servers")]
     mcp_servers: BTreeMap<String, RawServer>,
     #[serde(default)]
     socket: Option<PathBuf>,
@@ -307,6 +423,160 @@ struct RawConfig {
     event_retention: Option<Duration>,
     #[serde(default)]
     max_events_per_session: Option<usize>,
+    #[serde(flatten)]
+    supervision: RawSupervision,
+}
+
+/// How an upstream is reached.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ServerTransport {
+    /// A program mcpsock starts, speaking MCP on its stdin and stdout.
+    Stdio {
+        /// The program: absolute, relative to the config file's directory
+        /// when it contains a `/`, or looked up in `PATH` when it is a bare
+        /// name.
+        command: PathBuf,
+        args: Vec<String>,
+        /// Extra environment for this server only (its secrets).
+        env: Vec<(String, Secret)>,
+        cwd: Option<PathBuf>,
+    },
+    /// A running server mcpsock connects to with Streamable HTTP.
+    Http {
+        url: UpstreamUrl,
+        /// Sent with every request (an `Authorization` header, typically):
+        /// secrets, never printed.
+        headers: Vec<(String, Secret)>,
+    },
+}
+
+/// Where a Streamable HTTP upstream listens (`url`).
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum UpstreamUrl {
+    /// `http://…` or `https://…`, used as written.
+    Tcp(String),
+    /// `unix:///abs/path.sock`: HTTP over that Unix socket, at `path`
+    /// (`/mcp` unless the URL ends in `?path=/other`).
+    Unix { socket: PathBuf, path: String },
+}
+
+/// The HTTP path of a `unix://` upstream unless its URL names another.
+pub const DEFAULT_UNIX_HTTP_PATH: &str = "/mcp";
+
+impl UpstreamUrl {
+    /// Parses and checks a `url`; the error says what is wrong and what is
+    /// expected.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let expected = "use http://HOST[:PORT]/PATH, https://HOST[:PORT]/PATH or unix:///ABSOLUTE/PATH.sock";
+        if let Some(rest) = text.strip_prefix("unix://") {
+            let (socket, query) = match rest.split_once('?') {
+                Some((socket, query)) => (socket, Some(query)),
+                None => (rest, None),
+            };
+            if !socket.starts_with('/') {
+                return Err(format!(
+                    "url {text:?}: a unix:// URL needs an absolute socket path, with three slashes: unix:///run/app.sock"
+                ));
+            }
+            if socket.len() > crate::SOCKET_PATH_MAX {
+                return Err(format!(
+                    "url {text:?}: the socket path is {} bytes long, but this platform allows at most {}",
+                    socket.len(),
+                    crate::SOCKET_PATH_MAX
+                ));
+            }
+            crate::check_socket_path(Path::new(socket))
+                .map_err(|message| format!("url {text:?}: {message}"))?;
+            let path = match query {
+                None => DEFAULT_UNIX_HTTP_PATH.to_string(),
+                Some(query) => match query.strip_prefix("path=") {
+                    Some(path)
+                        if path.starts_with('/') && path.parse::<http::uri::PathAndQuery>().is_ok() =>
+                    {
+                        path.to_string()
+                    }
+                    _ => {
+                        return Err(format!(
+                            "url {text:?}: after the socket path only ?path=/HTTP/PATH may follow (the default is {DEFAULT_UNIX_HTTP_PATH})"
+                        ));
+                    }
+                },
+            };
+            return Ok(Self::Unix { socket: PathBuf::from(socket), path });
+        }
+        let uri: http::Uri =
+            text.parse().map_err(|error| format!("url {text:?} is not a URL ({error}); {expected}"))?;
+        match uri.scheme_str() {
+            Some("http" | "https") => {}
+            Some(other) => {
+                return Err(format!("url {text:?}: the scheme {other:?} is not supported; {expected}"));
+            }
+            None => return Err(format!("url {text:?} has no scheme; {expected}")),
+        }
+        let Some(authority) = uri.authority() else {
+            return Err(format!("url {text:?} names no host; {expected}"));
+        };
+        if authority.as_str().contains('@') {
+            return Err(format!(
+                "url {text:?}: credentials in the URL would show in status and logs; send them in \"headers\" (e.g. \"Authorization\")"
+            ));
+        }
+        Ok(Self::Tcp(text.to_string()))
+    }
+}
+
+/// Shows the URL without what may be a secret: a query string (some
+/// servers take a token there) is replaced by `?<redacted>`.
+impl fmt::Display for UpstreamUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Tcp(url) => match url.split_once('?') {
+                Some((base, _)) => write!(f, "{base}?<redacted>"),
+                None => f.write_str(url),
+            },
+            Self::Unix { socket, path } if path == DEFAULT_UNIX_HTTP_PATH => {
+                write!(f, "unix://{}", socket.display())
+            }
+            Self::Unix { socket, path } => write!(f, "unix://{}?path={path}", socket.display()),
+        }
+    }
+}
+
+impl fmt::Debug for UpstreamUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// Header names the Streamable HTTP transport sets itself, or that belong
+/// to the connection; a config may not set them.
+const RESERVED_HEADERS: &[&str] = &[
+    "accept",
+    "mcp-session-id",
+    "mcp-protocol-version",
+    "last-event-id",
+    "content-type",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "host",
+];
+
+fn check_header(name: &str, value: &Secret) -> Result<(), String> {
+    let header = http::HeaderName::from_bytes(name.as_bytes())
+        .map_err(|_| format!("headers: {name:?} is not a valid HTTP header name"))?;
+    if RESERVED_HEADERS.contains(&header.as_str()) {
+        return Err(format!("headers: {name:?} is set by mcpsock itself and cannot be configured"));
+    }
+    // The value is a secret: the message names the header, never the value.
+    if http::HeaderValue::from_str(value.expose()).is_err() {
+        return Err(format!(
+            "headers: the value of {name:?} is not a valid HTTP header value (no line breaks or control characters; non-ASCII text must be encoded)"
+        ));
+    }
+    Ok(())
 }
 
 #[derive(Deserialize)]
@@ -316,6 +586,10 @@ struct RawServer {
     kind: Option<String>,
     #[serde(default)]
     command: Option<String>,
+    #[serde(default)]
+    url: Option<String>,
+    #[serde(default)]
+    headers: BTreeMap<String, Secret>,
     #[serde(default)]
     args: Vec<String>,
     #[serde(default)]
@@ -336,6 +610,158 @@ struct RawServer {
     max_queued_requests: Option<usize>,
     #[serde(default, deserialize_with = "duration")]
     queue_timeout: Option<Duration>,
+    #[serde(flatten)]
+    supervision: RawSupervision,
+}
+
+/// Reads `mcpServers`, checking each enabled entry's shape as it is read,
+/// so that an error carries the file position of that entry: serde_json
+/// adds the line and column where reading stopped, which is the entry's
+/// closing brace when the entry's own visitor fails.
+fn servers<'de, D: Deserializer<'de>>(deserializer: D) -> Result<BTreeMap<String, RawServer>, D::Error> {
+    use serde::de::{DeserializeSeed, Error, MapAccess, Visitor};
+
+    struct Servers;
+    impl<'de> Visitor<'de> for Servers {
+        type Value = BTreeMap<String, RawServer>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an object of server names to server entries")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut servers = BTreeMap::new();
+            while let Some(name) = map.next_key::<String>()? {
+                let server = map.next_value_seed(Entry { name: &name })?;
+                servers.insert(name, server);
+            }
+            Ok(servers)
+        }
+    }
+
+    struct Entry<'a> {
+        name: &'a str,
+    }
+    impl<'de> DeserializeSeed<'de> for Entry<'_> {
+        type Value = RawServer;
+
+        fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<RawServer, D::Error> {
+            deserializer.deserialize_map(self)
+        }
+    }
+    impl<'de> Visitor<'de> for Entry<'_> {
+        type Value = RawServer;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a server entry")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawServer, A::Error> {
+            let server = RawServer::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+            if !server.disabled {
+                server
+                    .transport(Path::new("."))
+                    .map_err(|message| A::Error::custom(format!("mcpServers.{}: {message}", self.name)))?;
+            }
+            Ok(server)
+        }
+    }
+
+    deserializer.deserialize_map(Servers)
+}
+
+impl RawServer {
+    /// The validated transport of an enabled entry: `command` or `url`,
+    /// and only the keys that go with it.
+    fn transport(&self, config_dir: &Path) -> Result<ServerTransport, String> {
+        let http = match self.kind.as_deref() {
+            None => self.url.is_some(),
+            Some("stdio") => false,
+            Some("http" | "streamable-http" | "streamableHttp") => true,
+            Some("sse") => {
+                return Err(
+                    "type \"sse\" (the deprecated HTTP+SSE transport) is not supported; give the server's Streamable HTTP endpoint as \"url\"".into(),
+                );
+            }
+            Some(other) => {
+                return Err(format!(
+                    "type {other:?} is not supported; use \"stdio\" (with \"command\") or \"http\" (with \"url\")"
+                ));
+            }
+        };
+        let command = self.command.as_deref().filter(|command| !command.trim().is_empty());
+        match (command, &self.url) {
+            (Some(_), Some(_)) => {
+                return Err(
+                    "give either \"command\" (a program to start) or \"url\" (a running server), not both"
+                        .into(),
+                );
+            }
+            (None, None) if http => {
+                return Err(
+                    "\"url\" is missing: give the address of the server (http://, https:// or unix://)"
+                        .into(),
+                );
+            }
+            (None, None) => {
+                return Err(
+                    "\"command\" is missing: name the program that starts this MCP server (or give \"url\" for one that runs on its own)".into(),
+                );
+            }
+            (Some(_), None) if http => {
+                return Err(format!(
+                    "type {:?} needs \"url\", not \"command\"",
+                    self.kind.as_deref().unwrap_or_default()
+                ));
+            }
+            (None, Some(_)) if !http => {
+                return Err("type \"stdio\" needs \"command\", not \"url\"".into());
+            }
+            _ => {}
+        }
+        if let Some(url) = &self.url {
+            let mut stdio_keys = Vec::new();
+            if !self.args.is_empty() {
+                stdio_keys.push("args");
+            }
+            if !self.env.is_empty() {
+                stdio_keys.push("env");
+            }
+            if self.cwd.is_some() {
+                stdio_keys.push("cwd");
+            }
+            if !stdio_keys.is_empty() {
+                return Err(format!(
+                    "{} only apply to servers started with \"command\"; a \"url\" server gets \"headers\"",
+                    stdio_keys.join(", ")
+                ));
+            }
+            let url = UpstreamUrl::parse(url)?;
+            for (name, value) in &self.headers {
+                check_header(name, value)?;
+            }
+            let headers = self.headers.iter().map(|(name, value)| (name.clone(), value.clone())).collect();
+            return Ok(ServerTransport::Http { url, headers });
+        }
+        let command = command.unwrap_or_default();
+        if !self.headers.is_empty() {
+            return Err("\"headers\" only apply to servers reached by \"url\"".into());
+        }
+        if command.contains('\0') || self.args.iter().any(|arg| arg.contains('\0')) {
+            return Err("command and args must not contain NUL bytes".into());
+        }
+        for key in self.env.keys() {
+            if key.is_empty() || key.contains('=') || key.contains('\0') {
+                return Err(format!("env key {key:?} is not a valid variable name"));
+            }
+        }
+        Ok(ServerTransport::Stdio {
+            command: resolve_command(command, config_dir),
+            args: self.args.clone(),
+            env: self.env.iter().map(|(key, value)| (key.clone(), value.clone())).collect(),
+            cwd: self.cwd.as_ref().map(|cwd| config_dir.join(cwd)),
+        })
+    }
 }
 
 /// Durations are a number of seconds (`5`, `0.5`) or a human string (`"5s"`,
@@ -425,6 +851,7 @@ impl Config {
             ));
         }
 
+        let supervision = raw.supervision.over(Supervision::default()).map_err(&invalid)?;
         let config_dir = path.parent().unwrap_or(Path::new("."));
         let mut servers = Vec::with_capacity(raw.mcp_servers.len());
         for (name, server) in raw.mcp_servers {
@@ -442,30 +869,7 @@ impl Config {
             if server.disabled {
                 continue;
             }
-            match server.kind.as_deref() {
-                None | Some("stdio") => {}
-                Some(other) => {
-                    return Err(at(format!(
-                        "type {other:?} is not supported yet; only stdio servers (\"command\") are"
-                    )));
-                }
-            }
-            let command = match server.command {
-                Some(command) if !command.trim().is_empty() => command,
-                _ => {
-                    return Err(at(
-                        "\"command\" is missing: name the program that starts this MCP server".into()
-                    ));
-                }
-            };
-            if command.contains('\0') || server.args.iter().any(|arg| arg.contains('\0')) {
-                return Err(at("command and args must not contain NUL bytes".into()));
-            }
-            for key in server.env.keys() {
-                if key.is_empty() || key.contains('=') || key.contains('\0') {
-                    return Err(at(format!("env key {key:?} is not a valid variable name")));
-                }
-            }
+            let transport = server.transport(config_dir).map_err(at)?;
             let prefix = match server.prefix {
                 None => Some(name.clone()),
                 Some(prefix) if prefix.is_empty() => None,
@@ -483,11 +887,9 @@ impl Config {
                 max_concurrent_requests: server.max_concurrent_requests,
                 max_queued_requests: server.max_queued_requests.unwrap_or(DEFAULT_MAX_QUEUED_REQUESTS),
                 queue_timeout: server.queue_timeout.unwrap_or(DEFAULT_QUEUE_TIMEOUT),
-                command: resolve_command(&command, config_dir),
+                supervision: server.supervision.over(supervision).map_err(at)?,
+                transport,
                 name,
-                args: server.args,
-                env: server.env.into_iter().collect(),
-                cwd: server.cwd.map(|cwd| config_dir.join(cwd)),
                 prefix,
                 enabled_tools: server.enabled_tools,
                 disabled_tools: server.disabled_tools,
@@ -544,6 +946,7 @@ impl Config {
             event_retention: raw.event_retention.unwrap_or(defaults.event_retention),
             max_events_per_session: positive(raw.max_events_per_session, "max_events_per_session")?
                 .unwrap_or(defaults.max_events_per_session),
+            supervision,
         })
     }
 }
@@ -636,10 +1039,12 @@ mod tests {
         .unwrap();
         let names: Vec<_> = config.servers.iter().map(|server| server.name.as_str()).collect();
         assert_eq!(names, ["demo", "time"]);
-        assert_eq!(config.servers[0].command, PathBuf::from("/etc/mcpsock/./bin/demo"));
-        assert_eq!(config.servers[0].cwd, Some(PathBuf::from("/etc/mcpsock/work")));
-        assert_eq!(config.servers[1].command, PathBuf::from("uvx"));
-        assert_eq!(config.servers[1].env[0].1.expose(), "s3cret");
+        let ServerTransport::Stdio { command, cwd, .. } = &config.servers[0].transport else { panic!() };
+        assert_eq!(command, &PathBuf::from("/etc/mcpsock/./bin/demo"));
+        assert_eq!(cwd, &Some(PathBuf::from("/etc/mcpsock/work")));
+        let ServerTransport::Stdio { command, env, .. } = &config.servers[1].transport else { panic!() };
+        assert_eq!(command, &PathBuf::from("uvx"));
+        assert_eq!(env[0].1.expose(), "s3cret");
         assert_eq!(config.tool_separator, "__");
         assert_eq!(config.shutdown_grace, Duration::from_secs(5));
     }
@@ -720,14 +1125,20 @@ mod tests {
         check_error("{", "config.json:1:1: EOF while parsing");
         check_error(r#"{"mcpServers": {}, "sockett": "/x"}"#, "unknown field `sockett`");
         check_error(r#"{"mcpServers": {"a": {"command": "x", "argz": []}}}"#, "unknown field `argz`");
-        check_error(r#"{"mcpServers": {"a": {"args": []}}}"#, "mcpServers.a: \"command\" is missing");
+        check_error(
+            r#"{"mcpServers": {"a": {"args": []}}}"#,
+            "config.json:1:33: mcpServers.a: \"command\" is missing",
+        );
         check_error(r#"{"mcpServers": {"a": {"command": "  "}}}"#, "\"command\" is missing");
         check_error(r#"{"mcpServers": {"a b": {"command": "x"}}}"#, "server names may use only");
         check_error(r#"{"mcpServers": {"a__b": {"command": "x"}}}"#, "contains the tool separator");
-        check_error(r#"{"mcpServers": {"a": {"url": "http://x"}}}"#, "unknown field `url`");
         check_error(
             r#"{"mcpServers": {"a": {"type": "http", "command": "x"}}}"#,
-            "type \"http\" is not supported",
+            "type \"http\" needs \"url\"",
+        );
+        check_error(
+            r#"{"mcpServers": {"a": {"type": "pipe", "command": "x"}}}"#,
+            "type \"pipe\" is not supported",
         );
         check_error(r#"{"tool_separator": "/"}"#, "tool_separator \"/\"");
         check_error(r#"{"shutdown_grace": "soon"}"#, "\"soon\" is not a duration");
@@ -736,6 +1147,151 @@ mod tests {
             "socket: @abstract: abstract socket addresses are not supported",
         );
         check_error(r#"{"mcpServers": {"a": {"command": "x", "env": {"A=B": "1"}}}}"#, "env key \"A=B\"");
+    }
+
+    #[test]
+    fn http_servers() {
+        let config = parse(
+            r#"{"mcpServers": {
+                "remote": {"type": "http", "url": "https://mcp.example.com/mcp", "headers": {"Authorization": "Bearer hunter2"}},
+                "plain": {"url": "http://127.0.0.1:3001/mcp"},
+                "cursor": {"type": "streamable-http", "url": "http://[::1]:8000/"},
+                "inner": {"url": "unix:///run/user/1000/mcpsock/mcpsock.sock"},
+                "other": {"url": "unix:///run/app.sock?path=/api/mcp"}
+            }}"#,
+        )
+        .unwrap();
+        let transport = |name: &str| {
+            config
+                .servers
+                .iter()
+                .find(|server| server.name == name)
+                .map(|server| server.transport.clone())
+                .unwrap()
+        };
+        let ServerTransport::Http { url, headers } = transport("remote") else { panic!() };
+        assert_eq!(url, UpstreamUrl::Tcp("https://mcp.example.com/mcp".into()));
+        assert_eq!((headers[0].0.as_str(), headers[0].1.expose()), ("Authorization", "Bearer hunter2"));
+        let ServerTransport::Http { url, headers } = transport("plain") else { panic!() };
+        assert_eq!(url, UpstreamUrl::Tcp("http://127.0.0.1:3001/mcp".into()));
+        assert!(headers.is_empty());
+        assert!(matches!(transport("cursor"), ServerTransport::Http { .. }));
+        let ServerTransport::Http { url, .. } = transport("inner") else { panic!() };
+        assert_eq!(
+            url,
+            UpstreamUrl::Unix { socket: "/run/user/1000/mcpsock/mcpsock.sock".into(), path: "/mcp".into() }
+        );
+        assert_eq!(url.to_string(), "unix:///run/user/1000/mcpsock/mcpsock.sock");
+        let ServerTransport::Http { url, .. } = transport("other") else { panic!() };
+        assert_eq!(url, UpstreamUrl::Unix { socket: "/run/app.sock".into(), path: "/api/mcp".into() });
+        assert_eq!(url.to_string(), "unix:///run/app.sock?path=/api/mcp");
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+        // A token in the query string is not shown.
+        assert_eq!(
+            UpstreamUrl::parse("https://h/mcp?token=abc").unwrap().to_string(),
+            "https://h/mcp?<redacted>"
+        );
+    }
+
+    #[test]
+    fn bad_http_servers_are_named_with_their_position() {
+        let server = |entry: &str| format!("{{\"mcpServers\": {{\n  \"r\": {entry}\n}}}}");
+        let cases = [
+            (
+                r#"{"command": "x", "url": "http://h/mcp"}"#,
+                "2:46: mcpServers.r: give either \"command\" (a program to start) or \"url\"",
+            ),
+            (r#"{"type": "http"}"#, "2:23: mcpServers.r: \"url\" is missing"),
+            (r#"{}"#, "mcpServers.r: \"command\" is missing"),
+            (
+                r#"{"url": "ftp://h/mcp"}"#,
+                "url \"ftp://h/mcp\": the scheme \"ftp\" is not supported; use http://",
+            ),
+            (r#"{"url": "localhost:3000/mcp"}"#, "is not a URL (invalid format); use http://"),
+            (r#"{"url": "/run/x.sock"}"#, "has no scheme"),
+            (
+                r#"{"url": "unix://run/x.sock"}"#,
+                "a unix:// URL needs an absolute socket path, with three slashes",
+            ),
+            (r#"{"url": "unix:///run/x.sock?p=1"}"#, "only ?path=/HTTP/PATH may follow"),
+            (r#"{"url": "https://user:pw@h/mcp"}"#, "credentials in the URL would show"),
+            (
+                r#"{"type": "sse", "url": "http://h/sse"}"#,
+                "type \"sse\" (the deprecated HTTP+SSE transport) is not supported",
+            ),
+            (r#"{"type": "stdio", "url": "http://h/mcp"}"#, "type \"stdio\" needs \"command\""),
+            (
+                r#"{"url": "http://h/mcp", "args": ["a"]}"#,
+                "args only apply to servers started with \"command\"",
+            ),
+            (
+                r#"{"command": "x", "headers": {"A": "b"}}"#,
+                "\"headers\" only apply to servers reached by \"url\"",
+            ),
+            (
+                r#"{"url": "http://h/mcp", "headers": {"X-Key": "line\nbreak hunter2"}}"#,
+                "the value of \"X-Key\" is not a valid HTTP header value",
+            ),
+            (
+                r#"{"url": "http://h/mcp", "headers": {"Bad Name": "v"}}"#,
+                "\"Bad Name\" is not a valid HTTP header name",
+            ),
+            (r#"{"url": "http://h/mcp", "headers": {"Mcp-Session-Id": "v"}}"#, "is set by mcpsock itself"),
+        ];
+        for (entry, expected) in cases {
+            let error = parse(&server(entry)).expect_err(entry);
+            assert!(error.contains(expected), "{entry}: error {error:?} should contain {expected:?}");
+            assert!(error.starts_with("/etc/mcpsock/config.json:2:"), "{entry}: {error:?} names no position");
+            assert!(!error.contains("hunter2"), "a header value leaked: {error}");
+        }
+        let long = format!(r#"{{"url": "unix:///{}.sock"}}"#, "x".repeat(120));
+        assert!(parse(&server(&long)).unwrap_err().contains("but this platform allows at most"));
+        // A disabled entry is not checked: it may be a draft.
+        assert!(parse(&server(r#"{"url": "ftp://h", "disabled": true}"#)).unwrap().servers.is_empty());
+    }
+
+    #[test]
+    fn supervision_keys() {
+        let defaults = parse(r#"{"mcpServers": {"a": {"command": "x"}}}"#).unwrap();
+        assert_eq!(defaults.supervision, Supervision::default());
+        assert_eq!(defaults.servers[0].supervision.ping_interval, Some(Duration::from_secs(30)));
+        assert_eq!(defaults.servers[0].supervision.max_restarts, 5);
+        let config = parse(
+            r#"{"ping_interval": "10s", "restart_backoff": {"initial": "1s", "max": "1m"}, "max_restarts": 3, "restart_window": "5m",
+                "mcpServers": {
+                    "a": {"command": "x"},
+                    "b": {"url": "http://h/mcp", "ping_interval": "off", "max_restarts": 0, "restart_backoff": {"max": "2s"}},
+                    "c": {"command": "x", "ping_interval": 0}
+                }}"#,
+        )
+        .unwrap();
+        let a = config.servers[0].supervision;
+        assert_eq!(a.ping_interval, Some(Duration::from_secs(10)));
+        assert_eq!(
+            (a.restart_initial_delay, a.restart_max_delay),
+            (Duration::from_secs(1), Duration::from_secs(60))
+        );
+        assert_eq!((a.max_restarts, a.restart_window), (3, Duration::from_secs(300)));
+        let b = config.servers[1].supervision;
+        assert_eq!(b.ping_interval, None);
+        assert_eq!(
+            (b.restart_initial_delay, b.restart_max_delay),
+            (Duration::from_secs(1), Duration::from_secs(2))
+        );
+        assert_eq!((b.max_restarts, b.restart_window), (0, Duration::from_secs(300)));
+        assert_eq!(config.servers[2].supervision.ping_interval, None);
+        check_error(r#"{"ping_interval": "sometimes"}"#, "\"sometimes\" is not a duration");
+        check_error(
+            r#"{"restart_backoff": {"initial": "10s", "max": "1s"}}"#,
+            "restart_backoff.max (1s) must not be shorter than restart_backoff.initial (10s)",
+        );
+        check_error(
+            r#"{"mcpServers": {"a": {"command": "x", "restart_backoff": {"initial": 0}}}}"#,
+            "mcpServers.a: restart_backoff.initial must be longer than zero",
+        );
+        check_error(r#"{"restart_backoff": {"first": "1s"}}"#, "unknown field `first`");
+        check_error(r#"{"max_restarts": -1}"#, "config.json:1:20: invalid value: integer `-1`, expected u32");
     }
 
     #[test]

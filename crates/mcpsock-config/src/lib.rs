@@ -10,7 +10,10 @@
 mod file;
 mod paths;
 
-pub use file::{Config, ConfigError, Durability, Secret, ServerConfig, StorageKind};
+pub use file::{
+    Config, ConfigError, DEFAULT_UNIX_HTTP_PATH, Durability, Secret, ServerConfig, ServerTransport,
+    StorageKind, Supervision, UpstreamUrl,
+};
 pub use paths::{
     ConfigLocation, Env, ProcessEnv, SOCKET_PATH_MAX, app_db_path, app_socket_path, check_socket_path,
     config_location, data_dir, db_path, default_db_path, log_file, parse_listen, socket_path,

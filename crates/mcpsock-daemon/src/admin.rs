@@ -86,6 +86,7 @@ pub(crate) fn state_of(state: UpstreamState) -> mcpsock_api::UpstreamState {
 }
 
 fn upstream_status(report: UpstreamReport) -> UpstreamStatus {
+    let supervision = Some(supervision_status(&report));
     UpstreamStatus {
         name: report.name,
         state: state_of(report.state),
@@ -98,6 +99,25 @@ fn upstream_status(report: UpstreamReport) -> UpstreamStatus {
         prompts: report.prompts,
         resources: report.resources,
         dropped_messages: report.dropped_messages,
+        kind: report.kind.to_string(),
+        url: report.url,
+        supervision,
+    }
+}
+
+fn supervision_status(report: &UpstreamReport) -> mcpsock_api::SupervisionStatus {
+    let human = |duration: std::time::Duration| humantime::format_duration(duration).to_string();
+    let policy = report.supervision;
+    mcpsock_api::SupervisionStatus {
+        ping_interval: policy.ping_interval.map(human),
+        ping_failures_before_restart: mcpsock_gateway::PING_FAILURES_BEFORE_RESTART,
+        last_ping: report.last_ping.map(|(at, _)| humantime::format_rfc3339_millis(at).to_string()),
+        last_ping_us: report.last_ping.map(|(_, latency)| latency.as_micros().try_into().unwrap_or(u64::MAX)),
+        ping_failures: report.ping_failures,
+        restart_backoff_initial: human(policy.restart_initial_delay),
+        restart_backoff_max: human(policy.restart_max_delay),
+        max_restarts: policy.max_restarts,
+        restart_window: human(policy.restart_window),
     }
 }
 
@@ -109,6 +129,8 @@ impl Admin {
         for name in self.reloader.disabled() {
             if !servers.iter().any(|server| server.name == name) {
                 servers.push(UpstreamStatus {
+                    kind: self.reloader.kind_of(&name),
+                    url: self.reloader.url_of(&name),
                     name,
                     state: mcpsock_api::UpstreamState::Stopped,
                     enabled: false,
@@ -120,6 +142,7 @@ impl Admin {
                     prompts: 0,
                     resources: 0,
                     dropped_messages: 0,
+                    supervision: None,
                 });
             }
         }

@@ -147,6 +147,8 @@ pub(crate) fn gateway_health(gateway: &Gateway, rejected_connections: u64) -> He
         .map(|report| UpstreamHealth {
             name: report.name,
             state: crate::admin::state_of(report.state),
+            kind: report.kind.to_string(),
+            url: report.url,
             pid: report.pid,
             tools: report.tools,
             error: report.error,

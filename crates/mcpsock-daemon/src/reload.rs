@@ -20,8 +20,8 @@ use std::time::{Duration, SystemTime};
 
 use http::StatusCode;
 use mcpsock_api::{EffectiveConfig, EventBody, REDACTED, ReloadAccepted, ReloadOutcome, ReloadStatus};
-use mcpsock_config::Config;
-use mcpsock_gateway::{RequestLimits, ToolFilter, UpstreamSpec};
+use mcpsock_config::{Config, ServerTransport, UpstreamUrl};
+use mcpsock_gateway::{HttpEndpoint, HttpSpec, RequestLimits, Supervision, ToolFilter, UpstreamSpec};
 use mcpsock_transport::SystemdEnv;
 
 use crate::admin::{Admin, AdminError};
@@ -87,11 +87,35 @@ pub(crate) fn specs_of(config: &Config, disabled: &BTreeSet<String>) -> Vec<Upst
         .iter()
         .filter(|server| !disabled.contains(&server.name))
         .map(|server| {
-            UpstreamSpec::new(&server.name, &server.command)
-                .args(server.args.clone())
-                .env(server.env.iter().map(|(key, value)| (key.clone(), value.expose().to_string())))
-                .cwd(server.cwd.clone())
-                .prefix(server.prefix.clone())
+            let spec = match &server.transport {
+                ServerTransport::Stdio { command, args, env, cwd } => {
+                    UpstreamSpec::new(&server.name, command)
+                        .args(args.clone())
+                        .env(env.iter().map(|(key, value)| (key.clone(), value.expose().to_string())))
+                        .cwd(cwd.clone())
+                }
+                ServerTransport::Http { url, headers } => {
+                    let endpoint = match url {
+                        UpstreamUrl::Unix { socket, path } => {
+                            HttpEndpoint::Unix { socket: socket.clone(), path: path.clone() }
+                        }
+                        UpstreamUrl::Tcp(url) => HttpEndpoint::Url(url.clone()),
+                        other => unreachable!("a URL kind the daemon does not know: {other}"),
+                    };
+                    let headers =
+                        headers.iter().map(|(name, value)| (name.clone(), value.expose().to_string()));
+                    UpstreamSpec::http(&server.name, HttpSpec::new(endpoint).headers(headers))
+                }
+                other => unreachable!("a server kind the daemon does not know: {other:?}"),
+            };
+            let policy = server.supervision;
+            spec.prefix(server.prefix.clone())
+                .supervision(
+                    Supervision::default()
+                        .ping_interval(policy.ping_interval)
+                        .restart_backoff(policy.restart_initial_delay, policy.restart_max_delay)
+                        .max_restarts(policy.max_restarts, policy.restart_window),
+                )
                 .tools(ToolFilter {
                     enabled: server.enabled_tools.clone(),
                     disabled: server.disabled_tools.clone(),
@@ -133,6 +157,25 @@ impl Reloader {
 
     pub(crate) fn disabled(&self) -> Vec<String> {
         lock(&self.disabled).iter().cloned().collect()
+    }
+
+    /// `"stdio"` or `"http"`: how the configured server `name` is reached.
+    pub(crate) fn kind_of(&self, name: &str) -> String {
+        let config = lock(&self.current);
+        let server = config.servers.iter().find(|server| server.name == name);
+        match server.map(|server| &server.transport) {
+            Some(ServerTransport::Http { .. }) => "http".into(),
+            _ => "stdio".into(),
+        }
+    }
+
+    /// The URL of the configured HTTP server `name` (a query redacted).
+    pub(crate) fn url_of(&self, name: &str) -> Option<String> {
+        let config = lock(&self.current);
+        config.servers.iter().find(|server| server.name == name).and_then(|server| match &server.transport {
+            ServerTransport::Http { url, .. } => Some(url.to_string()),
+            _ => None,
+        })
     }
 
     pub(crate) fn config_file(&self) -> Option<&Path> {
@@ -207,10 +250,36 @@ impl Reloader {
                 .iter()
                 .map(|server| mcpsock_api::ServerConfigView {
                     name: server.name.clone(),
-                    command: server.command.display().to_string(),
-                    args: server.args.clone(),
-                    env: server.env.iter().map(|(key, _)| (key.clone(), REDACTED.to_string())).collect(),
-                    cwd: server.cwd.as_ref().map(|cwd| cwd.display().to_string()),
+                    command: match &server.transport {
+                        ServerTransport::Stdio { command, .. } => Some(command.display().to_string()),
+                        _ => None,
+                    },
+                    url: match &server.transport {
+                        ServerTransport::Http { url, .. } => Some(url.to_string()),
+                        _ => None,
+                    },
+                    headers: match &server.transport {
+                        ServerTransport::Http { headers, .. } => {
+                            headers.iter().map(|(name, _)| (name.clone(), REDACTED.to_string())).collect()
+                        }
+                        _ => Default::default(),
+                    },
+                    args: match &server.transport {
+                        ServerTransport::Stdio { args, .. } => args.clone(),
+                        _ => Vec::new(),
+                    },
+                    env: match &server.transport {
+                        ServerTransport::Stdio { env, .. } => {
+                            env.iter().map(|(key, _)| (key.clone(), REDACTED.to_string())).collect()
+                        }
+                        _ => Default::default(),
+                    },
+                    cwd: match &server.transport {
+                        ServerTransport::Stdio { cwd, .. } => {
+                            cwd.as_ref().map(|cwd| cwd.display().to_string())
+                        }
+                        _ => None,
+                    },
                     enabled: !disabled.contains(&server.name),
                     prefix: server.prefix.clone(),
                     enabled_tools: server.enabled_tools.clone(),
@@ -279,16 +348,15 @@ fn check_commands(old: &Config, new: &Config) -> Result<(), String> {
         std::fs::metadata(path).is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
     };
     for server in &new.servers {
-        let unchanged = old.servers.iter().any(|before| {
-            before.name == server.name
-                && before.command == server.command
-                && before.args == server.args
-                && before.cwd == server.cwd
-        });
+        // Only programs can be checked ahead; a URL is tried when applied.
+        let ServerTransport::Stdio { command, .. } = &server.transport else { continue };
+        let unchanged = old
+            .servers
+            .iter()
+            .any(|before| before.name == server.name && before.transport == server.transport);
         if unchanged {
             continue;
         }
-        let command = &server.command;
         let found = if command.components().count() > 1 || command.is_absolute() {
             executable(command)
         } else {

@@ -97,7 +97,11 @@ impl Gateway {
             return report;
         }
         let options = &self.inner.options;
-        let timing = Timing { init_timeout: options.init_timeout, stop_grace: options.stop_grace };
+        let timing = Timing {
+            init_timeout: options.init_timeout,
+            stop_grace: options.stop_grace,
+            request_timeout: options.request_timeout,
+        };
         let started =
             futures::future::join_all(to_start.iter().map(|spec| {
                 Upstream::start(spec, timing, self.inner.sessions.clone(), options.events.clone())

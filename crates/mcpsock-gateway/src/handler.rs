@@ -140,7 +140,11 @@ impl Gateway {
     pub async fn start(mut specs: Vec<UpstreamSpec>, options: GatewayOptions) -> Self {
         specs.sort_by(|a, b| a.name.cmp(&b.name));
         let sessions = Arc::new(Sessions::default());
-        let timing = Timing { init_timeout: options.init_timeout, stop_grace: options.stop_grace };
+        let timing = Timing {
+            init_timeout: options.init_timeout,
+            stop_grace: options.stop_grace,
+            request_timeout: options.request_timeout,
+        };
         let upstreams = futures::future::join_all(
             specs.iter().map(|spec| Upstream::start(spec, timing, sessions.clone(), options.events.clone())),
         )
@@ -486,13 +490,18 @@ fn client_error(error: ServiceError) -> ErrorData {
 fn upstream_error(upstream: &Upstream, error: ServiceError) -> ErrorData {
     match error {
         ServiceError::McpError(error) => error,
-        ServiceError::TransportClosed | ServiceError::TransportSend(_) => ErrorData::internal_error(
-            format!(
-                "upstream {} closed the connection; `mcpsock tools` or /health shows its state",
-                upstream.name
-            ),
-            None,
-        ),
+        ServiceError::TransportClosed | ServiceError::TransportSend(_) => {
+            // Perhaps it went away: its supervisor checks now rather than
+            // at the next ping.
+            upstream.suspect();
+            ErrorData::internal_error(
+                format!(
+                    "upstream {} closed the connection; `mcpsock status` or /health shows its state",
+                    upstream.name
+                ),
+                None,
+            )
+        }
         other => ErrorData::internal_error(format!("upstream {}: {other}", upstream.name), None),
     }
 }

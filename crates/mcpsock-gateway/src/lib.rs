@@ -9,6 +9,7 @@ mod downstream;
 mod handler;
 mod limits;
 mod names;
+mod remote;
 mod routes;
 mod spawn;
 mod upstream;
@@ -17,4 +18,8 @@ pub use change::ChangeReport;
 pub use handler::{Gateway, GatewayOptions};
 pub use limits::RequestLimits;
 pub use names::ToolFilter;
-pub use upstream::{UpstreamEvent, UpstreamReport, UpstreamSpec, UpstreamState};
+pub use remote::{HttpEndpoint, HttpSpec};
+pub use upstream::{
+    PING_FAILURES_BEFORE_RESTART, StdioSpec, Supervision, UpstreamEvent, UpstreamReport, UpstreamSpec,
+    UpstreamState, UpstreamTransport,
+};

@@ -17,7 +17,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader
 use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command};
 use tokio::sync::watch;
 
-use crate::UpstreamSpec;
+use crate::StdioSpec;
 
 /// Variables a child inherits from the daemon; everything else is dropped,
 /// so the daemon's own secrets and systemd's `LISTEN_*`/`NOTIFY_SOCKET`
@@ -62,7 +62,7 @@ pub(crate) struct StdioChild {
 /// Starts `spec` as a child process in its own process group. Its stderr is
 /// drained into the log, escaped, so that it can neither block the child nor
 /// forge log lines; a task reaps it when it exits.
-pub(crate) fn spawn_stdio(spec: &UpstreamSpec) -> io::Result<StdioChild> {
+pub(crate) fn spawn_stdio(name: &str, spec: &StdioSpec) -> io::Result<StdioChild> {
     let mut command = Command::new(&spec.command);
     command
         .args(&spec.args)
@@ -96,9 +96,9 @@ pub(crate) fn spawn_stdio(spec: &UpstreamSpec) -> io::Result<StdioChild> {
     else {
         return Err(io::Error::other("the child's pipes were not set up"));
     };
-    tokio::spawn(drain_stderr(spec.name.clone(), stderr));
+    tokio::spawn(drain_stderr(name.to_string(), stderr));
     let (exit_sender, exited) = watch::channel(None);
-    tokio::spawn(reap(spec.name.clone(), child, exit_sender));
+    tokio::spawn(reap(name.to_string(), child, exit_sender));
     Ok(StdioChild { pid, stdin, stdout, exited })
 }
 

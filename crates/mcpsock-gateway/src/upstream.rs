@@ -11,7 +11,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use rmcp::model::{
     ClientCapabilities, ClientConfig, ClientRequest, ClientResult, CreateMessageRequestParams,
@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use crate::downstream::Sessions;
 use crate::limits::{Limiter, RequestLimits};
 use crate::names::ToolFilter;
+use crate::remote::HttpSpec;
 use crate::routes::{Relay, Routes, Target};
 use crate::spawn::{filter_stdout, kill_group_now, spawn_stdio, stop_group};
 
@@ -43,16 +44,12 @@ const FILTER_BUFFER: usize = 64 * 1024;
 /// How long a stopping upstream gets to exit on its own after its stdin closes.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// How to start one upstream: a program speaking MCP on stdio.
+/// How to start or reach one upstream, and how it is supervised.
 #[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct UpstreamSpec {
     pub name: String,
-    pub command: PathBuf,
-    pub args: Vec<String>,
-    /// Extra environment, typically secrets: never printed.
-    pub env: Vec<(String, String)>,
-    pub cwd: Option<PathBuf>,
+    pub transport: UpstreamTransport,
     /// What tool and prompt names start with; `None` offers the upstream's
     /// own names. Defaults to the server name.
     pub prefix: Option<String>,
@@ -60,25 +57,139 @@ pub struct UpstreamSpec {
     pub tools: ToolFilter,
     /// How many client requests it serves at once, and how many may wait.
     pub limits: RequestLimits,
+    /// Health pings and restarts.
+    pub supervision: Supervision,
 }
 
+/// How an upstream is reached.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum UpstreamTransport {
+    /// A child process speaking MCP on stdio.
+    Stdio(StdioSpec),
+    /// A server of its own, speaking Streamable HTTP.
+    Http(HttpSpec),
+}
+
+/// A program speaking MCP on stdio.
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StdioSpec {
+    pub command: PathBuf,
+    pub args: Vec<String>,
+    /// Extra environment, typically secrets: never printed.
+    pub env: Vec<(String, String)>,
+    pub cwd: Option<PathBuf>,
+}
+
+impl fmt::Debug for StdioSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let env_keys: Vec<&str> = self.env.iter().map(|(key, _)| key.as_str()).collect();
+        f.debug_struct("StdioSpec")
+            .field("command", &self.command)
+            .field("args", &self.args)
+            .field("env_keys", &env_keys)
+            .field("cwd", &self.cwd)
+            .finish()
+    }
+}
+
+/// How an upstream is watched and restarted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Supervision {
+    /// How often it is sent an MCP `ping`; `None` sends none (a request
+    /// that fails on the connection still prompts one).
+    pub ping_interval: Option<Duration>,
+    /// The delay before the first restart; it doubles with every restart
+    /// within `restart_window`.
+    pub restart_initial_delay: Duration,
+    /// The longest delay between restarts.
+    pub restart_max_delay: Duration,
+    /// Restarts allowed within `restart_window`; one more and the upstream
+    /// is left failed (a crash loop).
+    pub max_restarts: u32,
+    pub restart_window: Duration,
+}
+
+impl Default for Supervision {
+    fn default() -> Self {
+        Self {
+            ping_interval: Some(Duration::from_secs(30)),
+            restart_initial_delay: Duration::from_millis(500),
+            restart_max_delay: Duration::from_secs(30),
+            max_restarts: 5,
+            restart_window: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Supervision {
+    pub fn ping_interval(mut self, interval: Option<Duration>) -> Self {
+        self.ping_interval = interval;
+        self
+    }
+
+    pub fn restart_backoff(mut self, initial: Duration, max: Duration) -> Self {
+        self.restart_initial_delay = initial;
+        self.restart_max_delay = max.max(initial);
+        self
+    }
+
+    pub fn max_restarts(mut self, max_restarts: u32, window: Duration) -> Self {
+        self.max_restarts = max_restarts;
+        self.restart_window = window;
+        self
+    }
+
+    /// The delay before restart number `attempt` (0 for the first) of an
+    /// outage: `restart_initial_delay`, doubling, at most
+    /// `restart_max_delay`.
+    pub(crate) fn restart_delay(&self, attempt: usize) -> Duration {
+        let factor = 1u32 << attempt.min(16);
+        self.restart_initial_delay.saturating_mul(factor).min(self.restart_max_delay)
+    }
+}
+
+/// Consecutive failed pings after which an upstream counts as gone and is
+/// restarted. One ping that gets no answer within `request_timeout` is
+/// enough: the upstream is hung.
+pub const PING_FAILURES_BEFORE_RESTART: u32 = 3;
+/// After a failed ping the next one comes this soon (or at the interval,
+/// if shorter), so a server that went away is noticed in seconds.
+const PING_RETRY: Duration = Duration::from_secs(1);
+
 impl UpstreamSpec {
+    /// A stdio upstream: `command` started as a child process.
     pub fn new(name: impl Into<String>, command: impl Into<PathBuf>) -> Self {
+        let stdio = StdioSpec { command: command.into(), args: Vec::new(), env: Vec::new(), cwd: None };
+        Self::with_transport(name, UpstreamTransport::Stdio(stdio))
+    }
+
+    /// A Streamable HTTP upstream.
+    pub fn http(name: impl Into<String>, http: HttpSpec) -> Self {
+        Self::with_transport(name, UpstreamTransport::Http(http))
+    }
+
+    fn with_transport(name: impl Into<String>, transport: UpstreamTransport) -> Self {
         let name = name.into();
         Self {
             prefix: Some(name.clone()),
             name,
-            command: command.into(),
-            args: Vec::new(),
-            env: Vec::new(),
-            cwd: None,
+            transport,
             tools: ToolFilter::default(),
             limits: RequestLimits::default(),
+            supervision: Supervision::default(),
         }
     }
 
     pub fn limits(mut self, limits: RequestLimits) -> Self {
         self.limits = limits;
+        self
+    }
+
+    pub fn supervision(mut self, supervision: Supervision) -> Self {
+        self.supervision = supervision;
         self
     }
 
@@ -92,34 +203,40 @@ impl UpstreamSpec {
         self
     }
 
+    /// Arguments of a stdio upstream (ignored for others).
     pub fn args(mut self, args: impl IntoIterator<Item = impl Into<String>>) -> Self {
-        self.args = args.into_iter().map(Into::into).collect();
+        if let UpstreamTransport::Stdio(stdio) = &mut self.transport {
+            stdio.args = args.into_iter().map(Into::into).collect();
+        }
         self
     }
 
+    /// Extra environment of a stdio upstream (ignored for others).
     pub fn env(mut self, env: impl IntoIterator<Item = (String, String)>) -> Self {
-        self.env = env.into_iter().collect();
+        if let UpstreamTransport::Stdio(stdio) = &mut self.transport {
+            stdio.env = env.into_iter().collect();
+        }
         self
     }
 
+    /// Working directory of a stdio upstream (ignored for others).
     pub fn cwd(mut self, cwd: Option<PathBuf>) -> Self {
-        self.cwd = cwd;
+        if let UpstreamTransport::Stdio(stdio) = &mut self.transport {
+            stdio.cwd = cwd;
+        }
         self
     }
 }
 
 impl fmt::Debug for UpstreamSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let env_keys: Vec<&str> = self.env.iter().map(|(key, _)| key.as_str()).collect();
         f.debug_struct("UpstreamSpec")
             .field("name", &self.name)
-            .field("command", &self.command)
-            .field("args", &self.args)
-            .field("env_keys", &env_keys)
-            .field("cwd", &self.cwd)
+            .field("transport", &self.transport)
             .field("prefix", &self.prefix)
             .field("tools", &self.tools)
             .field("limits", &self.limits)
+            .field("supervision", &self.supervision)
             .finish()
     }
 }
@@ -139,6 +256,11 @@ pub enum UpstreamState {
 pub struct UpstreamReport {
     pub name: String,
     pub state: UpstreamState,
+    /// `"stdio"` or `"http"`.
+    pub kind: &'static str,
+    /// Where an HTTP upstream is reached (a query string redacted).
+    pub url: Option<String>,
+    /// Process id of a stdio upstream while it runs.
     pub pid: Option<u32>,
     pub tools: usize,
     pub error: Option<String>,
@@ -156,6 +278,12 @@ pub struct UpstreamReport {
     pub resources: usize,
     /// The most recent failure, kept after the upstream recovered.
     pub last_error: Option<String>,
+    /// How it is watched and restarted.
+    pub supervision: Supervision,
+    /// The last ping that was answered, and how long the answer took.
+    pub last_ping: Option<(SystemTime, Duration)>,
+    /// Pings that failed since the last answered one.
+    pub ping_failures: u32,
 }
 
 /// Something that happened to an upstream, for whoever follows the gateway
@@ -165,7 +293,8 @@ pub struct UpstreamReport {
 pub enum UpstreamEvent {
     Started {
         name: String,
-        pid: u32,
+        /// The process of a stdio upstream.
+        pid: Option<u32>,
         tools: usize,
     },
     /// It could not be started.
@@ -180,7 +309,7 @@ pub enum UpstreamEvent {
     },
     Restarted {
         name: String,
-        pid: u32,
+        pid: Option<u32>,
         tools: usize,
     },
     Stopped {
@@ -523,32 +652,17 @@ impl ClientHandler for UpstreamClient {
     }
 }
 
-/// How long starts and stops of an upstream may take.
+/// How long starts, stops and pings of an upstream may take.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Timing {
     pub(crate) init_timeout: Duration,
     pub(crate) stop_grace: Duration,
+    /// A ping unanswered this long means the upstream is hung.
+    pub(crate) request_timeout: Duration,
 }
 
-/// Restarts allowed within [`CRASH_WINDOW`] before the upstream is left
-/// failed (a crash loop).
-const MAX_RESTARTS_PER_WINDOW: usize = 5;
-const CRASH_WINDOW: Duration = Duration::from_secs(60);
-const FIRST_RESTART_DELAY: Duration = Duration::from_millis(500);
-const LONGEST_RESTART_DELAY: Duration = Duration::from_secs(30);
-
-/// The delay before the next restart, given how many restarts happened in
-/// the last [`CRASH_WINDOW`]; `None` when that is a crash loop.
-pub(crate) fn restart_delay(recent_restarts: usize) -> Option<Duration> {
-    if recent_restarts >= MAX_RESTARTS_PER_WINDOW {
-        return None;
-    }
-    let factor = 1u32 << recent_restarts.min(16);
-    Some(FIRST_RESTART_DELAY.saturating_mul(factor).min(LONGEST_RESTART_DELAY))
-}
-
-/// A started (or failed) upstream, and the task that restarts it when its
-/// process ends.
+/// A started (or failed) upstream, and the task that watches it and
+/// restarts it when it ends or hangs.
 pub(crate) struct Upstream {
     pub(crate) name: String,
     pub(crate) spec: UpstreamSpec,
@@ -570,6 +684,15 @@ pub(crate) struct Upstream {
     /// Requests routed to this upstream and not yet answered.
     in_flight: AtomicUsize,
     idle: Notify,
+    /// A request failed on the connection: the supervisor pings at once.
+    suspect: Notify,
+    pings: Mutex<PingRecord>,
+}
+
+#[derive(Debug, Default)]
+struct PingRecord {
+    last_answered: Option<(SystemTime, Duration)>,
+    failures: u32,
 }
 
 /// A request's hold on the upstream it was routed to: an upstream being
@@ -595,7 +718,10 @@ impl Drop for Lease {
 enum Connection {
     Running {
         service: RunningService<RoleClient, UpstreamClient>,
-        pid: u32,
+        /// The process of a stdio upstream.
+        pid: Option<u32>,
+        /// Becomes `Some` (how it ended) when the process exits or the
+        /// HTTP transport ends.
         exited: watch::Receiver<Option<String>>,
     },
     Restarting {
@@ -613,11 +739,21 @@ impl fmt::Debug for Upstream {
     }
 }
 
+/// Why a running upstream stopped serving.
+enum Ended {
+    /// Its process exited or its connection ended.
+    Exited(String),
+    /// It stopped answering pings.
+    Unresponsive(String),
+}
+
 impl Upstream {
-    /// Starts the process, completes the MCP handshake within
+    /// Starts the process (or connects), completes the MCP handshake within
     /// `init_timeout`, and reads the catalog. Never fails: a failure is
     /// recorded in the upstream's state, where health reports show it. A
-    /// started upstream whose process later ends is restarted with backoff.
+    /// started upstream that later ends or hangs is restarted with backoff;
+    /// an HTTP upstream that cannot be reached at start is tried again the
+    /// same way.
     pub(crate) async fn start(
         spec: &UpstreamSpec,
         timing: Timing,
@@ -641,10 +777,15 @@ impl Upstream {
                 tracing::error!(upstream = %spec.name, "upstream failed to start: {error}");
                 emit(&events, UpstreamEvent::Failed { name: spec.name.clone(), error: error.clone() });
                 last_error = Some(error.clone());
-                Connection::Failed { error }
+                match spec.transport {
+                    // A server of its own may come up later: keep trying.
+                    UpstreamTransport::Http(_) => Connection::Restarting { error },
+                    // A program that cannot start will not start by waiting.
+                    UpstreamTransport::Stdio(_) => Connection::Failed { error },
+                }
             }
         };
-        let running = matches!(connection, Connection::Running { .. });
+        let supervised = !matches!(connection, Connection::Failed { .. });
         let upstream = Arc::new(Self {
             name: spec.name.clone(),
             spec: spec.clone(),
@@ -661,48 +802,64 @@ impl Upstream {
             last_error: Mutex::new(last_error),
             in_flight: AtomicUsize::new(0),
             idle: Notify::new(),
+            suspect: Notify::new(),
+            pings: Mutex::default(),
         });
-        if running {
+        if supervised {
             tokio::spawn(upstream.clone().supervise());
         }
         upstream
     }
 
-    /// Watches the process; when it ends, restarts it after a growing delay,
-    /// until it crashes too often within a minute.
+    fn is_http(&self) -> bool {
+        matches!(self.spec.transport, UpstreamTransport::Http(_))
+    }
+
+    /// Watches the upstream while it runs; when it ends or hangs, restarts
+    /// it after a growing delay, until it needed more than `max_restarts`
+    /// restarts within `restart_window` (a crash loop). An HTTP upstream
+    /// that cannot be reached is tried again at the same pace for as long
+    /// as it takes; only reconnections that worked count toward the cap.
     async fn supervise(self: Arc<Self>) {
+        let policy = self.spec.supervision;
         let mut recent: VecDeque<Instant> = VecDeque::new();
         loop {
-            let mut exited = match &*lock(&self.connection) {
-                Connection::Running { exited, .. } => exited.clone(),
-                _ => return,
-            };
-            tokio::select! {
-                _ = exited.wait_for(Option::is_some) => {}
-                () = self.stopping.cancelled() => return,
+            if matches!(&*lock(&self.connection), Connection::Running { .. }) {
+                let error = match self.watch().await {
+                    None => return,
+                    Some(Ended::Exited(error)) => error,
+                    Some(Ended::Unresponsive(error)) => {
+                        tracing::warn!(upstream = %self.name, "{error}; restarting it");
+                        error
+                    }
+                };
+                emit(&self.events, UpstreamEvent::Crashed { name: self.name.clone(), error: error.clone() });
+                self.set_ended(error);
             }
-            let how = exited.borrow().clone().unwrap_or_default();
-            let error = format!("the process ended ({how})");
-            emit(&self.events, UpstreamEvent::Crashed { name: self.name.clone(), error: error.clone() });
-            self.set_ended(error);
+            let mut attempt = 0;
             loop {
-                recent.retain(|at| at.elapsed() < CRASH_WINDOW);
-                let Some(delay) = restart_delay(recent.len()) else {
+                recent.retain(|at| at.elapsed() < policy.restart_window);
+                if recent.len() >= policy.max_restarts as usize {
                     let error = format!(
-                        "it ended {} times within {}s, so it is not restarted again; fix it, then restart mcpsock",
-                        recent.len() + 1,
-                        CRASH_WINDOW.as_secs()
+                        "it was restarted {} times within {} and failed again, so it is not restarted any more (max_restarts); fix it, then run `mcpsock restart {}`",
+                        recent.len(),
+                        seconds(policy.restart_window),
+                        self.name
                     );
                     tracing::error!(upstream = %self.name, "{error}");
                     self.set_state(Connection::Failed { error });
                     return;
-                };
+                }
+                let delay = policy.restart_delay(if self.is_http() { attempt } else { recent.len() });
                 tracing::warn!(upstream = %self.name, delay_ms = delay.as_millis() as u64, "restarting the upstream");
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {}
                     () = self.stopping.cancelled() => return,
                 }
-                recent.push_back(Instant::now());
+                if !self.is_http() {
+                    recent.push_back(Instant::now());
+                }
+                attempt += 1;
                 match connect(
                     &self.spec,
                     &self.catalog,
@@ -714,6 +871,9 @@ impl Upstream {
                 .await
                 {
                     Ok(connection) => {
+                        if self.is_http() {
+                            recent.push_back(Instant::now());
+                        }
                         self.restarts.fetch_add(1, Ordering::Relaxed);
                         tracing::info!(upstream = %self.name, "upstream restarted");
                         if let Connection::Running { pid, .. } = &connection {
@@ -723,9 +883,15 @@ impl Upstream {
                                 UpstreamEvent::Restarted { name: self.name.clone(), pid: *pid, tools },
                             );
                         }
+                        *lock(&self.pings) = PingRecord::default();
                         if !self.set_state(connection) {
                             return;
                         }
+                        // Lists may have changed while it was away.
+                        self.links
+                            .sessions
+                            .broadcast(ServerNotification::ToolListChangedNotification(Default::default()))
+                            .await;
                         break;
                     }
                     Err(error) => {
@@ -737,12 +903,91 @@ impl Upstream {
         }
     }
 
+    /// Waits while the upstream runs and answers: until its process exits
+    /// (or its connection ends), or it fails [`PING_FAILURES_BEFORE_RESTART`]
+    /// pings in a row, or leaves one unanswered for `request_timeout`.
+    /// `None` when it was stopped.
+    async fn watch(&self) -> Option<Ended> {
+        let (mut exited, peer) = match &*lock(&self.connection) {
+            Connection::Running { exited, service, .. } => (exited.clone(), service.peer().clone()),
+            _ => return None,
+        };
+        let interval = self.spec.supervision.ping_interval;
+        let mut next_ping = interval.map(|interval| tokio::time::Instant::now() + interval);
+        loop {
+            tokio::select! {
+                how = exited.wait_for(Option::is_some) => {
+                    let how = how.ok().and_then(|how| how.clone()).unwrap_or_else(|| "the connection ended".into());
+                    return Some(Ended::Exited(if self.is_http() { how } else { format!("the process ended ({how})") }));
+                }
+                () = self.stopping.cancelled() => return None,
+                () = sleep_until(next_ping) => {}
+                () = self.suspect.notified() => {}
+            }
+            match self.ping(&peer).await {
+                Ok(()) => next_ping = interval.map(|interval| tokio::time::Instant::now() + interval),
+                Err(PingFailure::Hung) => {
+                    return Some(Ended::Unresponsive(format!(
+                        "it did not answer a ping within {} (request_timeout)",
+                        humanize(self.timing.request_timeout)
+                    )));
+                }
+                Err(PingFailure::Failed(error)) => {
+                    let failures = lock(&self.pings).failures;
+                    if failures >= PING_FAILURES_BEFORE_RESTART {
+                        return Some(Ended::Unresponsive(format!(
+                            "{failures} pings in a row failed: {error}"
+                        )));
+                    }
+                    let soon = interval.map_or(PING_RETRY, |interval| interval.min(PING_RETRY));
+                    next_ping = Some(tokio::time::Instant::now() + soon);
+                }
+            }
+        }
+    }
+
+    /// Sends one MCP `ping` and records the outcome. Any answer counts,
+    /// an error answer too: the upstream is there and reading.
+    async fn ping(&self, peer: &Peer<RoleClient>) -> Result<(), PingFailure> {
+        let started = Instant::now();
+        let options = PeerRequestOptions::with_timeout(self.timing.request_timeout);
+        let sent =
+            peer.send_request_with_option(ClientRequest::PingRequest(Default::default()), options).await;
+        let outcome = match sent {
+            Ok(handle) => handle.await_response().await.map(drop),
+            Err(error) => Err(error),
+        };
+        let mut pings = lock(&self.pings);
+        match outcome {
+            Ok(()) | Err(rmcp::ServiceError::McpError(_)) => {
+                pings.last_answered = Some((SystemTime::now(), started.elapsed()));
+                pings.failures = 0;
+                Ok(())
+            }
+            Err(rmcp::ServiceError::Timeout { .. }) => {
+                pings.failures += 1;
+                Err(PingFailure::Hung)
+            }
+            Err(error) => {
+                pings.failures += 1;
+                tracing::debug!(upstream = %self.name, %error, failures = pings.failures, "a ping failed");
+                Err(PingFailure::Failed(root_cause(&error)))
+            }
+        }
+    }
+
+    /// A request failed on the connection: check at once whether the
+    /// upstream is still there, instead of at the next ping.
+    pub(crate) fn suspect(&self) {
+        self.suspect.notify_one();
+    }
+
     /// Replaces the connection unless the upstream was stopped meanwhile
     /// (then a new process is stopped at once). Returns whether it did.
     fn set_state(&self, new: Connection) -> bool {
         let mut connection = lock(&self.connection);
         if matches!(*connection, Connection::Stopped) || self.stopping.is_cancelled() {
-            if let Connection::Running { pid, .. } = new {
+            if let Connection::Running { pid: Some(pid), .. } = new {
                 kill_group_now(pid);
             }
             return false;
@@ -750,13 +995,15 @@ impl Upstream {
         if let Connection::Restarting { error } | Connection::Failed { error } = &new {
             *lock(&self.last_error) = Some(error.clone());
         }
+        // The old connection, dropped here, closes its MCP session.
         *connection = new;
         true
     }
 
-    /// The process ended: take down whatever it left in its group.
+    /// It ended or hangs: take down whatever its process left in its
+    /// group (an HTTP upstream's session is dropped with the connection).
     fn set_ended(&self, error: String) {
-        if let Connection::Running { pid, .. } = &*lock(&self.connection) {
+        if let Connection::Running { pid: Some(pid), .. } = &*lock(&self.connection) {
             kill_group_now(*pid);
         }
         self.set_state(Connection::Restarting { error });
@@ -780,14 +1027,21 @@ impl Upstream {
     pub(crate) fn report(&self) -> UpstreamReport {
         let error = self.peer().err();
         let (state, pid) = match &*lock(&self.connection) {
-            Connection::Running { pid, .. } => (UpstreamState::Running, Some(*pid)),
+            Connection::Running { pid, .. } => (UpstreamState::Running, *pid),
             Connection::Restarting { .. } => (UpstreamState::Restarting, None),
             Connection::Failed { .. } => (UpstreamState::Failed, None),
             Connection::Stopped => (UpstreamState::Stopped, None),
         };
+        let (kind, url) = match &self.spec.transport {
+            UpstreamTransport::Stdio(_) => ("stdio", None),
+            UpstreamTransport::Http(http) => ("http", Some(http.endpoint.to_string())),
+        };
+        let pings = lock(&self.pings);
         UpstreamReport {
             name: self.name.clone(),
             state,
+            kind,
+            url,
             pid,
             tools: read(&self.catalog).tools.len(),
             error,
@@ -799,6 +1053,9 @@ impl Upstream {
             prompts: read(&self.catalog).prompts.len(),
             resources: read(&self.catalog).resources.len(),
             last_error: lock(&self.last_error).clone(),
+            supervision: self.spec.supervision,
+            last_ping: pings.last_answered,
+            ping_failures: pings.failures,
         }
     }
 
@@ -838,15 +1095,32 @@ impl Upstream {
         self.stopping.cancel();
         let connection = std::mem::replace(&mut *lock(&self.connection), Connection::Stopped);
         if let Connection::Running { mut service, pid, mut exited } = connection {
-            // Closing stdin is the polite stop for a stdio server; the
-            // group signals below follow for one that does not listen.
+            // Closing stdin is the polite stop for a stdio server (an HTTP
+            // one gets its session deleted); the group signals below follow
+            // for one that does not listen.
             let grace = self.timing.stop_grace;
             let polite = CLOSE_TIMEOUT.min(grace);
             let _ = service.close_with_timeout(polite).await;
-            let _ = tokio::time::timeout(polite, exited.wait_for(Option::is_some)).await;
-            stop_group(pid, &mut exited, grace).await;
+            if let Some(pid) = pid {
+                let _ = tokio::time::timeout(polite, exited.wait_for(Option::is_some)).await;
+                stop_group(pid, &mut exited, grace).await;
+            }
             emit(&self.events, UpstreamEvent::Stopped { name: self.name.clone() });
         }
+    }
+}
+
+enum PingFailure {
+    /// No answer within `request_timeout`.
+    Hung,
+    /// The request failed (the connection, typically).
+    Failed(String),
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -858,30 +1132,93 @@ async fn connect(
     timing: Timing,
     events: &EventSender,
 ) -> Result<Connection, String> {
-    let Timing { init_timeout, stop_grace } = timing;
-    let child = spawn_stdio(spec).map_err(|error| match error.kind() {
-        std::io::ErrorKind::NotFound => format!(
-            "command not found: {} (install it, or give its absolute path in the config)",
-            spec.command.display()
-        ),
-        std::io::ErrorKind::PermissionDenied => {
-            format!("command is not executable: {} (check its permissions)", spec.command.display())
-        }
-        _ => format!("cannot start {}: {error}", spec.command.display()),
-    })?;
-    let pid = child.pid;
-    let mut exited = child.exited;
     let client = UpstreamClient {
         name: spec.name.clone(),
         catalog: catalog.clone(),
         links: links.clone(),
         events: events.clone(),
     };
+    match &spec.transport {
+        UpstreamTransport::Stdio(stdio) => {
+            connect_stdio(&spec.name, stdio, client, catalog, links, dropped_messages, timing).await
+        }
+        UpstreamTransport::Http(http) => connect_http(http, client, catalog, links, timing).await,
+    }
+}
+
+async fn connect_http(
+    http: &HttpSpec,
+    client: UpstreamClient,
+    catalog: &Arc<RwLock<Catalog>>,
+    links: &Links,
+    timing: Timing,
+) -> Result<Connection, String> {
+    let init_timeout = timing.init_timeout;
+    let (closed, exited) = watch::channel(None);
+    let transport = crate::remote::transport(http, links.ledger.clone(), closed)?;
+    let service = match tokio::time::timeout(init_timeout, client.serve(transport)).await {
+        Ok(Ok(service)) => service,
+        Ok(Err(error)) => return Err(format!("cannot connect to {}: {}", http.endpoint, root_cause(&error))),
+        Err(_) => {
+            return Err(format!(
+                "{} did not answer initialize within {}",
+                http.endpoint,
+                humanize(init_timeout)
+            ));
+        }
+    };
+    // No envelope probe: rmcp's HTTP client takes a request's 2026-07-28
+    // envelope as the protocol version of the whole session from then on.
+    if let Err(error) = load_catalog(service.peer(), catalog, init_timeout, false).await {
+        return Err(format!("listing the capabilities of {} failed: {}", http.endpoint, root_cause(&error)));
+    }
+    Ok(Connection::Running { service, pid: None, exited })
+}
+
+/// What went wrong at the bottom of an error chain: rmcp's transport errors
+/// wrap the reason (connection refused, no such socket, an HTTP status) in
+/// layers that name Rust types.
+pub(crate) fn root_cause(error: &dyn std::error::Error) -> String {
+    let mut deepest = error;
+    while let Some(source) = deepest.source() {
+        deepest = source;
+    }
+    let text = deepest.to_string();
+    // Most layers are formatted into one string rather than chained as
+    // sources: keep what follows the last "error: ", without rmcp's note
+    // of what it was doing.
+    let reason = text.rsplit("error: ").next().unwrap_or(&text);
+    let reason = reason.split(", when ").next().unwrap_or(reason);
+    if reason.trim().is_empty() { text } else { reason.to_string() }
+}
+
+async fn connect_stdio(
+    name: &str,
+    stdio: &StdioSpec,
+    client: UpstreamClient,
+    catalog: &Arc<RwLock<Catalog>>,
+    links: &Links,
+    dropped_messages: &Arc<AtomicU64>,
+    timing: Timing,
+) -> Result<Connection, String> {
+    let Timing { init_timeout, stop_grace, .. } = timing;
+    let child = spawn_stdio(name, stdio).map_err(|error| match error.kind() {
+        std::io::ErrorKind::NotFound => format!(
+            "command not found: {} (install it, or give its absolute path in the config)",
+            stdio.command.display()
+        ),
+        std::io::ErrorKind::PermissionDenied => {
+            format!("command is not executable: {} (check its permissions)", stdio.command.display())
+        }
+        _ => format!("cannot start {}: {error}", stdio.command.display()),
+    })?;
+    let pid = child.pid;
+    let mut exited = child.exited;
     // Only valid JSON-RPC reaches rmcp; everything else the child prints on
     // stdout is dropped and counted.
     let (filtered, filter_output) = tokio::io::duplex(FILTER_BUFFER);
     tokio::spawn(filter_stdout(
-        spec.name.clone(),
+        name.to_string(),
         child.stdout,
         filter_output,
         dropped_messages.clone(),
@@ -906,13 +1243,13 @@ async fn connect(
             return Err(format!("no answer to initialize within {}", humanize(init_timeout)));
         }
     };
-    if let Err(error) = load_catalog(service.peer(), catalog, init_timeout).await {
+    if let Err(error) = load_catalog(service.peer(), catalog, init_timeout, true).await {
         // Dropping the service closes its transport (stdin) at once.
         drop(service);
         stop_group(pid, &mut exited, stop_grace).await;
         return Err(format!("listing its capabilities failed: {error}"));
     }
-    Ok(Connection::Running { service, pid, exited })
+    Ok(Connection::Running { service, pid: Some(pid), exited })
 }
 
 /// Asks the upstream for a list with a 2026-07-28 envelope in `_meta`: rmcp
@@ -948,6 +1285,7 @@ async fn load_catalog(
     peer: &Peer<RoleClient>,
     catalog: &RwLock<Catalog>,
     probe_timeout: Duration,
+    probe_envelope: bool,
 ) -> Result<(), rmcp::ServiceError> {
     let info = peer.peer_info();
     let capabilities = info.as_ref().map(|info| info.capabilities.clone()).unwrap_or_default();
@@ -958,7 +1296,8 @@ async fn load_catalog(
         (Vec::new(), Vec::new())
     };
     let prompts = if capabilities.prompts.is_some() { peer.list_all_prompts().await? } else { Vec::new() };
-    let accepts_modern_envelope = accepts_modern_envelope(peer, &capabilities, probe_timeout).await;
+    let accepts_modern_envelope =
+        probe_envelope && accepts_modern_envelope(peer, &capabilities, probe_timeout).await;
     let mut catalog = write(catalog);
     catalog.accepts_modern_envelope = accepts_modern_envelope;
     catalog.tools = tools;
@@ -968,6 +1307,11 @@ async fn load_catalog(
     catalog.instructions = info.as_ref().and_then(|info| info.instructions.clone());
     catalog.capabilities = capabilities;
     Ok(())
+}
+
+/// `60s`, `1.5s`: a duration as people write it in the config.
+fn seconds(duration: Duration) -> String {
+    format!("{}s", duration.as_secs_f64())
 }
 
 fn humanize(duration: Duration) -> String {
@@ -997,19 +1341,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn restarts_back_off_and_stop_at_a_crash_loop() {
-        let delays: Vec<Option<Duration>> = (0..7).map(restart_delay).collect();
+    fn restarts_back_off_up_to_the_longest_delay() {
+        let policy = Supervision::default();
+        let delays: Vec<Duration> = (0..8).map(|attempt| policy.restart_delay(attempt)).collect();
+        let millis = |ms| Duration::from_millis(ms);
         assert_eq!(
             delays,
             [
-                Some(Duration::from_millis(500)),
-                Some(Duration::from_secs(1)),
-                Some(Duration::from_secs(2)),
-                Some(Duration::from_secs(4)),
-                Some(Duration::from_secs(8)),
-                None,
-                None
+                millis(500),
+                millis(1000),
+                millis(2000),
+                millis(4000),
+                millis(8000),
+                millis(16000),
+                millis(30000),
+                millis(30000)
             ]
         );
+        let policy =
+            Supervision::default().restart_backoff(Duration::from_millis(100), Duration::from_millis(250));
+        assert_eq!(policy.restart_delay(0), Duration::from_millis(100));
+        assert_eq!(policy.restart_delay(5), Duration::from_millis(250));
+        assert_eq!(policy.restart_delay(1000), Duration::from_millis(250));
     }
 }

@@ -191,18 +191,50 @@ fn status_text(endpoint: &Endpoint, status: &Status) -> String {
         let width = status.upstreams.iter().map(|upstream| upstream.name.len()).max().unwrap_or(0).max(8);
         let _ = writeln!(
             text,
-            "{:width$}  {:10}  {:>8}  {:>5}  {:>8}  ERROR",
-            "UPSTREAM", "STATE", "PID", "TOOLS", "RESTARTS"
+            "{:width$}  {:10}  {:5}  {:>8}  {:>5}  {:>8}  {:>9}  ERROR",
+            "UPSTREAM", "STATE", "KIND", "PID", "TOOLS", "RESTARTS", "PING"
         );
         for upstream in &status.upstreams {
             let state = if upstream.enabled { word(upstream.state) } else { "disabled".into() };
             let pid = upstream.pid.map(|pid| pid.to_string()).unwrap_or_else(|| "-".into());
             let error = upstream.error.as_deref().or(upstream.last_error.as_deref()).unwrap_or("");
+            let ping = match &upstream.supervision {
+                Some(supervision) if supervision.ping_failures > 0 => {
+                    format!("{} failed", supervision.ping_failures)
+                }
+                Some(supervision) => match supervision.last_ping_us {
+                    Some(micros) => format!("{:.1}ms", micros as f64 / 1000.0),
+                    None if supervision.ping_interval.is_none() => "off".into(),
+                    None => "-".into(),
+                },
+                None => "-".into(),
+            };
             let _ = writeln!(
                 text,
-                "{:width$}  {state:10}  {pid:>8}  {:>5}  {:>8}  {error}",
-                upstream.name, upstream.tools, upstream.restarts
+                "{:width$}  {state:10}  {:5}  {pid:>8}  {:>5}  {:>8}  {ping:>9}  {error}",
+                upstream.name, upstream.kind, upstream.tools, upstream.restarts
             );
+            if let Some(url) = &upstream.url {
+                let _ = writeln!(text, "{:width$}  url {url}", "");
+            }
+            if let Some(supervision) = &upstream.supervision {
+                let ping = match &supervision.ping_interval {
+                    Some(interval) => format!(
+                        "ping every {interval} (restart after {} failures or one unanswered)",
+                        supervision.ping_failures_before_restart
+                    ),
+                    None => "no pings".into(),
+                };
+                let _ = writeln!(
+                    text,
+                    "{:width$}  {ping}; restarts {} doubling to {}, at most {} within {}",
+                    "",
+                    supervision.restart_backoff_initial,
+                    supervision.restart_backoff_max,
+                    supervision.max_restarts,
+                    supervision.restart_window
+                );
+            }
         }
     }
     text

@@ -11,7 +11,10 @@
 //! `FAKE_UPSTREAM_FLOOD_MB` MiB to stderr, default 8, then stops reading
 //! stdin), `ansi` (writes terminal escapes and a forged log line to stderr),
 //! `slow` (answers after `arguments.ms` milliseconds, holding up the rest).
-//! With `--ansi-tool-name`, one tool's name carries escapes and a newline.
+//! With `--ansi-tool-name`, one tool's name carries escapes and a newline;
+//! with `--hang-on-ping`, `ping` is never answered (a hung server that still
+//! holds its pipes open); with `--exit-after-ms N`, it exits N milliseconds
+//! after it started (a server that keeps dying).
 
 // A stdio test fixture: writing to stdout and stderr is its whole job.
 #![allow(clippy::print_stderr)]
@@ -22,6 +25,18 @@ use serde_json::{Value, json};
 
 fn main() {
     let ansi_tool_name = std::env::args().any(|arg| arg == "--ansi-tool-name");
+    let hang_on_ping = std::env::args().any(|arg| arg == "--hang-on-ping");
+    let arguments: Vec<String> = std::env::args().collect();
+    if let Some(ms) = arguments
+        .windows(2)
+        .find(|pair| pair[0] == "--exit-after-ms")
+        .and_then(|pair| pair[1].parse::<u64>().ok())
+    {
+        std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+            std::process::exit(4);
+        });
+    }
     let mut log = std::env::var_os("FAKE_UPSTREAM_LOG")
         .map(|path| std::fs::OpenOptions::new().create(true).append(true).open(path).expect("log file"));
     let stdin = std::io::stdin();
@@ -39,6 +54,7 @@ fn main() {
         };
         let reply = |result: Value| json!({"jsonrpc": "2.0", "id": id, "result": result}).to_string();
         let answer = match method {
+            "ping" if hang_on_ping => continue,
             "initialize" => reply(json!({
                 "protocolVersion": message.pointer("/params/protocolVersion").cloned().unwrap_or(json!("2025-06-18")),
                 "capabilities": {"tools": {}},

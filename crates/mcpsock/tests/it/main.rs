@@ -9,6 +9,7 @@ mod lifecycle;
 mod passthrough;
 mod persist;
 mod reload;
+mod remote;
 mod security;
 mod serve;
 mod socket;

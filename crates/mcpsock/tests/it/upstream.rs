@@ -156,3 +156,68 @@ fn requests_beyond_max_concurrent_requests_wait_then_are_shed_with_a_clear_error
     assert_eq!(upstream_health(&daemon)["in_flight"], 0);
     assert!(daemon.stop().success());
 }
+
+fn fake_status(daemon: &Daemon) -> Value {
+    upstream_in(&status_of(&daemon.socket), "fake").expect("upstream fake in /status")
+}
+
+#[test]
+fn an_upstream_that_stops_answering_pings_is_restarted() {
+    let sandbox = Sandbox::new();
+    let daemon = fake_daemon(
+        &sandbox,
+        json!({"command": fake_upstream(), "args": ["--hang-on-ping"], "ping_interval": "100ms"}),
+        json!({"request_timeout": "300ms", "restart_backoff": {"initial": "50ms", "max": "100ms"}}),
+    );
+    let first_pid = fake_status(&daemon)["pid"].as_u64().unwrap();
+    wait_until("the hung upstream is restarted", || fake_status(&daemon)["restarts"].as_u64() >= Some(1));
+    let status = fake_status(&daemon);
+    let last_error = status["last_error"].as_str().unwrap_or_default();
+    assert!(last_error.contains("did not answer a ping within 0.3s (request_timeout)"), "{status}");
+    assert_eq!(status["supervision"]["ping_interval"], "100ms", "{status}");
+    assert_eq!(status["supervision"]["ping_failures_before_restart"], 3, "{status}");
+    // The hung process was stopped, not left behind.
+    wait_until("the hung process is gone", || !process_exists(first_pid as u32));
+    let log = daemon.log_text();
+    assert!(log.contains("did not answer a ping") && log.contains("restarting it"), "{log}");
+}
+
+#[test]
+fn pings_are_answered_and_reported() {
+    let sandbox = Sandbox::new();
+    let daemon =
+        fake_daemon(&sandbox, json!({"command": fake_upstream(), "ping_interval": "50ms"}), json!({}));
+    // The fake server answers `ping` with "method not found": an answer all
+    // the same, so it is alive.
+    wait_until("a ping is answered", || fake_status(&daemon)["supervision"]["last_ping"].is_string());
+    let status = fake_status(&daemon);
+    assert_eq!(
+        (status["restarts"].as_u64(), status["supervision"]["ping_failures"].as_u64()),
+        (Some(0), Some(0))
+    );
+    assert!(status["supervision"]["last_ping_us"].is_u64(), "{status}");
+    let table = stdout(&sandbox.client(&["status"]));
+    assert!(table.contains("ping every 50ms (restart after 3 failures or one unanswered)"), "{table}");
+    assert!(table.contains("restarts 500ms doubling to 30s, at most 5 within 1m"), "{table}");
+}
+
+#[test]
+fn the_crash_loop_cap_comes_from_the_config() {
+    let sandbox = Sandbox::new();
+    let daemon = fake_daemon(
+        &sandbox,
+        json!({"command": fake_upstream(), "args": ["--exit-after-ms", "200"], "ping_interval": "off"}),
+        json!({"max_restarts": 2, "restart_window": "1m", "restart_backoff": {"initial": "10ms", "max": "20ms"}}),
+    );
+    wait_until("the crashing upstream is given up", || fake_status(&daemon)["state"] == "failed");
+    let status = fake_status(&daemon);
+    let error = status["error"].as_str().unwrap_or_default();
+    assert!(error.contains("restarted 2 times within 60s"), "{status}");
+    assert!(error.contains("max_restarts") && error.contains("mcpsock restart fake"), "{status}");
+    assert_eq!(status["supervision"]["max_restarts"], 2, "{status}");
+    assert_eq!(status["supervision"]["ping_interval"], Value::Null, "{status}");
+    assert_eq!(daemon.health()["status"], "degraded");
+    // `mcpsock restart` gives it a fresh start, as the message says.
+    let output = sandbox.client(&["restart", "fake"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+}
