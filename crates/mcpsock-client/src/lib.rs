@@ -83,7 +83,9 @@ pub async fn connect_with(endpoint: &Endpoint, options: &ConnectOptions) -> Resu
             if let Some(key) = &options.api_key {
                 config = config.auth_header(key.clone());
             }
-            ().serve(StreamableHttpClientTransport::from_config(config)).await
+            let client = http_client()
+                .map_err(|message| ClientError::Protocol { endpoint: endpoint.clone(), message })?;
+            ().serve(StreamableHttpClientTransport::with_client(client, config)).await
         }
     };
     session.map_err(|error| {
@@ -116,6 +118,23 @@ fn wants_credentials(error: &rmcp::service::ClientInitializeError) -> bool {
         next = error.source();
     }
     false
+}
+
+/// A reqwest client for MCP over HTTP(S): TLS by rustls with the ring
+/// provider and the system's trust roots (no OpenSSL, no process-wide crypto
+/// default). The gateway reaches its `url` upstreams with it too.
+pub fn http_client() -> Result<reqwest::Client, String> {
+    use rustls_platform_verifier::BuilderVerifierExt;
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .and_then(|builder| builder.with_platform_verifier())
+        .map_err(|error| format!("cannot set up TLS: {error}"))?
+        .with_no_client_auth();
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .build()
+        .map_err(|error| format!("cannot set up the HTTP client: {error}"))
 }
 
 /// Connects once to an HTTP endpoint's host, so that "nothing listens

@@ -149,7 +149,7 @@ pub(crate) fn transport(
     let inner: Box<dyn DynTransport> = match &spec.endpoint {
         HttpEndpoint::Url(url) => {
             let config = StreamableHttpClientTransportConfig::with_uri(url.as_str()).custom_headers(headers);
-            Box::new(StreamableHttpClientTransport::with_client(tcp_client()?, config))
+            Box::new(StreamableHttpClientTransport::with_client(mcpsock_client::http_client()?, config))
         }
         HttpEndpoint::Unix { socket, path } => {
             // The host only fills the Host header; the socket decides where
@@ -161,22 +161,6 @@ pub(crate) fn transport(
         }
     };
     Ok(Watched { inner, ledger, closed: Some(closed) })
-}
-
-/// A reqwest client whose TLS is rustls with the ring provider and the
-/// system's trust roots (no OpenSSL, no process-wide crypto default).
-fn tcp_client() -> Result<reqwest::Client, String> {
-    use rustls_platform_verifier::BuilderVerifierExt;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .and_then(|builder| builder.with_platform_verifier())
-        .map_err(|error| format!("cannot set up TLS: {error}"))?
-        .with_no_client_auth();
-    reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
-        .build()
-        .map_err(|error| format!("cannot set up the HTTP client: {error}"))
 }
 
 /// Counts what the [`Ledger`] needs and reports the end of the transport.

@@ -269,7 +269,9 @@ fn sec24_sessions_per_principal_are_capped() {
 #[test]
 fn sec24_idle_sessions_expire() {
     let sandbox = Sandbox::new();
-    let config = sandbox.write_config(&json!({"mcpServers": {}, "session_idle_ttl": "300ms"}));
+    // Long enough that a loaded machine still opens the stream below before
+    // the session expires.
+    let config = sandbox.write_config(&json!({"mcpServers": {}, "session_idle_ttl": "1s"}));
     let daemon = Daemon::start(&sandbox, &config);
     let socket = sandbox.socket();
     let session = open_session(Target::Unix(&socket), "localhost", "");
