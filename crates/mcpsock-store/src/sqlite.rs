@@ -222,9 +222,10 @@ impl SqliteStore {
             .query_row("SELECT coalesce(max(seq), 0) + 1 FROM events", [], |row| row.get(0))
             .map_err(|error| classify(&path, error))?;
         let (jobs, receiver) = mpsc::unbounded_channel();
+        let answers = answer_task();
         std::thread::Builder::new()
             .name("mcpsock-store".into())
-            .spawn(move || write_loop(writer, receiver))
+            .spawn(move || write_loop(writer, receiver, answers))
             .map_err(io)?;
         tracing::info!(db = %path.display(), encrypted = secret.is_some(), "state database open");
         Ok(Self {
@@ -455,8 +456,32 @@ fn check_keys(
     }
 }
 
+/// A batch's replies and its commit error, if any.
+type Answers = (Vec<Reply>, Option<String>);
+
+/// A task on the caller's runtime that hands each committed batch's replies
+/// to their waiters. Each waiter wakes a task on that runtime; done from the
+/// writer thread, the first wake would let the scheduler switch to the
+/// runtime's thread and back for every reply. `None` outside a runtime.
+fn answer_task() -> Option<mpsc::UnboundedSender<Answers>> {
+    let runtime = tokio::runtime::Handle::try_current().ok()?;
+    let (answers, mut batches) = mpsc::unbounded_channel::<Answers>();
+    runtime.spawn(async move {
+        while let Some((replies, commit_error)) = batches.recv().await {
+            for reply in replies {
+                reply(commit_error.as_deref());
+            }
+        }
+    });
+    Some(answers)
+}
+
 /// The writer thread: runs queued jobs in batches, one transaction each.
-fn write_loop(writer: Writer, mut jobs: mpsc::UnboundedReceiver<Job>) {
+fn write_loop(
+    writer: Writer,
+    mut jobs: mpsc::UnboundedReceiver<Job>,
+    answers: Option<mpsc::UnboundedSender<Answers>>,
+) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut replies: Vec<Reply> = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = jobs.blocking_recv() {
@@ -481,8 +506,16 @@ fn write_loop(writer: Writer, mut jobs: mpsc::UnboundedReceiver<Job>) {
             tracing::error!(%error, "a state database batch failed to commit");
             let _ = writer.connection.execute_batch("ROLLBACK");
         }
-        for reply in replies.drain(..) {
-            reply(commit_error.as_deref());
+        let batch_replies = std::mem::replace(&mut replies, Vec::with_capacity(MAX_BATCH));
+        let undelivered = match &answers {
+            Some(answers) => answers.send((batch_replies, commit_error)).err().map(|failed| failed.0),
+            // No runtime to hand them to (or it is gone): answer from here.
+            None => Some((batch_replies, commit_error)),
+        };
+        if let Some((batch_replies, commit_error)) = undelivered {
+            for reply in batch_replies {
+                reply(commit_error.as_deref());
+            }
         }
         if let Some(reply) = close {
             let checkpoint = writer
