@@ -367,9 +367,12 @@ fn check_integrity(connection: &Connection, path: &Path) -> Result<(), StoreErro
 }
 
 fn configure(connection: &Connection, durability: Durability) -> rusqlite::Result<()> {
-    // Rows are small and every commit writes whole pages to the log: small
-    // pages write less. Takes effect only when the database is created.
-    connection.execute_batch("PRAGMA page_size = 1024;")?;
+    // Every commit writes each page it dirtied to the log, one system call
+    // per frame. With 4 KiB pages (SQLite's default) a batch of events
+    // dirties fewer pages than with 1 KiB ones, whose leaves split every few
+    // events; measured, about half the writes per request. Takes effect only
+    // when the database is created.
+    connection.execute_batch("PRAGMA page_size = 4096;")?;
     let mode: String = connection.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
         tracing::warn!(mode, "the state database is not in WAL mode");
@@ -382,7 +385,7 @@ fn configure(connection: &Connection, durability: Durability) -> rusqlite::Resul
     // often copies each of them back less often (the log may grow to about
     // 4 MiB between checkpoints).
     connection.execute_batch(
-        "PRAGMA foreign_keys = OFF; PRAGMA temp_store = MEMORY; PRAGMA wal_autocheckpoint = 4000; PRAGMA cache_size = -8192;",
+        "PRAGMA foreign_keys = OFF; PRAGMA temp_store = MEMORY; PRAGMA wal_autocheckpoint = 1000; PRAGMA cache_size = -8192;",
     )?;
     Ok(())
 }
