@@ -237,3 +237,43 @@ fn the_direct_client_sees_a_handler_as_the_socket_client_does() {
     // Nothing of the direct session outlives it either.
     wait_until("every task has ended", || runtime.metrics().num_alive_tasks() == 0);
 }
+
+/// The example programs, built beside this test binary.
+fn example(name: &str) -> std::path::PathBuf {
+    let deps = std::env::current_exe().unwrap().parent().unwrap().to_path_buf();
+    let path = deps.parent().unwrap().join("examples").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the examples first (cargo build --examples)",
+        path.display()
+    );
+    path
+}
+
+#[test]
+fn the_example_client_calls_the_example_server_which_stops_cleanly() {
+    let sandbox = Sandbox::new();
+    let socket = sandbox.path().join("notes").join("notes.sock");
+    let db = sandbox.path().join("notes.db");
+    let mut server = std::process::Command::new(example("notes-server"))
+        .args(["--socket", socket.to_str().unwrap(), "--db", db.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("the example server listens", || std::os::unix::net::UnixStream::connect(&socket).is_ok());
+
+    let output = std::process::Command::new(example("notes-client"))
+        .args(["--socket", socket.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    let text = stdout(&output);
+    assert!(text.contains("tools: add_note, read_note, search_notes"), "{text}");
+    assert!(text.contains(r#"search_notes: {"titles":["socket"]}"#), "{text}");
+    assert!(text.contains("read_note: mcpsock serves MCP on a Unix socket"), "{text}");
+
+    rustix::process::kill_process(pid(server.id()), rustix::process::Signal::TERM).unwrap();
+    assert!(wait_for_exit("the example server", &mut server).success());
+    assert!(!socket.exists(), "the socket is removed");
+    assert!(!socket.with_file_name("notes.sock.pid").exists(), "the lock file is removed");
+}
