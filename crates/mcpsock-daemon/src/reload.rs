@@ -20,8 +20,11 @@ use std::time::{Duration, SystemTime};
 
 use http::StatusCode;
 use mcpsock_api::{EffectiveConfig, EventBody, REDACTED, ReloadAccepted, ReloadOutcome, ReloadStatus};
+use mcpsock_config as config;
 use mcpsock_config::{Config, ServerTransport, UpstreamUrl};
-use mcpsock_gateway::{HttpEndpoint, HttpSpec, RequestLimits, Supervision, ToolFilter, UpstreamSpec};
+use mcpsock_gateway::{
+    HttpEndpoint, HttpSpec, Isolation, RequestLimits, Supervision, ToolFilter, UpstreamSpec,
+};
 use mcpsock_transport::SystemdEnv;
 
 use crate::admin::{Admin, AdminError};
@@ -125,6 +128,10 @@ pub(crate) fn specs_of(config: &Config, disabled: &BTreeSet<String>) -> Vec<Upst
                     max_queued: server.max_queued_requests,
                     queue_timeout: server.queue_timeout,
                 })
+                .isolation(match server.isolation {
+                    config::Isolation::PerSession { idle_timeout } => Isolation::PerSession { idle_timeout },
+                    _ => Isolation::Shared,
+                })
         })
         .collect()
 }
@@ -167,6 +174,14 @@ impl Reloader {
             Some(ServerTransport::Http { .. }) => "http".into(),
             _ => "stdio".into(),
         }
+    }
+
+    /// `"shared"` or `"per-session"`: the configured server's isolation.
+    pub(crate) fn isolation_of(&self, name: &str) -> String {
+        let per_session = lock(&self.current).servers.iter().any(|server| {
+            server.name == name && matches!(server.isolation, config::Isolation::PerSession { .. })
+        });
+        if per_session { "per-session" } else { "shared" }.into()
     }
 
     /// The URL of the configured HTTP server `name` (a query redacted).
@@ -287,6 +302,14 @@ impl Reloader {
                     max_concurrent_requests: server.max_concurrent_requests,
                     max_queued_requests: server.max_queued_requests,
                     queue_timeout: human(server.queue_timeout),
+                    isolation: match server.isolation {
+                        config::Isolation::PerSession { .. } => "per-session".into(),
+                        _ => "shared".into(),
+                    },
+                    idle_timeout: match server.isolation {
+                        config::Isolation::PerSession { idle_timeout } => Some(human(idle_timeout)),
+                        _ => None,
+                    },
                 })
                 .collect(),
         }

@@ -7,8 +7,10 @@
 mod change;
 mod downstream;
 mod handler;
+mod isolation;
 mod limits;
 mod names;
+mod parked;
 mod remote;
 mod routes;
 mod spawn;
@@ -20,6 +22,6 @@ pub use limits::RequestLimits;
 pub use names::ToolFilter;
 pub use remote::{HttpEndpoint, HttpSpec};
 pub use upstream::{
-    PING_FAILURES_BEFORE_RESTART, StdioSpec, Supervision, UpstreamEvent, UpstreamReport, UpstreamSpec,
-    UpstreamState, UpstreamTransport,
+    DEFAULT_IDLE_TIMEOUT, InstanceReport, Isolation, PING_FAILURES_BEFORE_RESTART, StdioSpec, Supervision,
+    UpstreamEvent, UpstreamReport, UpstreamSpec, UpstreamState, UpstreamTransport,
 };

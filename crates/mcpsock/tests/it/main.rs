@@ -4,6 +4,7 @@
 
 mod admin;
 mod backlog;
+mod isolation;
 mod library;
 mod lifecycle;
 mod passthrough;
