@@ -94,6 +94,7 @@ const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 const DEFAULT_TTL_CLEANUP_INTERVAL: Duration = Duration::from_secs(60);
 const DEFAULT_EVENT_RETENTION: Duration = Duration::from_secs(3600);
 const DEFAULT_MAX_EVENTS_PER_SESSION: usize = 1_000;
+const DEFAULT_LIST_PAGE_SIZE: usize = 100;
 
 /// Where sessions and stream events are kept (`storage`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -307,6 +308,9 @@ pub struct Config {
     pub max_events_per_session: usize,
     /// Pings and restarts of every server without its own.
     pub supervision: Supervision,
+    /// Entries per page of `tools/list` and the other lists
+    /// (`list_page_size`).
+    pub list_page_size: usize,
 }
 
 impl Default for Config {
@@ -340,6 +344,7 @@ impl Default for Config {
             event_retention: DEFAULT_EVENT_RETENTION,
             max_events_per_session: DEFAULT_MAX_EVENTS_PER_SESSION,
             supervision: Supervision::default(),
+            list_page_size: DEFAULT_LIST_PAGE_SIZE,
         }
     }
 }
@@ -440,6 +445,8 @@ struct RawConfig {
     event_retention: Option<Duration>,
     #[serde(default)]
     max_events_per_session: Option<usize>,
+    #[serde(default)]
+    list_page_size: Option<usize>,
     #[serde(flatten)]
     supervision: RawSupervision,
 }
@@ -986,6 +993,8 @@ impl Config {
             event_retention: raw.event_retention.unwrap_or(defaults.event_retention),
             max_events_per_session: positive(raw.max_events_per_session, "max_events_per_session")?
                 .unwrap_or(defaults.max_events_per_session),
+            list_page_size: positive(raw.list_page_size, "list_page_size")?
+                .unwrap_or(defaults.list_page_size),
             supervision,
         })
     }
@@ -1087,6 +1096,13 @@ mod tests {
         assert_eq!(env[0].1.expose(), "s3cret");
         assert_eq!(config.tool_separator, "__");
         assert_eq!(config.shutdown_grace, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn list_page_size() {
+        assert_eq!(parse("{}").unwrap().list_page_size, 100);
+        assert_eq!(parse(r#"{"list_page_size": 5}"#).unwrap().list_page_size, 5);
+        check_error(r#"{"list_page_size": 0}"#, "list_page_size must be at least 1");
     }
 
     #[test]

@@ -342,6 +342,7 @@ fn restart_required(old: &Config, new: &Config) -> Vec<String> {
         }
     };
     check("socket", old.socket != new.socket);
+    check("list_page_size", old.list_page_size != new.list_page_size);
     check("socket_mode", old.socket_mode != new.socket_mode);
     check("socket_group", old.socket_group != new.socket_group);
     check("enable_socket", old.enable_socket != new.enable_socket);

@@ -41,6 +41,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::downstream::{Session, Sessions};
 use crate::limits::Slot;
 use crate::names::NameIndex;
+use crate::pages;
 use crate::parked::{self, ParkedCalls, Reply};
 use crate::routes::{RELAY_BUFFER, Relay, Route, RouteGuard};
 use crate::upstream::{Lease, Timing, Upstream, read};
@@ -61,6 +62,8 @@ pub struct GatewayOptions {
     pub request_timeout: Duration,
     /// Where upstream events are sent, when someone follows them.
     pub events: Option<tokio::sync::broadcast::Sender<UpstreamEvent>>,
+    /// Entries per page of `tools/list` and the other lists.
+    pub list_page_size: usize,
 }
 
 impl Default for GatewayOptions {
@@ -71,9 +74,15 @@ impl Default for GatewayOptions {
             stop_grace: Duration::from_secs(5),
             request_timeout: Duration::from_secs(300),
             events: None,
+            list_page_size: DEFAULT_LIST_PAGE_SIZE,
         }
     }
 }
+
+/// Entries per page of the lists unless configured otherwise: enough that
+/// most setups answer in one page, few enough that a client with hundreds
+/// of tools gets them in pieces it can show while the rest comes.
+pub const DEFAULT_LIST_PAGE_SIZE: usize = 100;
 
 impl GatewayOptions {
     pub fn separator(mut self, separator: impl Into<String>) -> Self {
@@ -98,6 +107,11 @@ impl GatewayOptions {
 
     pub fn events(mut self, events: tokio::sync::broadcast::Sender<UpstreamEvent>) -> Self {
         self.events = Some(events);
+        self
+    }
+
+    pub fn list_page_size(mut self, list_page_size: usize) -> Self {
+        self.list_page_size = list_page_size.max(1);
         self
     }
 
@@ -779,7 +793,7 @@ impl ServerHandler for Gateway {
 
     async fn list_tools(
         &self,
-        _request: Option<PaginatedRequestParams>,
+        request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
         self.session.remember_peer(&context.peer);
@@ -794,7 +808,16 @@ impl ServerHandler for Gateway {
                 Some(tool)
             }));
         }
-        Ok(ListToolsResult::with_all_items(tools))
+        let (tools, next_cursor) = pages::page(
+            "tools",
+            tools,
+            |tool| &tool.name,
+            cursor_of(&request),
+            self.inner.options.list_page_size,
+        )?;
+        let mut result = ListToolsResult::with_all_items(tools);
+        result.next_cursor = next_cursor;
+        Ok(result)
     }
 
     async fn call_tool(
@@ -831,26 +854,41 @@ impl ServerHandler for Gateway {
 
     async fn list_resources(
         &self,
-        _request: Option<PaginatedRequestParams>,
+        request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListResourcesResult, ErrorData> {
         self.session.remember_peer(&context.peer);
         let resources = running(&self.upstreams())
             .flat_map(|(_, upstream)| read(&upstream.catalog).resources.clone())
             .collect();
-        Ok(ListResourcesResult::with_all_items(resources))
+        let size = self.inner.options.list_page_size;
+        let (resources, next_cursor) =
+            pages::page("resources", resources, |resource| &resource.uri, cursor_of(&request), size)?;
+        let mut result = ListResourcesResult::with_all_items(resources);
+        result.next_cursor = next_cursor;
+        Ok(result)
     }
 
     async fn list_resource_templates(
         &self,
-        _request: Option<PaginatedRequestParams>,
+        request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListResourceTemplatesResult, ErrorData> {
         self.session.remember_peer(&context.peer);
         let templates = running(&self.upstreams())
             .flat_map(|(_, upstream)| read(&upstream.catalog).resource_templates.clone())
             .collect();
-        Ok(ListResourceTemplatesResult::with_all_items(templates))
+        let size = self.inner.options.list_page_size;
+        let (templates, next_cursor) = pages::page(
+            "templates",
+            templates,
+            |template| &template.uri_template,
+            cursor_of(&request),
+            size,
+        )?;
+        let mut result = ListResourceTemplatesResult::with_all_items(templates);
+        result.next_cursor = next_cursor;
+        Ok(result)
     }
 
     async fn read_resource(
@@ -974,7 +1012,7 @@ impl ServerHandler for Gateway {
 
     async fn list_prompts(
         &self,
-        _request: Option<PaginatedRequestParams>,
+        request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListPromptsResult, ErrorData> {
         self.session.remember_peer(&context.peer);
@@ -989,7 +1027,12 @@ impl ServerHandler for Gateway {
                 Some(prompt)
             }));
         }
-        Ok(ListPromptsResult::with_all_items(prompts))
+        let size = self.inner.options.list_page_size;
+        let (prompts, next_cursor) =
+            pages::page("prompts", prompts, |prompt| &prompt.name, cursor_of(&request), size)?;
+        let mut result = ListPromptsResult::with_all_items(prompts);
+        result.next_cursor = next_cursor;
+        Ok(result)
     }
 
     async fn get_prompt(
@@ -1068,6 +1111,10 @@ impl ServerHandler for Gateway {
 /// have no session and take no requests from a server.
 pub(crate) fn is_modern(context: &RequestContext<RoleServer>) -> bool {
     context.protocol_version().is_some_and(|version| version >= ProtocolVersion::V_2026_07_28)
+}
+
+fn cursor_of(request: &Option<PaginatedRequestParams>) -> Option<&str> {
+    request.as_ref().and_then(|request| request.cursor.as_deref())
 }
 
 fn not_offered(uri: &str) -> ErrorData {

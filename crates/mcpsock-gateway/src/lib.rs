@@ -10,6 +10,7 @@ mod handler;
 mod isolation;
 mod limits;
 mod names;
+mod pages;
 mod parked;
 mod remote;
 mod routes;
@@ -17,7 +18,7 @@ mod spawn;
 mod upstream;
 
 pub use change::ChangeReport;
-pub use handler::{Gateway, GatewayOptions};
+pub use handler::{DEFAULT_LIST_PAGE_SIZE, Gateway, GatewayOptions};
 pub use limits::RequestLimits;
 pub use names::ToolFilter;
 pub use remote::{HttpEndpoint, HttpSpec};

@@ -7,6 +7,7 @@ mod backlog;
 mod isolation;
 mod library;
 mod lifecycle;
+mod lists;
 mod passthrough;
 mod persist;
 mod reload;

@@ -462,11 +462,14 @@ impl McpSession {
     /// Calls a tool: its result, or the JSON-RPC error (or HTTP failure)
     /// as text.
     pub(crate) fn call(&self, tool: &str, arguments: Value) -> Result<Value, String> {
+        self.request("tools/call", serde_json::json!({"name": tool, "arguments": arguments}))
+    }
+
+    /// Sends one request: its result, or the JSON-RPC error (or HTTP
+    /// failure) as text.
+    pub(crate) fn request(&self, method: &str, params: Value) -> Result<Value, String> {
         let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let request = serde_json::json!({
-            "jsonrpc": "2.0", "id": id, "method": "tools/call",
-            "params": {"name": tool, "arguments": arguments},
-        });
+        let request = serde_json::json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
         let response = self.post(&request.to_string());
         if response.status != 200 {
             return Err(format!("HTTP {}: {}", response.status, response.body));
