@@ -267,6 +267,9 @@ pub struct EffectiveConfig {
     pub allow_gids: Vec<u32>,
     pub allow_root: bool,
     pub servers: Vec<ServerConfigView>,
+    /// Entries per page of the MCP lists.
+    #[serde(default)]
+    pub list_page_size: usize,
 }
 
 /// One upstream in `GET /config`.

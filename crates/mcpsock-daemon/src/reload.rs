@@ -260,6 +260,7 @@ impl Reloader {
             allow_uids: config.allow_uids.clone(),
             allow_gids: config.allow_gids.clone(),
             allow_root: config.allow_root,
+            list_page_size: config.list_page_size,
             servers: config
                 .servers
                 .iter()

@@ -21,6 +21,9 @@ fn long_lists_come_in_pages_that_clients_follow_and_stale_cursors_are_refused() 
     let config = sandbox.write_config(&json!({"mcpServers": {"fake": server(&[])}, "list_page_size": 100}));
     let daemon = Daemon::start(&sandbox, &config);
     let total = OWN_TOOLS + EXTRA_TOOLS;
+    let (status, body) = http_get(&daemon.socket, "/config").unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["list_page_size"], 100, "{body}");
 
     // rmcp's list_all_tools, behind `mcpsock tools`, follows the cursors.
     let output = sandbox.client(&["tools", "--json"]);
