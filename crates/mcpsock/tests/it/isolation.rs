@@ -131,3 +131,19 @@ fn a_reload_that_changes_a_per_session_server_replaces_the_sessions_processes() 
     assert_ne!(again, pid);
     assert!(daemon.stop().success());
 }
+
+#[test]
+fn a_session_that_expires_takes_its_process_with_it() {
+    let sandbox = Sandbox::new();
+    let config = sandbox.write_config(&json!({
+        "mcpServers": {"own": {"command": fake_upstream(), "isolation": "per-session", "idle_timeout": "10m"}},
+        "session_idle_ttl": "500ms",
+    }));
+    let daemon = Daemon::start(&sandbox, &config);
+    let session = McpSession::open(&daemon.socket);
+    let pid: u32 = session.call_text("own__pid", json!({})).parse().unwrap();
+    // Well before its own idle_timeout, the session's expiry stops it.
+    wait_until("the expired session's process is gone", || !process_exists(pid));
+    wait_until("status forgets it", || instance_pids(&daemon).is_empty());
+    assert!(daemon.stop().success());
+}
