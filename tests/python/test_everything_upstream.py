@@ -152,41 +152,89 @@ def test_logging_at_the_clients_level_and_resource_updates(everything: Daemon) -
     }, logs
 
 
-def test_a_modern_client_cannot_yet_answer_a_legacy_upstreams_question(everything: Daemon) -> None:
+def test_a_modern_client_answers_a_legacy_upstreams_questions_by_input_required(everything: Daemon) -> None:
     """2026-07-28 clients take no requests from a server; they answer an
-    ``InputRequiredResult`` instead. server-everything speaks the earlier
-    revisions and asks with a request of its own.
-
-    FIXME: mcpsock does not yet turn such a request into an
-    ``InputRequiredResult`` with a sealed ``requestState`` (parking the
-    upstream call until the client retries with the answer), so the question
-    is refused with -32600 and server-everything reports that as the tool's
-    error result.
-    Upstreams that themselves answer 2026-07-28 requests with
-    ``InputRequiredResult`` pass through unchanged (see scripts/conformance.sh).
+    ``InputRequiredResult`` and retry. server-everything speaks the earlier
+    revisions and asks with requests of its own: mcpsock parks its call,
+    hands the question to the client as an ``InputRequiredResult`` with a
+    sealed ``requestState``, and passes the retry's answer back to it. The
+    SDK's own retry loop drives it.
     """
     asked: list[str] = []
+    sampled: list[Any] = []
 
     async def on_elicit(context, params: types.ElicitRequestParams) -> types.ElicitResult:
         asked.append(params.message)
-        return types.ElicitResult(action="accept", content={"name": "Ada"})
+        return types.ElicitResult(action="accept", content={"name": "Ada Lovelace", "check": True})
 
-    async def body() -> str:
+    async def on_sample(context, params: types.CreateMessageRequestParams) -> types.CreateMessageResult:
+        sampled.append(params.messages[0].content)
+        return types.CreateMessageResult(
+            role="assistant", content=types.TextContent(type="text", text="Paris, of course"), model="test-model"
+        )
+
+    async def body() -> None:
         async with uds_http_client(everything.sock) as http:
             from mcp.client.streamable_http import streamable_http_client
 
             transport = streamable_http_client(everything.mcp_url, http_client=http)
-            async with Client(transport, mode=MODERN, elicitation_callback=on_elicit) as client:
+            async with Client(
+                transport, mode=MODERN, elicitation_callback=on_elicit, sampling_callback=on_sample
+            ) as client:
                 assert client.protocol_version == MODERN
-                try:
-                    result = await client.call_tool("everything__trigger-elicitation-request", {})
-                except Exception as error:  # the SDK raises MCPError for a JSON-RPC error
-                    return f"error: {error}"
-                return texts(result) + (" (isError)" if result.is_error else "")
+                elicited = await client.call_tool("everything__trigger-elicitation-request", {})
+                assert not elicited.is_error, elicited
+                assert "Name: Ada Lovelace" in texts(elicited), elicited
+                assert len(asked) == 1, asked
+                answer = await client.call_tool(
+                    "everything__trigger-sampling-request", {"prompt": "Capital of France?", "maxTokens": 20}
+                )
+                assert "Paris, of course" in texts(answer), answer
+                assert sampled and "Capital of France?" in sampled[0].text, sampled
 
-    outcome = run(body)
-    assert not asked, "the modern client was asked after all: the FIXME is fixed, update this test"
-    # Today: the relayed request fails with rmcp's refusal, which the
-    # upstream reports as the tool's error result.
-    assert "server-to-client requests are not allowed on protocol 2026-07-28" in outcome, outcome
-    assert outcome.endswith("(isError)"), outcome
+    run(body)
+
+
+def test_a_parked_calls_request_state_is_single_use_and_tamper_proof(everything: Daemon) -> None:
+    """The retry loop driven by hand: a forged, altered or replayed
+    ``requestState`` is refused with a JSON-RPC error that says what to do,
+    and the genuine one still works once."""
+    from mcp.shared.exceptions import MCPError
+
+    async def body() -> None:
+        async with uds_http_client(everything.sock) as http:
+            from mcp.client.streamable_http import streamable_http_client
+
+            transport = streamable_http_client(everything.mcp_url, http_client=http)
+            async with Client(transport, mode=MODERN) as client:
+                tool = "everything__trigger-elicitation-request"
+                first = await client.session.call_tool(tool, {}, allow_input_required=True)
+                assert isinstance(first, types.InputRequiredResult), first
+                assert first.request_state and first.request_state.startswith("mcpsock."), first
+                [(key, question)] = list((first.input_requests or {}).items())
+                assert question.method == "elicitation/create", question
+                answer = {key: {"action": "accept", "content": {"name": "Grace Hopper", "check": True}}}
+
+                async def refused(state: str, name: str = tool) -> str:
+                    try:
+                        await client.session.call_tool(
+                            name, {}, input_responses=answer, request_state=state, allow_input_required=True
+                        )
+                    except MCPError as error:
+                        assert error.error.code == -32602, error.error
+                        return error.error.message
+                    raise AssertionError(f"{state!r} for {name} was accepted")
+
+                altered = first.request_state[:-2] + ("AA" if not first.request_state.endswith("AA") else "BB")
+                assert "was altered" in await refused(altered)
+                assert "was not issued by this mcpsock" in await refused("mcpsock.rs2.forged.state")
+                assert "was not issued by this mcpsock" in await refused(first.request_state, "everything__echo")
+
+                done = await client.session.call_tool(
+                    tool, {}, input_responses=answer, request_state=first.request_state, allow_input_required=True
+                )
+                assert isinstance(done, types.CallToolResult), done
+                assert "Name: Grace Hopper" in texts(done), done
+                assert "already used" in await refused(first.request_state)
+
+    run(body)

@@ -36,7 +36,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.types import CallToolResult, TextContent
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 
-from conftest import Daemon, Scratch, cmdline, descendants, is_alive, proc_ppid_map
+from conftest import Daemon, Scratch, cmdline, descendants, is_alive, mcpsock_bin, proc_ppid_map
 
 EXPECTED_TOOLS = {"time__get_current_time", "time__convert_time"}
 MODERN = "2026-07-28"
@@ -416,3 +416,38 @@ def test_bridge_without_daemon_fails_fast(scratch: Scratch, bin_path: Path) -> N
     # stdout is the MCP channel: no human-readable noise there.
     assert stdout == b"" or stdout.lstrip().startswith(b"{"), f"non-JSON-RPC output on stdout: {stdout!r}"
     assert not sock.exists()
+
+
+# --------------------------------------------------------------------------
+# Long tool lists come in pages of mcpsock's own cursors
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["legacy", MODERN])
+def test_the_sdk_pages_through_a_long_tool_list(start_daemon, mode: str) -> None:
+    fake = str(mcpsock_bin().with_name("mcpsock-fake-upstream"))
+    config = {"mcpServers": {"fake": {"command": fake, "args": ["--extra-tools", "150"]}}, "list_page_size": 40}
+    daemon = start_daemon(config, name="pages")
+
+    async def body() -> None:
+        async with http_session(daemon, mode) as client:
+            names: list[str] = []
+            cursor = None
+            pages = 0
+            while True:
+                page = await client.list_tools(cursor=cursor)
+                pages += 1
+                assert len(page.tools) <= 40, len(page.tools)
+                names.extend(tool.name for tool in page.tools)
+                cursor = page.next_cursor
+                if cursor is None:
+                    break
+            assert pages == 5, pages
+            assert len(names) == len(set(names)) == 161, len(names)
+            assert names[-1] == "fake__extra_0149", names[-3:]
+            # The SDK finds a tool it has not listed yet by paging on its own.
+            result = await client.call_tool("fake__extra_0149", {"text": "from the last page"})
+            assert not result.is_error, result
+            assert result.content[0].text == "from the last page", result
+
+    run(body)

@@ -137,10 +137,38 @@ pub struct UpstreamStatus {
     /// a disabled upstream).
     #[serde(default)]
     pub supervision: Option<SupervisionStatus>,
+    /// `"shared"` (one connection for every session) or `"per-session"`.
+    #[serde(default = "shared")]
+    pub isolation: String,
+    /// With `per-session`: how long a session's connection may go without
+    /// a request before it is stopped (`"5m"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<String>,
+    /// With `per-session`: the sessions' own connections now running (the
+    /// fields above describe the shared one, which only tells the catalog).
+    #[serde(default)]
+    pub instances: Vec<InstanceStatus>,
+}
+
+/// One session's own connection to a `per-session` upstream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceStatus {
+    pub state: UpstreamState,
+    /// Its process, for a stdio upstream.
+    pub pid: Option<u32>,
+    /// Client requests it is serving now.
+    pub in_flight: usize,
+    /// Milliseconds since it last served a request.
+    pub idle_ms: u64,
+    pub restarts: u32,
 }
 
 fn stdio() -> String {
     "stdio".into()
+}
+
+fn shared() -> String {
+    "shared".into()
 }
 
 /// An upstream's health pings and restart policy, in `GET /status`.
@@ -239,6 +267,9 @@ pub struct EffectiveConfig {
     pub allow_gids: Vec<u32>,
     pub allow_root: bool,
     pub servers: Vec<ServerConfigView>,
+    /// Entries per page of the MCP lists.
+    #[serde(default)]
+    pub list_page_size: usize,
 }
 
 /// One upstream in `GET /config`.
@@ -274,6 +305,12 @@ pub struct ServerConfigView {
     /// Human-readable, like every duration in `GET /config`.
     #[serde(default)]
     pub queue_timeout: String,
+    /// `"shared"` or `"per-session"`.
+    #[serde(default = "shared")]
+    pub isolation: String,
+    /// With `per-session`: how long a session's connection may stay idle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<String>,
 }
 
 /// What a secret is replaced with in every admin reply.

@@ -89,9 +89,12 @@ const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 const DEFAULT_INIT_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_MAX_QUEUED_REQUESTS: usize = 100;
 const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a per-session connection may go without a request.
+const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 const DEFAULT_TTL_CLEANUP_INTERVAL: Duration = Duration::from_secs(60);
 const DEFAULT_EVENT_RETENTION: Duration = Duration::from_secs(3600);
 const DEFAULT_MAX_EVENTS_PER_SESSION: usize = 1_000;
+const DEFAULT_LIST_PAGE_SIZE: usize = 100;
 
 /// Where sessions and stream events are kept (`storage`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -305,6 +308,9 @@ pub struct Config {
     pub max_events_per_session: usize,
     /// Pings and restarts of every server without its own.
     pub supervision: Supervision,
+    /// Entries per page of `tools/list` and the other lists
+    /// (`list_page_size`).
+    pub list_page_size: usize,
 }
 
 impl Default for Config {
@@ -338,6 +344,7 @@ impl Default for Config {
             event_retention: DEFAULT_EVENT_RETENTION,
             max_events_per_session: DEFAULT_MAX_EVENTS_PER_SESSION,
             supervision: Supervision::default(),
+            list_page_size: DEFAULT_LIST_PAGE_SIZE,
         }
     }
 }
@@ -366,6 +373,21 @@ pub struct ServerConfig {
     pub queue_timeout: Duration,
     /// Its pings and restarts (the top-level keys, overridden by its own).
     pub supervision: Supervision,
+    /// Whether sessions share it (`isolation`, `idle_timeout`).
+    pub isolation: Isolation,
+}
+
+/// Whether downstream sessions share a server (`isolation`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Isolation {
+    /// `"shared"`: one connection (one process) for every session.
+    #[default]
+    Shared,
+    /// `"per-session"`: a connection of its own for every session that uses
+    /// the server, stopped with the session or after `idle_timeout` without
+    /// a request.
+    PerSession { idle_timeout: Duration },
 }
 
 #[derive(Deserialize)]
@@ -423,6 +445,8 @@ struct RawConfig {
     event_retention: Option<Duration>,
     #[serde(default)]
     max_events_per_session: Option<usize>,
+    #[serde(default)]
+    list_page_size: Option<usize>,
     #[serde(flatten)]
     supervision: RawSupervision,
 }
@@ -610,6 +634,10 @@ struct RawServer {
     max_queued_requests: Option<usize>,
     #[serde(default, deserialize_with = "duration")]
     queue_timeout: Option<Duration>,
+    #[serde(default)]
+    isolation: Option<String>,
+    #[serde(default, deserialize_with = "duration")]
+    idle_timeout: Option<Duration>,
     #[serde(flatten)]
     supervision: RawSupervision,
 }
@@ -883,7 +911,26 @@ impl Config {
             if server.max_concurrent_requests == Some(0) {
                 return Err(at("max_concurrent_requests must be at least 1".into()));
             }
+            let isolation = match (server.isolation.as_deref(), server.idle_timeout) {
+                (None | Some("shared"), None) => Isolation::Shared,
+                (None | Some("shared"), Some(_)) => {
+                    return Err(at(
+                        "idle_timeout applies only to \"isolation\": \"per-session\"; set that or remove idle_timeout"
+                            .into(),
+                    ));
+                }
+                (Some("per-session"), Some(idle_timeout)) if idle_timeout.is_zero() => {
+                    return Err(at("idle_timeout must be longer than zero".into()));
+                }
+                (Some("per-session"), idle_timeout) => {
+                    Isolation::PerSession { idle_timeout: idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT) }
+                }
+                (Some(other), _) => {
+                    return Err(at(format!("isolation {other:?} must be \"shared\" or \"per-session\"")));
+                }
+            };
             servers.push(ServerConfig {
+                isolation,
                 max_concurrent_requests: server.max_concurrent_requests,
                 max_queued_requests: server.max_queued_requests.unwrap_or(DEFAULT_MAX_QUEUED_REQUESTS),
                 queue_timeout: server.queue_timeout.unwrap_or(DEFAULT_QUEUE_TIMEOUT),
@@ -946,6 +993,8 @@ impl Config {
             event_retention: raw.event_retention.unwrap_or(defaults.event_retention),
             max_events_per_session: positive(raw.max_events_per_session, "max_events_per_session")?
                 .unwrap_or(defaults.max_events_per_session),
+            list_page_size: positive(raw.list_page_size, "list_page_size")?
+                .unwrap_or(defaults.list_page_size),
             supervision,
         })
     }
@@ -1047,6 +1096,48 @@ mod tests {
         assert_eq!(env[0].1.expose(), "s3cret");
         assert_eq!(config.tool_separator, "__");
         assert_eq!(config.shutdown_grace, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn list_page_size() {
+        assert_eq!(parse("{}").unwrap().list_page_size, 100);
+        assert_eq!(parse(r#"{"list_page_size": 5}"#).unwrap().list_page_size, 5);
+        check_error(r#"{"list_page_size": 0}"#, "list_page_size must be at least 1");
+    }
+
+    #[test]
+    fn isolation_keys() {
+        let config = parse(
+            r#"{"mcpServers": {
+                "a": {"command": "x"},
+                "b": {"command": "x", "isolation": "per-session"},
+                "c": {"url": "http://h/mcp", "isolation": "per-session", "idle_timeout": "30s"},
+                "d": {"command": "x", "isolation": "shared"}
+            }}"#,
+        )
+        .unwrap();
+        let isolation: Vec<Isolation> = config.servers.iter().map(|server| server.isolation).collect();
+        assert_eq!(
+            isolation,
+            [
+                Isolation::Shared,
+                Isolation::PerSession { idle_timeout: Duration::from_secs(300) },
+                Isolation::PerSession { idle_timeout: Duration::from_secs(30) },
+                Isolation::Shared
+            ]
+        );
+        check_error(
+            r#"{"mcpServers": {"a": {"command": "x", "isolation": "private"}}}"#,
+            "mcpServers.a: isolation \"private\" must be \"shared\" or \"per-session\"",
+        );
+        check_error(
+            r#"{"mcpServers": {"a": {"command": "x", "idle_timeout": "1m"}}}"#,
+            "idle_timeout applies only to \"isolation\": \"per-session\"",
+        );
+        check_error(
+            r#"{"mcpServers": {"a": {"command": "x", "isolation": "per-session", "idle_timeout": 0}}}"#,
+            "idle_timeout must be longer than zero",
+        );
     }
 
     #[test]

@@ -11,8 +11,8 @@ mod file;
 mod paths;
 
 pub use file::{
-    Config, ConfigError, DEFAULT_UNIX_HTTP_PATH, Durability, Secret, ServerConfig, ServerTransport,
-    StorageKind, Supervision, UpstreamUrl,
+    Config, ConfigError, DEFAULT_UNIX_HTTP_PATH, Durability, Isolation, Secret, ServerConfig,
+    ServerTransport, StorageKind, Supervision, UpstreamUrl,
 };
 pub use paths::{
     ConfigLocation, Env, ProcessEnv, SOCKET_PATH_MAX, app_db_path, app_socket_path, check_socket_path,

@@ -23,7 +23,7 @@ use mcpsock_api::{
     ADMIN_PROTOCOL_VERSION, ApiError, EndpointCounts, EventBody, HealthStatus, MinimalHealth, Status,
     Storage, UpstreamStatus,
 };
-use mcpsock_gateway::{Gateway, UpstreamReport, UpstreamState};
+use mcpsock_gateway::{Gateway, Isolation, UpstreamReport, UpstreamState};
 use mcpsock_transport::ListenerStats;
 use tokio_util::sync::CancellationToken;
 
@@ -87,7 +87,27 @@ pub(crate) fn state_of(state: UpstreamState) -> mcpsock_api::UpstreamState {
 
 fn upstream_status(report: UpstreamReport) -> UpstreamStatus {
     let supervision = Some(supervision_status(&report));
+    let (isolation, idle_timeout) = match report.isolation {
+        Isolation::PerSession { idle_timeout } => {
+            ("per-session", Some(humantime::format_duration(idle_timeout).to_string()))
+        }
+        _ => ("shared", None),
+    };
+    let instances = report
+        .instances
+        .iter()
+        .map(|instance| mcpsock_api::InstanceStatus {
+            state: state_of(instance.state),
+            pid: instance.pid,
+            in_flight: instance.in_flight,
+            idle_ms: instance.idle.as_millis().try_into().unwrap_or(u64::MAX),
+            restarts: instance.restarts,
+        })
+        .collect();
     UpstreamStatus {
+        isolation: isolation.to_string(),
+        idle_timeout,
+        instances,
         name: report.name,
         state: state_of(report.state),
         enabled: true,
@@ -131,6 +151,7 @@ impl Admin {
                 servers.push(UpstreamStatus {
                     kind: self.reloader.kind_of(&name),
                     url: self.reloader.url_of(&name),
+                    isolation: self.reloader.isolation_of(&name),
                     name,
                     state: mcpsock_api::UpstreamState::Stopped,
                     enabled: false,
@@ -143,6 +164,8 @@ impl Admin {
                     resources: 0,
                     dropped_messages: 0,
                     supervision: None,
+                    idle_timeout: None,
+                    instances: Vec::new(),
                 });
             }
         }

@@ -178,6 +178,7 @@ pub async fn run(options: DaemonOptions, shutdown: impl Future<Output = ()>) -> 
         .init_timeout(config.init_timeout)
         .stop_grace(config.shutdown_grace)
         .request_timeout(config.request_timeout)
+        .list_page_size(config.list_page_size)
         .events(upstream_events);
     let gateway = Gateway::start(specs, gateway_options).await;
 

@@ -20,8 +20,11 @@ use std::time::{Duration, SystemTime};
 
 use http::StatusCode;
 use mcpsock_api::{EffectiveConfig, EventBody, REDACTED, ReloadAccepted, ReloadOutcome, ReloadStatus};
+use mcpsock_config as config;
 use mcpsock_config::{Config, ServerTransport, UpstreamUrl};
-use mcpsock_gateway::{HttpEndpoint, HttpSpec, RequestLimits, Supervision, ToolFilter, UpstreamSpec};
+use mcpsock_gateway::{
+    HttpEndpoint, HttpSpec, Isolation, RequestLimits, Supervision, ToolFilter, UpstreamSpec,
+};
 use mcpsock_transport::SystemdEnv;
 
 use crate::admin::{Admin, AdminError};
@@ -125,6 +128,10 @@ pub(crate) fn specs_of(config: &Config, disabled: &BTreeSet<String>) -> Vec<Upst
                     max_queued: server.max_queued_requests,
                     queue_timeout: server.queue_timeout,
                 })
+                .isolation(match server.isolation {
+                    config::Isolation::PerSession { idle_timeout } => Isolation::PerSession { idle_timeout },
+                    _ => Isolation::Shared,
+                })
         })
         .collect()
 }
@@ -167,6 +174,14 @@ impl Reloader {
             Some(ServerTransport::Http { .. }) => "http".into(),
             _ => "stdio".into(),
         }
+    }
+
+    /// `"shared"` or `"per-session"`: the configured server's isolation.
+    pub(crate) fn isolation_of(&self, name: &str) -> String {
+        let per_session = lock(&self.current).servers.iter().any(|server| {
+            server.name == name && matches!(server.isolation, config::Isolation::PerSession { .. })
+        });
+        if per_session { "per-session" } else { "shared" }.into()
     }
 
     /// The URL of the configured HTTP server `name` (a query redacted).
@@ -245,6 +260,7 @@ impl Reloader {
             allow_uids: config.allow_uids.clone(),
             allow_gids: config.allow_gids.clone(),
             allow_root: config.allow_root,
+            list_page_size: config.list_page_size,
             servers: config
                 .servers
                 .iter()
@@ -287,6 +303,14 @@ impl Reloader {
                     max_concurrent_requests: server.max_concurrent_requests,
                     max_queued_requests: server.max_queued_requests,
                     queue_timeout: human(server.queue_timeout),
+                    isolation: match server.isolation {
+                        config::Isolation::PerSession { .. } => "per-session".into(),
+                        _ => "shared".into(),
+                    },
+                    idle_timeout: match server.isolation {
+                        config::Isolation::PerSession { idle_timeout } => Some(human(idle_timeout)),
+                        _ => None,
+                    },
                 })
                 .collect(),
         }
@@ -319,6 +343,7 @@ fn restart_required(old: &Config, new: &Config) -> Vec<String> {
         }
     };
     check("socket", old.socket != new.socket);
+    check("list_page_size", old.list_page_size != new.list_page_size);
     check("socket_mode", old.socket_mode != new.socket_mode);
     check("socket_group", old.socket_group != new.socket_group);
     check("enable_socket", old.enable_socket != new.enable_socket);

@@ -14,7 +14,7 @@ use rmcp::model::ServerNotification;
 
 use crate::UpstreamSpec;
 use crate::handler::Gateway;
-use crate::upstream::{Timing, Upstream};
+use crate::upstream::Upstream;
 
 /// What a change did, by upstream name.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -97,11 +97,7 @@ impl Gateway {
             return report;
         }
         let options = &self.inner.options;
-        let timing = Timing {
-            init_timeout: options.init_timeout,
-            stop_grace: options.stop_grace,
-            request_timeout: options.request_timeout,
-        };
+        let timing = options.timing();
         let started =
             futures::future::join_all(to_start.iter().map(|spec| {
                 Upstream::start(spec, timing, self.inner.sessions.clone(), options.events.clone())
@@ -116,8 +112,19 @@ impl Gateway {
                 None => current[name].clone(),
             })
             .collect();
-        let replaced: Vec<Arc<Upstream>> =
+        let templates: Vec<Arc<Upstream>> =
             report.removed.iter().chain(&report.restarted).map(|name| current[name].clone()).collect();
+        // The sessions' own connections to a replaced server are replaced
+        // with it: drained and stopped here, started anew on next use.
+        let sessions = self.inner.sessions.live();
+        let dedicated: Vec<Arc<Upstream>> = templates
+            .iter()
+            .flat_map(|template| {
+                sessions.iter().flat_map(|session| session.dedicated.take_made_from(template))
+            })
+            .collect();
+        drop(sessions);
+        let replaced: Vec<Arc<Upstream>> = templates.into_iter().chain(dedicated).collect();
         {
             let mut draining = self.inner.draining.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             draining.extend(replaced.iter().cloned());
@@ -148,6 +155,7 @@ impl Gateway {
         .await;
         report.not_drained =
             drained.into_iter().filter(|(_, drained)| !drained).map(|(name, _)| name).collect();
+        report.not_drained.dedup();
         self.inner
             .draining
             .lock()

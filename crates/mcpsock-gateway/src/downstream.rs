@@ -15,6 +15,8 @@ use rmcp::model::{LoggingLevel, RequestId, ServerNotification};
 use rmcp::service::{SubscriptionSendError, SubscriptionSink};
 use rmcp::{Peer, RoleServer};
 
+use crate::isolation::Dedicated;
+
 /// One downstream session (one handler clone of rmcp's HTTP service).
 #[derive(Debug)]
 pub(crate) struct Session {
@@ -22,6 +24,8 @@ pub(crate) struct Session {
     /// The client, known from its first request.
     peer: OnceLock<Peer<RoleServer>>,
     state: Mutex<SessionState>,
+    /// Its own connections to `isolation: per-session` servers.
+    pub(crate) dedicated: Dedicated,
 }
 
 #[derive(Debug, Default)]
@@ -93,11 +97,20 @@ impl Sessions {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             peer: OnceLock::new(),
             state: Mutex::new(SessionState::default()),
+            dedicated: Dedicated::default(),
         });
         let mut live = lock(&self.live);
         live.retain(|session| session.strong_count() > 0);
         live.push(Arc::downgrade(&session));
         session
+    }
+
+    /// The sessions of a per-session upstream: just its own, so what that
+    /// upstream announces reaches no other client.
+    pub(crate) fn only(session: &Arc<Session>) -> Arc<Sessions> {
+        let sessions = Sessions::default();
+        lock(&sessions.live).push(Arc::downgrade(session));
+        Arc::new(sessions)
     }
 
     pub(crate) fn live(&self) -> Vec<Arc<Session>> {

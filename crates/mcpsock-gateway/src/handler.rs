@@ -17,7 +17,8 @@
 #![allow(deprecated)]
 
 use std::borrow::Cow;
-use std::pin::pin;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -26,21 +27,25 @@ use futures::stream::FuturesUnordered;
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CancelledNotificationParam, ClientNotification, ClientRequest,
     CompleteRequestParams, CompleteResult, GetPromptRequestParams, GetPromptResponse, Implementation,
-    InitializeRequestParams, InitializeResult, ListPromptsResult, ListResourceTemplatesResult,
-    ListResourcesResult, ListToolsResult, LoggingLevel, Notification, PaginatedRequestParams,
-    ReadResourceRequestParams, ReadResourceResponse, Reference, Request, RequestId, ResultType,
-    ServerCapabilities, ServerConfig, ServerNotification, ServerRequest, ServerResult, SetLevelRequestParams,
-    SubscribeRequestParams, SubscriptionFilter, UnsubscribeRequestParams,
+    InitializeRequestParams, InitializeResult, InputRequiredResult, InputResponses, ListPromptsResult,
+    ListResourceTemplatesResult, ListResourcesResult, ListToolsResult, LoggingLevel, Notification,
+    PaginatedRequestParams, ProtocolVersion, ReadResourceRequestParams, ReadResourceResponse, Reference,
+    Request, RequestId, ResultType, ServerCapabilities, ServerConfig, ServerNotification, ServerRequest,
+    ServerResult, SetLevelRequestParams, SubscribeRequestParams, SubscriptionFilter,
+    UnsubscribeRequestParams,
 };
 use rmcp::service::{NotificationContext, PeerRequestOptions, RequestContext, SubscriptionContext};
 use rmcp::{ErrorData, Peer, RoleClient, RoleServer, ServerHandler, ServiceError};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::downstream::{Session, Sessions};
+use crate::limits::Slot;
 use crate::names::NameIndex;
-use crate::routes::{RELAY_BUFFER, Relay, Route};
+use crate::pages;
+use crate::parked::{self, ParkedCalls, Reply};
+use crate::routes::{RELAY_BUFFER, Relay, Route, RouteGuard};
 use crate::upstream::{Lease, Timing, Upstream, read};
-use crate::{UpstreamEvent, UpstreamReport, UpstreamSpec};
+use crate::{Isolation, UpstreamEvent, UpstreamReport, UpstreamSpec};
 
 /// Settings of the gateway.
 #[derive(Clone, Debug)]
@@ -57,6 +62,8 @@ pub struct GatewayOptions {
     pub request_timeout: Duration,
     /// Where upstream events are sent, when someone follows them.
     pub events: Option<tokio::sync::broadcast::Sender<UpstreamEvent>>,
+    /// Entries per page of `tools/list` and the other lists.
+    pub list_page_size: usize,
 }
 
 impl Default for GatewayOptions {
@@ -67,9 +74,15 @@ impl Default for GatewayOptions {
             stop_grace: Duration::from_secs(5),
             request_timeout: Duration::from_secs(300),
             events: None,
+            list_page_size: DEFAULT_LIST_PAGE_SIZE,
         }
     }
 }
+
+/// Entries per page of the lists unless configured otherwise: enough that
+/// most setups answer in one page, few enough that a client with hundreds
+/// of tools gets them in pieces it can show while the rest comes.
+pub const DEFAULT_LIST_PAGE_SIZE: usize = 100;
 
 impl GatewayOptions {
     pub fn separator(mut self, separator: impl Into<String>) -> Self {
@@ -96,6 +109,19 @@ impl GatewayOptions {
         self.events = Some(events);
         self
     }
+
+    pub fn list_page_size(mut self, list_page_size: usize) -> Self {
+        self.list_page_size = list_page_size.max(1);
+        self
+    }
+
+    pub(crate) fn timing(&self) -> Timing {
+        Timing {
+            init_timeout: self.init_timeout,
+            stop_grace: self.stop_grace,
+            request_timeout: self.request_timeout,
+        }
+    }
 }
 
 /// The shared gateway. Every downstream session gets its own handle from
@@ -121,6 +147,8 @@ pub(crate) struct Inner {
     pub(crate) changing: tokio::sync::Mutex<()>,
     /// Replaced upstreams still finishing their requests.
     pub(crate) draining: Mutex<Vec<Arc<Upstream>>>,
+    /// Upstream calls waiting for a 2026-07-28 client's answer.
+    parked: ParkedCalls<Exchange>,
 }
 
 /// The offered names of one set of upstreams. Entries refer to upstreams by
@@ -140,11 +168,7 @@ impl Gateway {
     pub async fn start(mut specs: Vec<UpstreamSpec>, options: GatewayOptions) -> Self {
         specs.sort_by(|a, b| a.name.cmp(&b.name));
         let sessions = Arc::new(Sessions::default());
-        let timing = Timing {
-            init_timeout: options.init_timeout,
-            stop_grace: options.stop_grace,
-            request_timeout: options.request_timeout,
-        };
+        let timing = options.timing();
         let upstreams = futures::future::join_all(
             specs.iter().map(|spec| Upstream::start(spec, timing, sessions.clone(), options.events.clone())),
         )
@@ -158,6 +182,7 @@ impl Gateway {
                 names: Mutex::new(None),
                 changing: tokio::sync::Mutex::new(()),
                 draining: Mutex::new(Vec::new()),
+                parked: ParkedCalls::new(),
             }),
             session,
         }
@@ -171,12 +196,68 @@ impl Gateway {
 
     /// The state of every upstream, in name order.
     pub fn report(&self) -> Vec<UpstreamReport> {
-        self.upstreams().iter().map(|upstream| upstream.report()).collect()
+        let sessions = self.inner.sessions.live();
+        self.upstreams()
+            .iter()
+            .map(|upstream| {
+                let mut report = upstream.report();
+                report.instances =
+                    sessions.iter().flat_map(|session| session.dedicated.reports_of(upstream)).collect();
+                report
+            })
+            .collect()
     }
 
-    /// Stops every upstream (their whole process groups).
+    /// Stops every upstream (their whole process groups), per-session ones
+    /// included.
     pub async fn shutdown(&self) {
-        futures::future::join_all(self.upstreams().iter().map(|upstream| upstream.stop())).await;
+        let dedicated: Vec<Arc<Upstream>> =
+            self.inner.sessions.live().iter().flat_map(|session| session.dedicated.take_all()).collect();
+        let upstreams = self.upstreams();
+        futures::future::join_all(upstreams.iter().chain(&dedicated).map(|upstream| upstream.stop())).await;
+    }
+
+    /// The upstream a request of this session goes to: `lease` itself when
+    /// it is shared, else this session's own connection to that server,
+    /// started now if it has none. A 2026-07-28 request has no session, so
+    /// it cannot be given a connection of its own: it is refused rather than
+    /// served by a connection other clients share, which is what the
+    /// isolation promises never happens.
+    async fn dedicated(
+        &self,
+        lease: Lease,
+        context: &RequestContext<RoleServer>,
+    ) -> Result<Lease, ErrorData> {
+        let Isolation::PerSession { idle_timeout } = lease.spec.isolation else { return Ok(lease) };
+        if is_modern(context) {
+            return Err(ErrorData::invalid_request(
+                format!(
+                    "server {} has \"isolation\": \"per-session\" and this 2026-07-28 request has no session to give it a connection of its own; use a client that opens a session (protocol 2025-11-25 or earlier) for it, or set its isolation to \"shared\"",
+                    lease.name
+                ),
+                None,
+            ));
+        }
+        let template = lease.upstream().clone();
+        drop(lease);
+        let started_now =
+            self.session.dedicated.running().iter().all(|upstream| upstream.name != template.name);
+        let own = self
+            .session
+            .dedicated
+            .lease(&self.session, &template, idle_timeout, self.inner.options.timing())
+            .await;
+        // A session that chose a log level gets it from its new connection too.
+        if started_now
+            && let Some(level) = self.session.log_level()
+            && read(&own.catalog).capabilities.logging.is_some()
+        {
+            let request = ClientRequest::SetLevelRequest(Request::new(SetLevelRequestParams::new(level)));
+            if let Err(error) = self.forward_upstream_only(&own, request).await {
+                tracing::debug!(upstream = %own.name, %error.message, "could not set the log level of a per-session upstream");
+            }
+        }
+        Ok(own)
     }
 
     /// The current upstreams; a snapshot, cheap to take.
@@ -259,11 +340,25 @@ impl Gateway {
     /// the upstream gets `notifications/cancelled`.
     async fn forward(
         &self,
-        upstream: &Upstream,
+        upstream: &Lease,
         request: ClientRequest,
         context: &RequestContext<RoleServer>,
     ) -> Result<ServerResult, ErrorData> {
-        let _slot = tokio::select! {
+        let binding = binding_of(&request);
+        self.forward_bound(upstream, request, binding, context).await
+    }
+
+    /// [`Self::forward`] of a request the client may retry with a
+    /// `requestState`: `binding` names it as the client sent it (before its
+    /// tool or prompt name was translated), so the retry finds its call.
+    async fn forward_bound(
+        &self,
+        upstream: &Lease,
+        request: ClientRequest,
+        binding: String,
+        context: &RequestContext<RoleServer>,
+    ) -> Result<ServerResult, ErrorData> {
+        let slot = tokio::select! {
             slot = upstream.limiter.admit(&upstream.name) => slot?,
             () = context.ct.cancelled() => return Err(ErrorData::internal_error("the request was cancelled", None)),
         };
@@ -281,26 +376,56 @@ impl Gateway {
             .send_request_with_option(request, options)
             .await
             .map_err(|error| upstream_error(upstream, error))?;
-        let (relay, mut relayed) = mpsc::channel(RELAY_BUFFER);
-        let _route = upstream.routes.register(
+        let (relay, relayed) = mpsc::channel(RELAY_BUFFER);
+        let route = upstream.routes.register(
             handle.id.clone(),
             handle.progress_token.clone(),
             Route { session: self.session.id, progress_token: context.meta.get_progress_token(), relay },
         );
-        let mut cancel = CancelOnDrop { peer: Some(peer), id: handle.id.clone() };
+        let cancel = CancelOnDrop { peer: Some(peer), id: handle.id.clone() };
         let timeout = self.inner.options.request_timeout;
-        let mut response = pin!(handle.await_response());
-        let mut deadline = pin!(tokio::time::sleep(timeout));
+        let exchange = Exchange {
+            upstream: upstream.upstream().lease(),
+            _slot: slot,
+            _route: route,
+            cancel,
+            response: Box::pin(handle.await_response()),
+            relayed,
+            deadline: Box::pin(tokio::time::sleep(timeout)),
+            binding,
+        };
+        self.drive(exchange, context).await
+    }
+
+    /// Waits for an upstream call's answer, relaying what the upstream sends
+    /// meanwhile. A question (elicitation, sampling, roots) goes to a client
+    /// of the earlier revisions as a request of the gateway's own; for a
+    /// 2026-07-28 client, which takes no requests, the call is parked and
+    /// the question answered as an `InputRequiredResult` (see `parked`).
+    async fn drive(
+        &self,
+        mut exchange: Exchange,
+        context: &RequestContext<RoleServer>,
+    ) -> Result<ServerResult, ErrorData> {
+        let modern = is_modern(context);
+        let upstream = exchange.upstream.upstream().clone();
+        let timeout = self.inner.options.request_timeout;
         let mut deliveries = FuturesUnordered::new();
         let result = loop {
             tokio::select! {
-                result = &mut response => break result.map_err(|error| upstream_error(upstream, error)),
-                Some(message) = relayed.recv() => match message {
+                result = &mut exchange.response => break result.map_err(|error| upstream_error(&upstream, error)),
+                Some(message) = exchange.relayed.recv() => match message {
                     Relay::Notification(notification) => notify(&context.peer, notification).await,
+                    Relay::Request { request, reply } if modern => {
+                        match self.park(exchange, request, reply) {
+                            Ok(asked) => return Ok(asked),
+                            Err(back) => exchange = back,
+                        }
+                    }
                     Relay::Request { request, reply } => deliveries.push(deliver(context.peer.clone(), request, reply)),
                 },
                 Some(()) = deliveries.next(), if !deliveries.is_empty() => {}
-                () = &mut deadline => {
+                () = &mut exchange.deadline => {
                     return Err(ErrorData::internal_error(
                         format!(
                             "upstream {} did not answer within {}s; the request was cancelled (raise request_timeout for slow tools)",
@@ -315,13 +440,13 @@ impl Gateway {
                 }
             }
         };
-        cancel.disarm();
+        exchange.cancel.disarm();
         // rmcp hands each upstream notification to its own task, so one sent
         // just before the answer may still be on its way to the relay; wait
         // until the progress and log notifications read so far are relayed,
         // then deliver them before the answer.
         upstream.links.ledger.caught_up(NOTIFICATION_CATCH_UP).await;
-        while let Ok(message) = relayed.try_recv() {
+        while let Ok(message) = exchange.relayed.try_recv() {
             if let Relay::Notification(notification) = message {
                 notify(&context.peer, notification).await;
             }
@@ -339,16 +464,93 @@ impl Gateway {
         result
     }
 
+    /// Parks `exchange` with the upstream's question and returns the
+    /// `InputRequiredResult` that asks it; or, when the question cannot be
+    /// parked (not a kind a client answers that way, or too many parked),
+    /// refuses it upstream and gives the exchange back to go on waiting.
+    #[allow(clippy::result_large_err)]
+    fn park(
+        &self,
+        exchange: Exchange,
+        request: ServerRequest,
+        reply: Reply,
+    ) -> Result<ServerResult, Exchange> {
+        let (kind, question) = match parked::input_request(request) {
+            Ok(question) => question,
+            Err(method) => {
+                let _ = reply.send(Err(ErrorData::invalid_request(
+                    format!("a 2026-07-28 client cannot be sent {method}"),
+                    None,
+                )));
+                return Err(exchange);
+            }
+        };
+        let deadline = exchange.deadline.deadline();
+        let ttl = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let binding = exchange.binding.clone();
+        let calls = &self.inner.parked;
+        match calls.park(exchange, question, kind, reply, binding, ttl) {
+            Ok(asked) => {
+                // A client that never comes back must not hold the upstream
+                // call for ever: it is cancelled when its time is up.
+                let inner = Arc::downgrade(&self.inner);
+                let id = asked.id;
+                tokio::spawn(async move {
+                    tokio::time::sleep_until(deadline).await;
+                    if let Some(inner) = inner.upgrade()
+                        && inner.parked.expire(id)
+                    {
+                        tracing::info!(
+                            parked = id,
+                            "a parked call's client did not come back in time; cancelled upstream"
+                        );
+                    }
+                });
+                let mut result = InputRequiredResult::from_request_state(asked.request_state);
+                result.input_requests = Some(asked.input_requests);
+                Ok(ServerResult::InputRequiredResult(result))
+            }
+            Err((exchange, reply)) => {
+                tracing::warn!(upstream = %exchange.upstream.name, "too many calls wait for their clients' answers; a question was refused");
+                let _ = reply.send(Err(ErrorData::internal_error(
+                    format!(
+                        "mcpsock has {} calls waiting for their clients' answers; try again later",
+                        parked::MAX_PARKED
+                    ),
+                    None,
+                )));
+                Err(exchange)
+            }
+        }
+    }
+
+    /// Continues the call a retry's `requestState` names: the client's
+    /// answer goes to the upstream's question, then the call is waited on
+    /// again.
+    async fn resume(
+        &self,
+        binding: &str,
+        request_state: &str,
+        responses: Option<&InputResponses>,
+        context: &RequestContext<RoleServer>,
+    ) -> Result<ServerResult, ErrorData> {
+        let (exchange, reply, answer) = self.inner.parked.resume(request_state, responses, binding)?;
+        // The upstream may have withdrawn its question meanwhile; then the
+        // answer has nowhere to go, and the call goes on without it.
+        let _ = reply.send(Ok(answer));
+        self.drive(exchange, context).await
+    }
+
     /// Forwards a request whose answer is an empty result.
     async fn forward_empty(
         &self,
-        upstream: &Upstream,
+        upstream: &Lease,
         request: ClientRequest,
         context: &RequestContext<RoleServer>,
     ) -> Result<(), ErrorData> {
         match self.forward(upstream, request, context).await? {
             ServerResult::EmptyResult(_) => Ok(()),
-            other => Err(unexpected(upstream, &other)),
+            other => Err(unexpected(&other)),
         }
     }
 
@@ -411,6 +613,38 @@ const MODERN_ENVELOPE: [&str; 4] = [
     "io.modelcontextprotocol/clientCapabilities",
     "io.modelcontextprotocol/logLevel",
 ];
+
+/// One upstream call in flight: everything that keeps it going (its lease,
+/// its slot of `max_concurrent_requests`, its route, the upstream request)
+/// and its deadline, owned so that it can be parked while a 2026-07-28
+/// client answers a question. Dropped before the answer, it cancels the
+/// upstream request.
+pub(crate) struct Exchange {
+    upstream: Lease,
+    _slot: Slot,
+    _route: RouteGuard,
+    cancel: CancelOnDrop,
+    response: Pin<Box<dyn Future<Output = Result<ServerResult, ServiceError>> + Send>>,
+    relayed: mpsc::Receiver<Relay>,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    /// The method and target the client's retry must repeat.
+    binding: String,
+}
+
+/// What a retry must repeat of the request it continues: the method and the
+/// tool, prompt or resource.
+fn binding_of(request: &ClientRequest) -> String {
+    match request {
+        ClientRequest::CallToolRequest(request) => binding("tools/call", &request.params.name),
+        ClientRequest::GetPromptRequest(request) => binding("prompts/get", &request.params.name),
+        ClientRequest::ReadResourceRequest(request) => binding("resources/read", &request.params.uri),
+        other => binding(other.method(), ""),
+    }
+}
+
+fn binding(method: &str, target: &str) -> String {
+    format!("{method} {target}")
+}
 
 /// Sends `notifications/cancelled` for an upstream request that is dropped
 /// before its answer arrived.
@@ -506,12 +740,15 @@ fn upstream_error(upstream: &Upstream, error: ServiceError) -> ErrorData {
     }
 }
 
-fn unexpected(upstream: &Upstream, result: &ServerResult) -> ErrorData {
-    tracing::debug!(upstream = %upstream.name, ?result, "unexpected result type");
-    ErrorData::internal_error(
-        format!("upstream {} answered with an unexpected result type", upstream.name),
-        None,
-    )
+fn unexpected(result: &ServerResult) -> ErrorData {
+    tracing::debug!(?result, "unexpected result type");
+    ErrorData::internal_error("the upstream answered with an unexpected result type", None)
+}
+
+/// A `requestState` the gateway issued (to be opened by it), as opposed to
+/// none or an upstream's own (passed on untouched).
+fn own_state(request_state: Option<&str>) -> Option<&str> {
+    request_state.filter(|state| parked::is_ours(Some(state)))
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -556,7 +793,7 @@ impl ServerHandler for Gateway {
 
     async fn list_tools(
         &self,
-        _request: Option<PaginatedRequestParams>,
+        request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
         self.session.remember_peer(&context.peer);
@@ -571,7 +808,16 @@ impl ServerHandler for Gateway {
                 Some(tool)
             }));
         }
-        Ok(ListToolsResult::with_all_items(tools))
+        let (tools, next_cursor) = pages::page(
+            "tools",
+            tools,
+            |tool| &tool.name,
+            cursor_of(&request),
+            self.inner.options.list_page_size,
+        )?;
+        let mut result = ListToolsResult::with_all_items(tools);
+        result.next_cursor = next_cursor;
+        Ok(result)
     }
 
     async fn call_tool(
@@ -580,12 +826,18 @@ impl ServerHandler for Gateway {
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
         self.session.remember_peer(&context.peer);
-        let (upstream, tool) = self.route(&request.name, "tool")?;
-        let mut upstream_request = request;
-        upstream_request.name = tool.into();
-        let result = self
-            .forward(&upstream, ClientRequest::CallToolRequest(Request::new(upstream_request)), &context)
-            .await?;
+        let binding = binding("tools/call", &request.name);
+        let result = match own_state(request.request_state.as_deref()) {
+            Some(state) => self.resume(&binding, state, request.input_responses.as_ref(), &context).await?,
+            None => {
+                let (upstream, tool) = self.route(&request.name, "tool")?;
+                let upstream = self.dedicated(upstream, &context).await?;
+                let mut upstream_request = request;
+                upstream_request.name = tool.into();
+                let forwarded = ClientRequest::CallToolRequest(Request::new(upstream_request));
+                self.forward_bound(&upstream, forwarded, binding, &context).await?
+            }
+        };
         match result {
             // The upstream session may be of an older era, whose results
             // carry no resultType; 2026-07-28 clients require it (rmcp
@@ -596,32 +848,47 @@ impl ServerHandler for Gateway {
             }
             ServerResult::InputRequiredResult(result) => Ok(CallToolResponse::InputRequired(result)),
             ServerResult::CreateTaskResult(result) => Ok(CallToolResponse::Task(result)),
-            other => Err(unexpected(&upstream, &other)),
+            other => Err(unexpected(&other)),
         }
     }
 
     async fn list_resources(
         &self,
-        _request: Option<PaginatedRequestParams>,
+        request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListResourcesResult, ErrorData> {
         self.session.remember_peer(&context.peer);
         let resources = running(&self.upstreams())
             .flat_map(|(_, upstream)| read(&upstream.catalog).resources.clone())
             .collect();
-        Ok(ListResourcesResult::with_all_items(resources))
+        let size = self.inner.options.list_page_size;
+        let (resources, next_cursor) =
+            pages::page("resources", resources, |resource| &resource.uri, cursor_of(&request), size)?;
+        let mut result = ListResourcesResult::with_all_items(resources);
+        result.next_cursor = next_cursor;
+        Ok(result)
     }
 
     async fn list_resource_templates(
         &self,
-        _request: Option<PaginatedRequestParams>,
+        request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListResourceTemplatesResult, ErrorData> {
         self.session.remember_peer(&context.peer);
         let templates = running(&self.upstreams())
             .flat_map(|(_, upstream)| read(&upstream.catalog).resource_templates.clone())
             .collect();
-        Ok(ListResourceTemplatesResult::with_all_items(templates))
+        let size = self.inner.options.list_page_size;
+        let (templates, next_cursor) = pages::page(
+            "templates",
+            templates,
+            |template| &template.uri_template,
+            cursor_of(&request),
+            size,
+        )?;
+        let mut result = ListResourceTemplatesResult::with_all_items(templates);
+        result.next_cursor = next_cursor;
+        Ok(result)
     }
 
     async fn read_resource(
@@ -630,17 +897,23 @@ impl ServerHandler for Gateway {
         context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, ErrorData> {
         self.session.remember_peer(&context.peer);
-        let upstream = self.resource_owner(&request.uri).ok_or_else(|| not_offered(&request.uri))?;
-        match self
-            .forward(&upstream, ClientRequest::ReadResourceRequest(Request::new(request)), &context)
-            .await?
-        {
+        let binding = binding("resources/read", &request.uri);
+        let result = match own_state(request.request_state.as_deref()) {
+            Some(state) => self.resume(&binding, state, request.input_responses.as_ref(), &context).await?,
+            None => {
+                let upstream = self.resource_owner(&request.uri).ok_or_else(|| not_offered(&request.uri))?;
+                let upstream = self.dedicated(upstream, &context).await?;
+                let forwarded = ClientRequest::ReadResourceRequest(Request::new(request));
+                self.forward_bound(&upstream, forwarded, binding, &context).await?
+            }
+        };
+        match result {
             ServerResult::ReadResourceResult(mut result) => {
                 result.result_type.get_or_insert(ResultType::COMPLETE);
                 Ok(ReadResourceResponse::Complete(result))
             }
             ServerResult::InputRequiredResult(result) => Ok(ReadResourceResponse::InputRequired(result)),
-            other => Err(unexpected(&upstream, &other)),
+            other => Err(unexpected(&other)),
         }
     }
 
@@ -652,6 +925,7 @@ impl ServerHandler for Gateway {
         self.session.remember_peer(&context.peer);
         let uri = request.uri.clone();
         let upstream = self.resource_owner(&uri).ok_or_else(|| not_offered(&uri))?;
+        let upstream = self.dedicated(upstream, &context).await?;
         self.forward_empty(&upstream, ClientRequest::SubscribeRequest(Request::new(request)), &context)
             .await?;
         self.session.subscribe(&uri);
@@ -666,11 +940,14 @@ impl ServerHandler for Gateway {
         self.session.remember_peer(&context.peer);
         let uri = request.uri.clone();
         self.session.unsubscribe(&uri);
-        // The upstream subscription is shared: it ends with its last subscriber.
-        if self.inner.sessions.anyone_subscribed(&uri) {
+        let upstream = self.resource_owner(&uri).ok_or_else(|| not_offered(&uri))?;
+        // A shared upstream subscription ends with its last subscriber; a
+        // per-session connection has only this one.
+        let shared = upstream.spec.isolation == Isolation::Shared;
+        if shared && self.inner.sessions.anyone_subscribed(&uri) {
             return Ok(());
         }
-        let upstream = self.resource_owner(&uri).ok_or_else(|| not_offered(&uri))?;
+        let upstream = self.dedicated(upstream, &context).await?;
         self.forward_empty(&upstream, ClientRequest::UnsubscribeRequest(Request::new(request)), &context)
             .await
     }
@@ -686,7 +963,8 @@ impl ServerHandler for Gateway {
         // verbose level any session asked for, and each session gets only
         // the messages at or above its own level.
         let level = self.inner.sessions.most_verbose_level().unwrap_or(LoggingLevel::Debug);
-        for (_, upstream) in running(&self.upstreams()) {
+        let shared = running(&self.upstreams()).map(|(_, upstream)| upstream.clone()).collect::<Vec<_>>();
+        for upstream in shared.iter().chain(&self.session.dedicated.running()) {
             if read(&upstream.catalog).capabilities.logging.is_none() {
                 continue;
             }
@@ -722,18 +1000,19 @@ impl ServerHandler for Gateway {
         if read(&upstream.catalog).capabilities.completions.is_none() {
             return Ok(CompleteResult::default());
         }
+        let upstream = self.dedicated(upstream, &context).await?;
         match self
             .forward(&upstream, ClientRequest::CompleteRequest(Request::new(upstream_request)), &context)
             .await?
         {
             ServerResult::CompleteResult(result) => Ok(result),
-            other => Err(unexpected(&upstream, &other)),
+            other => Err(unexpected(&other)),
         }
     }
 
     async fn list_prompts(
         &self,
-        _request: Option<PaginatedRequestParams>,
+        request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListPromptsResult, ErrorData> {
         self.session.remember_peer(&context.peer);
@@ -748,7 +1027,12 @@ impl ServerHandler for Gateway {
                 Some(prompt)
             }));
         }
-        Ok(ListPromptsResult::with_all_items(prompts))
+        let size = self.inner.options.list_page_size;
+        let (prompts, next_cursor) =
+            pages::page("prompts", prompts, |prompt| &prompt.name, cursor_of(&request), size)?;
+        let mut result = ListPromptsResult::with_all_items(prompts);
+        result.next_cursor = next_cursor;
+        Ok(result)
     }
 
     async fn get_prompt(
@@ -757,19 +1041,25 @@ impl ServerHandler for Gateway {
         context: RequestContext<RoleServer>,
     ) -> Result<GetPromptResponse, ErrorData> {
         self.session.remember_peer(&context.peer);
-        let (upstream, prompt) = self.route(&request.name, "prompt")?;
-        let mut upstream_request = request;
-        upstream_request.name = prompt;
-        match self
-            .forward(&upstream, ClientRequest::GetPromptRequest(Request::new(upstream_request)), &context)
-            .await?
-        {
+        let binding = binding("prompts/get", &request.name);
+        let result = match own_state(request.request_state.as_deref()) {
+            Some(state) => self.resume(&binding, state, request.input_responses.as_ref(), &context).await?,
+            None => {
+                let (upstream, prompt) = self.route(&request.name, "prompt")?;
+                let upstream = self.dedicated(upstream, &context).await?;
+                let mut upstream_request = request;
+                upstream_request.name = prompt;
+                let forwarded = ClientRequest::GetPromptRequest(Request::new(upstream_request));
+                self.forward_bound(&upstream, forwarded, binding, &context).await?
+            }
+        };
+        match result {
             ServerResult::GetPromptResult(mut result) => {
                 result.result_type.get_or_insert(ResultType::COMPLETE);
                 Ok(GetPromptResponse::Complete(result))
             }
             ServerResult::InputRequiredResult(result) => Ok(GetPromptResponse::InputRequired(result)),
-            other => Err(unexpected(&upstream, &other)),
+            other => Err(unexpected(&other)),
         }
     }
 
@@ -815,6 +1105,16 @@ impl ServerHandler for Gateway {
             }
         }
     }
+}
+
+/// Whether a request is of the 2026-07-28 revision or later, whose clients
+/// have no session and take no requests from a server.
+pub(crate) fn is_modern(context: &RequestContext<RoleServer>) -> bool {
+    context.protocol_version().is_some_and(|version| version >= ProtocolVersion::V_2026_07_28)
+}
+
+fn cursor_of(request: &Option<PaginatedRequestParams>) -> Option<&str> {
+    request.as_ref().and_then(|request| request.cursor.as_deref())
 }
 
 fn not_offered(uri: &str) -> ErrorData {

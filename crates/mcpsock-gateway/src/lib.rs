@@ -7,19 +7,22 @@
 mod change;
 mod downstream;
 mod handler;
+mod isolation;
 mod limits;
 mod names;
+mod pages;
+mod parked;
 mod remote;
 mod routes;
 mod spawn;
 mod upstream;
 
 pub use change::ChangeReport;
-pub use handler::{Gateway, GatewayOptions};
+pub use handler::{DEFAULT_LIST_PAGE_SIZE, Gateway, GatewayOptions};
 pub use limits::RequestLimits;
 pub use names::ToolFilter;
 pub use remote::{HttpEndpoint, HttpSpec};
 pub use upstream::{
-    PING_FAILURES_BEFORE_RESTART, StdioSpec, Supervision, UpstreamEvent, UpstreamReport, UpstreamSpec,
-    UpstreamState, UpstreamTransport,
+    DEFAULT_IDLE_TIMEOUT, InstanceReport, Isolation, PING_FAILURES_BEFORE_RESTART, StdioSpec, Supervision,
+    UpstreamEvent, UpstreamReport, UpstreamSpec, UpstreamState, UpstreamTransport,
 };

@@ -59,7 +59,28 @@ pub struct UpstreamSpec {
     pub limits: RequestLimits,
     /// Health pings and restarts.
     pub supervision: Supervision,
+    /// Whether downstream sessions share one connection or get their own.
+    pub isolation: Isolation,
 }
+
+/// How downstream sessions share an upstream.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Isolation {
+    /// One connection (one process, for stdio) serves every session.
+    #[default]
+    Shared,
+    /// Every downstream session that uses the server gets a connection of
+    /// its own, started at its first request to the server and stopped when
+    /// the session ends or after `idle_timeout` without a request. The
+    /// shared connection then only tells the catalog (tools, prompts,
+    /// resources) and is never sent a client's request.
+    PerSession { idle_timeout: Duration },
+}
+
+/// How long a per-session connection may go without a request before it is
+/// stopped, unless the config says otherwise.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// How an upstream is reached.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -180,7 +201,13 @@ impl UpstreamSpec {
             tools: ToolFilter::default(),
             limits: RequestLimits::default(),
             supervision: Supervision::default(),
+            isolation: Isolation::Shared,
         }
+    }
+
+    pub fn isolation(mut self, isolation: Isolation) -> Self {
+        self.isolation = isolation;
+        self
     }
 
     pub fn limits(mut self, limits: RequestLimits) -> Self {
@@ -237,6 +264,7 @@ impl fmt::Debug for UpstreamSpec {
             .field("tools", &self.tools)
             .field("limits", &self.limits)
             .field("supervision", &self.supervision)
+            .field("isolation", &self.isolation)
             .finish()
     }
 }
@@ -284,6 +312,24 @@ pub struct UpstreamReport {
     pub last_ping: Option<(SystemTime, Duration)>,
     /// Pings that failed since the last answered one.
     pub ping_failures: u32,
+    /// Shared, or one connection per downstream session.
+    pub isolation: Isolation,
+    /// The per-session connections now running (none for a shared upstream).
+    pub instances: Vec<InstanceReport>,
+}
+
+/// One per-session connection of an upstream with `isolation: per-session`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct InstanceReport {
+    pub state: UpstreamState,
+    /// Its process, for a stdio upstream.
+    pub pid: Option<u32>,
+    /// Client requests being served now.
+    pub in_flight: usize,
+    /// How long since it last served a request.
+    pub idle: Duration,
+    pub restarts: u32,
 }
 
 /// Something that happened to an upstream, for whoever follows the gateway
@@ -496,7 +542,7 @@ impl UpstreamClient {
     }
 }
 
-fn method_of(request: &ServerRequest) -> String {
+pub(crate) fn method_of(request: &ServerRequest) -> String {
     match request {
         ServerRequest::PingRequest(_) => "ping".into(),
         ServerRequest::CreateMessageRequest(_) => "sampling/createMessage".into(),
@@ -684,6 +730,9 @@ pub(crate) struct Upstream {
     /// Requests routed to this upstream and not yet answered.
     in_flight: AtomicUsize,
     idle: Notify,
+    /// When a request last took or released a lease: per-session
+    /// connections are stopped after `idle_timeout` without one.
+    last_active: Mutex<Instant>,
     /// A request failed on the connection: the supervisor pings at once.
     suspect: Notify,
     pings: Mutex<PingRecord>,
@@ -707,8 +756,16 @@ impl std::ops::Deref for Lease {
     }
 }
 
+impl Lease {
+    /// The upstream the lease is on.
+    pub(crate) fn upstream(&self) -> &Arc<Upstream> {
+        &self.0
+    }
+}
+
 impl Drop for Lease {
     fn drop(&mut self) {
+        *lock(&self.0.last_active) = Instant::now();
         if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.0.idle.notify_waiters();
         }
@@ -802,6 +859,7 @@ impl Upstream {
             last_error: Mutex::new(last_error),
             in_flight: AtomicUsize::new(0),
             idle: Notify::new(),
+            last_active: Mutex::new(Instant::now()),
             suspect: Notify::new(),
             pings: Mutex::default(),
         });
@@ -1056,7 +1114,36 @@ impl Upstream {
             supervision: self.spec.supervision,
             last_ping: pings.last_answered,
             ping_failures: pings.failures,
+            isolation: self.spec.isolation,
+            instances: Vec::new(),
         }
+    }
+
+    /// What a per-session connection reports about itself.
+    pub(crate) fn instance_report(&self) -> InstanceReport {
+        let report = self.report();
+        InstanceReport {
+            state: report.state,
+            pid: report.pid,
+            in_flight: self.in_flight(),
+            idle: lock(&self.last_active).elapsed(),
+            restarts: report.restarts,
+        }
+    }
+
+    /// When a request last held a lease on it (or when it started).
+    pub(crate) fn last_active(&self) -> Instant {
+        *lock(&self.last_active)
+    }
+
+    /// Whether it ended for good: failed to start, or gave up restarting.
+    pub(crate) fn is_failed(&self) -> bool {
+        matches!(&*lock(&self.connection), Connection::Failed { .. } | Connection::Stopped)
+    }
+
+    /// Ended when the upstream is stopped.
+    pub(crate) async fn stopped(&self) {
+        self.stopping.cancelled().await
     }
 
     /// The spec this upstream was started from.
@@ -1067,6 +1154,7 @@ impl Upstream {
     /// Counts a request routed here until the lease is dropped.
     pub(crate) fn lease(self: &Arc<Self>) -> Lease {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
+        *lock(&self.last_active) = Instant::now();
         Lease(self.clone())
     }
 

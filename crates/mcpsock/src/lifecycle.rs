@@ -217,6 +217,22 @@ fn status_text(endpoint: &Endpoint, status: &Status) -> String {
             if let Some(url) = &upstream.url {
                 let _ = writeln!(text, "{:width$}  url {url}", "");
             }
+            if upstream.isolation == "per-session" {
+                let pids: Vec<String> = upstream
+                    .instances
+                    .iter()
+                    .map(|instance| instance.pid.map(|pid| pid.to_string()).unwrap_or_else(|| "-".into()))
+                    .collect();
+                let _ = writeln!(
+                    text,
+                    "{:width$}  per-session: {} running{}{}; idle ones stop after {}",
+                    "",
+                    upstream.instances.len(),
+                    if pids.is_empty() { "" } else { ", pids " },
+                    pids.join(" "),
+                    upstream.idle_timeout.as_deref().unwrap_or("-")
+                );
+            }
             if let Some(supervision) = &upstream.supervision {
                 let ping = match &supervision.ping_interval {
                     Some(interval) => format!(

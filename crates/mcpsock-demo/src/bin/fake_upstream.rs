@@ -14,7 +14,12 @@
 //! With `--ansi-tool-name`, one tool's name carries escapes and a newline;
 //! with `--hang-on-ping`, `ping` is never answered (a hung server that still
 //! holds its pipes open); with `--exit-after-ms N`, it exits N milliseconds
-//! after it started (a server that keeps dying).
+//! after it started (a server that keeps dying); with `--extra-tools N`, it
+//! offers N more tools `extra_0000`… (each an `echo`), for long lists.
+//! `pid` answers its process id, `remember` keeps `arguments.text` and
+//! `recall` answers what was kept: state of one process, for telling
+//! processes apart. `ask` asks its client a question (`elicitation/create`)
+//! and answers with the client's answer, as JSON.
 
 // A stdio test fixture: writing to stdout and stderr is its whole job.
 #![allow(clippy::print_stderr)]
@@ -37,6 +42,14 @@ fn main() {
             std::process::exit(4);
         });
     }
+    let extra_tools: usize = arguments
+        .windows(2)
+        .find(|pair| pair[0] == "--extra-tools")
+        .and_then(|pair| pair[1].parse().ok())
+        .unwrap_or(0);
+    let mut remembered = String::new();
+    // The `tools/call` of `ask` waiting for its client's answer.
+    let mut asking: Option<Value> = None;
     let mut log = std::env::var_os("FAKE_UPSTREAM_LOG")
         .map(|path| std::fs::OpenOptions::new().create(true).append(true).open(path).expect("log file"));
     let stdin = std::io::stdin();
@@ -47,6 +60,18 @@ fn main() {
             let _ = writeln!(log, "{line}");
         }
         let Ok(message) = serde_json::from_str::<Value>(&line) else { continue };
+        // The client's answer to `ask`'s question completes the call.
+        if message.get("id") == Some(&json!("ask")) && message.get("method").is_none() {
+            if let Some(call) = asking.take() {
+                let answer = message.get("result").or(message.get("error")).cloned().unwrap_or_default();
+                let text = json!({"content": [{"type": "text", "text": answer.to_string()}]});
+                let reply = json!({"jsonrpc": "2.0", "id": call, "result": text}).to_string();
+                if writeln!(stdout, "{reply}").and_then(|()| stdout.flush()).is_err() {
+                    break;
+                }
+            }
+            continue;
+        }
         let (Some(id), Some(method)) =
             (message.get("id").cloned(), message.get("method").and_then(Value::as_str))
         else {
@@ -61,10 +86,16 @@ fn main() {
                 "serverInfo": {"name": "fake-upstream", "version": "1"},
             })),
             "tools/list" => {
-                let mut names = vec!["echo", "garbage", "hang", "crash", "flood", "ansi", "slow"];
+                let mut names: Vec<String> = [
+                    "echo", "garbage", "hang", "crash", "flood", "ansi", "slow", "pid", "remember", "recall",
+                    "ask",
+                ]
+                .map(String::from)
+                .into();
                 if ansi_tool_name {
-                    names.push("evil\u{1b}[31m\nname");
+                    names.push("evil\u{1b}[31m\nname".into());
                 }
+                names.extend((0..extra_tools).map(|n| format!("extra_{n:04}")));
                 let tools: Vec<Value> = names
                     .iter()
                     .map(|name| json!({"name": name, "inputSchema": {"type": "object"}}))
@@ -108,6 +139,25 @@ fn main() {
                             message.pointer("/params/arguments/ms").and_then(Value::as_u64).unwrap_or(1000);
                         std::thread::sleep(std::time::Duration::from_millis(ms));
                         text(&format!("slept {ms} ms"))
+                    }
+                    "pid" => text(&std::process::id().to_string()),
+                    "remember" => {
+                        message
+                            .pointer("/params/arguments/text")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                            .clone_into(&mut remembered);
+                        text("remembered")
+                    }
+                    "recall" => text(&remembered),
+                    "ask" => {
+                        asking = Some(id.clone());
+                        json!({"jsonrpc": "2.0", "id": "ask", "method": "elicitation/create", "params": {
+                            "mode": "form",
+                            "message": "What is your name?",
+                            "requestedSchema": {"type": "object", "properties": {"name": {"type": "string"}}},
+                        }})
+                        .to_string()
                     }
                     "ansi" => {
                         eprintln!(

@@ -4,8 +4,10 @@
 
 mod admin;
 mod backlog;
+mod isolation;
 mod library;
 mod lifecycle;
+mod lists;
 mod passthrough;
 mod persist;
 mod reload;

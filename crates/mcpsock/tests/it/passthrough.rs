@@ -416,3 +416,49 @@ fn a_reload_renames_the_tools_and_tells_open_sessions() {
     });
     assert!(daemon.stop().success());
 }
+
+/// A question of an upstream of the earlier revisions, asked during a
+/// 2026-07-28 client's call, becomes an `InputRequiredResult`; the retry with
+/// the answer completes the call; a call whose client never comes back is
+/// cancelled upstream when its `request_timeout` ends, and its state then
+/// says it expired.
+#[test]
+fn a_question_to_a_2026_client_is_input_required_and_an_abandoned_one_is_cancelled_upstream() {
+    let sandbox = Sandbox::new();
+    let received = sandbox.path().join("received.jsonl");
+    let config = sandbox.write_config(&json!({
+        "mcpServers": {"fake": {"command": fake_upstream(), "env": {"FAKE_UPSTREAM_LOG": received}}},
+        "request_timeout": "1s",
+    }));
+    let daemon = Daemon::start(&sandbox, &config);
+    let call = |extra: Value| {
+        let mut params = json!({"name": "fake__ask", "arguments": {}});
+        params.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        modern_request(&daemon.socket, "tools/call", params)
+    };
+    let question = |reply: &Value| {
+        let result = &reply["result"];
+        assert_eq!(result["resultType"], "input_required", "{reply}");
+        let (key, request) = result["inputRequests"].as_object().unwrap().iter().next().unwrap();
+        assert_eq!(request["method"], "elicitation/create", "{reply}");
+        assert_eq!(request["params"]["message"], "What is your name?");
+        (key.clone(), result["requestState"].as_str().unwrap().to_string())
+    };
+
+    let (key, state) = question(&call(json!({})));
+    let answer = json!({key: {"action": "accept", "content": {"name": "Ada"}}});
+    let done = call(json!({"inputResponses": answer, "requestState": state}));
+    let text = done["result"]["content"][0]["text"].as_str().unwrap_or_else(|| panic!("{done}"));
+    assert!(text.contains("\"accept\"") && text.contains("Ada"), "{text}");
+
+    let (key, state) = question(&call(json!({})));
+    wait_until("the abandoned call is cancelled upstream", || {
+        std::fs::read_to_string(&received).unwrap_or_default().contains("notifications/cancelled")
+    });
+    let answer = json!({key: {"action": "accept", "content": {"name": "late"}}});
+    let late = call(json!({"inputResponses": answer, "requestState": state}));
+    assert_eq!(late["error"]["code"], -32602, "{late}");
+    let message = late["error"]["message"].as_str().unwrap();
+    assert!(message.contains("expired") && message.contains("send the request again"), "{message}");
+    assert!(daemon.stop().success());
+}

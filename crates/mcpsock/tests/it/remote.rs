@@ -135,3 +135,32 @@ fn bad_urls_and_headers_are_refused_at_start_with_their_position() {
         assert!(message.contains(expected), "{server}: {message}");
     }
 }
+
+/// With `isolation: per-session`, each outer session gets an MCP session of
+/// its own on the inner daemon, deleted when the outer session closes.
+#[test]
+fn a_per_session_url_upstream_opens_one_upstream_session_per_client_session() {
+    let sandbox = Sandbox::new();
+    let inner_socket = inner_socket(&sandbox);
+    let inner = start_inner(&sandbox, &inner_socket);
+    let url = format!("unix://{}", inner_socket.display());
+    let config =
+        sandbox.write_config(&json!({"mcpServers": {"inner": {"url": url, "isolation": "per-session"}}}));
+    let outer = Daemon::start_with(&sandbox, &config, &sandbox.socket(), memory);
+    wait_until("the outer daemon connects", || upstream(&outer)["state"] == "running");
+    let inner_sessions = || status_of(&inner.socket)["sessions"].as_u64().unwrap();
+    // The shared connection, which tells the catalog.
+    assert_eq!(inner_sessions(), 1);
+    let first = McpSession::open(&outer.socket);
+    let second = McpSession::open(&outer.socket);
+    for session in [&first, &second] {
+        assert_eq!(session.call_text("inner__demo__echo", json!({"text": "hi"})), "hi");
+    }
+    assert_eq!(inner_sessions(), 3);
+    assert_eq!(upstream(&outer)["instances"].as_array().unwrap().len(), 2);
+    first.close();
+    wait_until("the closed session's upstream session is deleted", || inner_sessions() == 2);
+    assert_eq!(second.call_text("inner__demo__echo", json!({"text": "still"})), "still");
+    assert!(outer.stop().success());
+    assert!(inner.stop().success());
+}

@@ -348,6 +348,31 @@ fn exchange(mut stream: impl Read + Write, request: &[u8]) -> Vec<u8> {
     response
 }
 
+/// Sends one 2026-07-28 request (no session; the per-request envelope in
+/// `_meta`) and returns its JSON-RPC reply.
+pub(crate) fn modern_request(socket: &Path, method: &str, mut params: Value) -> Value {
+    params["_meta"] = serde_json::json!({
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientInfo": {"name": "t", "version": "1"},
+        "io.modelcontextprotocol/clientCapabilities": {},
+    });
+    let mut head = format!(
+        "POST /mcp HTTP/1.1\r\nHost: localhost\r\n{MCP_HEADERS}\r\nMcp-Protocol-Version: 2026-07-28\r\nMcp-Method: {method}"
+    );
+    if let Some(name) = params.get("name").and_then(Value::as_str) {
+        head.push_str(&format!("\r\nMcp-Name: {name}"));
+    }
+    let body = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
+    let response = raw_request_waiting(Target::Unix(socket), &head, body.to_string().as_bytes(), TIMEOUT);
+    response
+        .body
+        .lines()
+        .filter_map(|line| line.strip_prefix("data: ").or(Some(line)))
+        .filter_map(|data| serde_json::from_str::<Value>(data).ok())
+        .find(|message| message["id"] == 1)
+        .unwrap_or_else(|| panic!("no reply to {method}: {response:?}"))
+}
+
 /// The JSON-RPC `initialize` request of a legacy client.
 pub(crate) const INITIALIZE: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#;
 
@@ -420,14 +445,31 @@ impl McpSession {
         raw_request_waiting(Target::Unix(&self.socket), &head, body.as_bytes(), TIMEOUT)
     }
 
+    /// Ends the session with `DELETE`, as a client closing it does.
+    pub(crate) fn close(self) {
+        let head = format!("DELETE /mcp HTTP/1.1\r\nHost: localhost\r\nMcp-Session-Id: {}", self.id);
+        let response = raw_request(Target::Unix(&self.socket), &head, b"");
+        assert!(matches!(response.status, 200 | 202 | 204), "{response:?}");
+    }
+
+    /// The text of a tool's first content block, failing the test on an error.
+    pub(crate) fn call_text(&self, tool: &str, arguments: Value) -> String {
+        let result = self.call(tool, arguments).unwrap_or_else(|error| panic!("{tool}: {error}"));
+        assert_ne!(result["isError"], true, "{tool}: {result}");
+        result["content"][0]["text"].as_str().unwrap_or_else(|| panic!("{tool}: {result}")).to_string()
+    }
+
     /// Calls a tool: its result, or the JSON-RPC error (or HTTP failure)
     /// as text.
     pub(crate) fn call(&self, tool: &str, arguments: Value) -> Result<Value, String> {
+        self.request("tools/call", serde_json::json!({"name": tool, "arguments": arguments}))
+    }
+
+    /// Sends one request: its result, or the JSON-RPC error (or HTTP
+    /// failure) as text.
+    pub(crate) fn request(&self, method: &str, params: Value) -> Result<Value, String> {
         let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let request = serde_json::json!({
-            "jsonrpc": "2.0", "id": id, "method": "tools/call",
-            "params": {"name": tool, "arguments": arguments},
-        });
+        let request = serde_json::json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
         let response = self.post(&request.to_string());
         if response.status != 200 {
             return Err(format!("HTTP {}: {}", response.status, response.body));

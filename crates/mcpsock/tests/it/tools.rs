@@ -12,7 +12,7 @@ fn tools_are_filtered_and_colliding_names_told_apart() {
     let config = sandbox.write_config(&json!({"mcpServers": {
         "a": {"command": demo_server(), "prefix": "", "enabled_tools": ["echo", "add"]},
         "b": {"command": fake_upstream(), "prefix": "", "env": {"FAKE_UPSTREAM_LOG": received},
-              "disabled_tools": ["garbage", "hang", "crash", "flood", "ansi"]},
+              "disabled_tools": ["garbage", "hang", "crash", "flood", "ansi", "pid", "remember", "recall", "ask"]},
         "c": {"command": demo_server(), "prefix": "third", "disabled_tools": ["add", "now"]}
     }}));
     let daemon = Daemon::start(&sandbox, &config);
