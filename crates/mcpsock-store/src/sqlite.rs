@@ -14,7 +14,8 @@ use std::fs::{DirBuilder, File, OpenOptions};
 use std::io::{Read, Seek, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
@@ -221,11 +222,12 @@ impl SqliteStore {
             .connection
             .query_row("SELECT coalesce(max(seq), 0) + 1 FROM events", [], |row| row.get(0))
             .map_err(|error| classify(&path, error))?;
+        let checkpointer = Checkpointer::start(&path).map_err(|error| classify(&path, error))?;
         let (jobs, receiver) = mpsc::unbounded_channel();
         let answers = answer_task();
         std::thread::Builder::new()
             .name("mcpsock-store".into())
-            .spawn(move || write_loop(writer, receiver, answers))
+            .spawn(move || write_loop(writer, receiver, answers, checkpointer))
             .map_err(io)?;
         tracing::info!(db = %path.display(), encrypted = secret.is_some(), "state database open");
         Ok(Self {
@@ -381,11 +383,11 @@ fn configure(connection: &Connection, durability: Durability) -> rusqlite::Resul
         Durability::Normal => "PRAGMA synchronous = NORMAL;",
         Durability::Full => "PRAGMA synchronous = FULL;",
     })?;
-    // The same hot pages are rewritten by every batch; checkpointing less
-    // often copies each of them back less often (the log may grow to about
-    // 4 MiB between checkpoints).
+    // The log is copied back by the checkpointer thread (see `Checkpointer`),
+    // never by a commit: a checkpoint waits for the disk twice, and the
+    // writer must not.
     connection.execute_batch(
-        "PRAGMA foreign_keys = OFF; PRAGMA temp_store = MEMORY; PRAGMA wal_autocheckpoint = 1000; PRAGMA cache_size = -8192;",
+        "PRAGMA foreign_keys = OFF; PRAGMA temp_store = MEMORY; PRAGMA wal_autocheckpoint = 0; PRAGMA cache_size = -8192;",
     )?;
     Ok(())
 }
@@ -459,6 +461,72 @@ fn check_keys(
     }
 }
 
+/// How often the checkpointer copies the log back into the database while
+/// commits arrive: the log grows by at most this much traffic.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
+
+/// A thread with a connection of its own that copies the write-ahead log
+/// back into the database (a passive checkpoint, which never blocks the
+/// writer) every [`CHECKPOINT_INTERVAL`] after a commit. Done by the writer,
+/// as SQLite does by default, each checkpoint's two waits for the disk would
+/// stall every request waiting for a commit.
+struct Checkpointer {
+    /// Set by the writer after each commit.
+    dirty: Arc<std::sync::atomic::AtomicBool>,
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    fn start(path: &Path) -> rusqlite::Result<Self> {
+        let connection = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        let dirty = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let seen = dirty.clone();
+        let thread = std::thread::Builder::new()
+            .name("mcpsock-store-checkpoint".into())
+            .spawn(move || {
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(CHECKPOINT_INTERVAL)
+                {
+                    if !seen.swap(false, std::sync::atomic::Ordering::AcqRel) {
+                        continue;
+                    }
+                    match connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                        Ok(()) => {}
+                        // Another checkpoint is running: the next one catches up.
+                        Err(error)
+                            if error.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy) => {}
+                        Err(error) => tracing::warn!(%error, "could not copy the state database's log back"),
+                    }
+                }
+            })
+            .map_err(|error| rusqlite::Error::ToSqlConversionFailure(Box::new(error)))?;
+        Ok(Self { dirty, stop: Some(stop), thread: Some(thread) })
+    }
+
+    fn committed(&self) {
+        self.dirty.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Stops the thread and closes its connection.
+    fn stop(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 /// A batch's replies and its commit error, if any.
 type Answers = (Vec<Reply>, Option<String>);
 
@@ -484,6 +552,7 @@ fn write_loop(
     writer: Writer,
     mut jobs: mpsc::UnboundedReceiver<Job>,
     answers: Option<mpsc::UnboundedSender<Answers>>,
+    mut checkpointer: Checkpointer,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut replies: Vec<Reply> = Vec::with_capacity(MAX_BATCH);
@@ -505,6 +574,7 @@ fn write_loop(
         }
         let committed = begun.and_then(|()| writer.connection.execute_batch("COMMIT"));
         let commit_error = committed.as_ref().err().map(ToString::to_string);
+        checkpointer.committed();
         if let Some(error) = &commit_error {
             tracing::error!(%error, "a state database batch failed to commit");
             let _ = writer.connection.execute_batch("ROLLBACK");
@@ -521,6 +591,8 @@ fn write_loop(
             }
         }
         if let Some(reply) = close {
+            // The last checkpoint empties the log; nothing may hold it then.
+            checkpointer.stop();
             let checkpoint = writer
                 .connection
                 .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
