@@ -131,8 +131,12 @@ fn sec25_a_client_that_never_reads_cannot_grow_the_server_or_stall_others() {
     );
     assert_eq!(answer.status, 200);
     assert!(answer.body.contains("done"), "{}", answer.body);
+    // What the stall may hold: the messages queued before it (under 400 of
+    // 64 KiB, checked above), the stream's stored events (capped at 8 MiB
+    // and a quarter), and the allocator's slack. A third of the flood is
+    // the bound; 32 MiB was exceeded (34 MiB) on a loaded machine.
     let grown = resident_kib().saturating_sub(resident_before);
-    assert!(grown < 32 * 1024, "the server grew by {grown} KiB for a client that reads nothing");
+    assert!(grown < 48 * 1024, "the server grew by {grown} KiB for a client that reads nothing");
 
     // The stalled stream is dropped: the server closes client A's connection
     // once nothing was read for the stall timeout...
