@@ -140,9 +140,19 @@ fn tools() -> Vec<Tool> {
             json!({
                 "$schema": "https://json-schema.org/draft/2020-12/schema",
                 "type": "object",
-                "$defs": {"address": {"type": "object", "properties": {"street": {"type": "string"}, "city": {"type": "string"}}}},
+                "$defs": {"address": {
+                    "$anchor": "address",
+                    "type": "object",
+                    "properties": {"street": {"type": "string"}, "city": {"type": "string"}}
+                }},
                 "properties": {"name": {"type": "string"}, "address": {"$ref": "#/$defs/address"}},
-                "additionalProperties": false
+                "additionalProperties": false,
+                // Composition and conditional keywords (SEP-2106) that a
+                // gateway must pass through untouched.
+                "allOf": [{"anyOf": [{"required": ["name"]}, {"required": ["address"]}]}],
+                "if": {"properties": {"name": {"const": "home"}}, "required": ["name"]},
+                "then": {"required": ["address"]},
+                "else": {"properties": {"address": {"$ref": "#/$defs/address"}}}
             }),
         ),
     ];
