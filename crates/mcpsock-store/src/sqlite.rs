@@ -135,6 +135,22 @@ impl SqliteOptions {
 }
 
 type Reply = Box<dyn FnOnce(Option<&str>) + Send>;
+/// Work that rides with the next awaited job (see `SqliteStore::hold`); its
+/// reply runs once that job's batch committed.
+type HeldWork = Box<dyn FnOnce(&Writer) -> Reply + Send>;
+/// How long a held binding may wait for company before it is sent alone.
+const HOLD_AT_MOST: Duration = Duration::from_millis(1);
+/// Most held work before it is sent on without waiting for company.
+const MAX_HELD: usize = 256;
+
+#[derive(Default)]
+struct Held(Mutex<Vec<HeldWork>>);
+
+impl std::fmt::Debug for Held {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Held")
+    }
+}
 
 enum Job {
     Run(Box<dyn FnOnce(&Writer) -> Reply + Send>),
@@ -146,6 +162,8 @@ enum Job {
 pub struct SqliteStore {
     path: PathBuf,
     jobs: Mutex<Option<mpsc::UnboundedSender<Job>>>,
+    /// Work waiting to ride with the next awaited job.
+    held: Held,
     /// When each session's use was last written: a busy session is written
     /// at most once per [`TOUCH_INTERVAL_MS`].
     touched: Mutex<HashMap<Vec<u8>, i64>>,
@@ -233,6 +251,7 @@ impl SqliteStore {
         Ok(Self {
             path,
             jobs: Mutex::new(Some(jobs)),
+            held: Held::default(),
             touched: Mutex::default(),
             clock,
             next_seq: std::sync::atomic::AtomicU64::new(u64::try_from(next_seq).unwrap_or(1)),
@@ -252,6 +271,42 @@ impl SqliteStore {
         (seq as i64, tag as i64, id)
     }
 
+    /// Queues work nobody waits for without waking the writer: it runs
+    /// just before the next job somebody awaits, in the same batch (so a
+    /// stream's first event and its binding, which always follows, cost one
+    /// commit, not two). Too much of it is sent on at once.
+    fn hold(&self, work: HeldWork) {
+        let overflow = {
+            let mut held = self.held.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            held.push(work);
+            (held.len() >= MAX_HELD).then(|| std::mem::take(&mut *held))
+        };
+        if let Some(held) = overflow {
+            self.send_held(held);
+        }
+    }
+
+    fn take_held(&self) -> Vec<HeldWork> {
+        std::mem::take(&mut *self.held.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+
+    fn send_held(&self, held: Vec<HeldWork>) {
+        if held.is_empty() {
+            return;
+        }
+        let job = Job::Run(Box::new(move |writer: &Writer| {
+            let replies: Vec<Reply> = held.into_iter().map(|work| work(writer)).collect();
+            Box::new(move |commit_error: Option<&str>| {
+                for reply in replies {
+                    reply(commit_error);
+                }
+            })
+        }));
+        if let Some(jobs) = self.sender() {
+            let _ = jobs.send(job);
+        }
+    }
+
     fn sender(&self) -> Option<mpsc::UnboundedSender<Job>> {
         self.jobs.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
@@ -263,9 +318,14 @@ impl SqliteStore {
         work: impl FnOnce(&Writer) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let (reply, answer) = oneshot::channel();
+        let held = self.take_held();
         let job = Job::Run(Box::new(move |writer| {
+            let earlier: Vec<Reply> = held.into_iter().map(|work| work(writer)).collect();
             let result = work(writer);
             Box::new(move |commit_error: Option<&str>| {
+                for reply in earlier {
+                    reply(commit_error);
+                }
                 let result = match commit_error {
                     Some(error) => Err(StoreError::Commit(error.to_string())),
                     None => result,
@@ -949,15 +1009,12 @@ impl Store for SqliteStore {
     fn append_event_deferred(&self, stream: &str, event: NewEvent) -> String {
         let (seq, tag, id) = self.next_event_id();
         let (stream, event_id) = (stream.to_string(), id.clone());
-        let job = Job::Run(Box::new(move |writer: &Writer| {
+        self.hold(Box::new(move |writer: &Writer| {
             if let Err(error) = writer.append(seq, tag, &event_id, &stream, None, event) {
                 tracing::warn!(%error, "could not store an event");
             }
             Box::new(|_: Option<&str>| {})
         }));
-        if let Some(jobs) = self.sender() {
-            let _ = jobs.send(job);
-        }
         id
     }
 
@@ -965,7 +1022,7 @@ impl Store for SqliteStore {
         let event_id = event_id.to_string();
         let session = session_key(session);
         let request_id = request_id.to_vec();
-        self.submit(move |writer| {
+        let bind = move |writer: &Writer| -> Result<(), StoreError> {
             let Some(stream) = writer.stream_of_first_event(&event_id)? else { return Ok(()) };
             let request_id = writer.seal(Purpose::Events, &stream_aad(stream), &request_id);
             // First come: a stream already bound stays with its session.
@@ -979,8 +1036,26 @@ impl Store for SqliteStore {
                 writer.note_session_events(&session)?;
             }
             Ok(())
-        })
-        .await
+        };
+        // The request runs meanwhile; its answer, stored soon after, takes
+        // this binding (and the stream's first event) into its own commit.
+        // A slower request's binding is sent alone after a moment.
+        let (reply, mut answer) = oneshot::channel();
+        self.hold(Box::new(move |writer: &Writer| {
+            let result = bind(writer);
+            Box::new(move |commit_error: Option<&str>| {
+                let result = match commit_error {
+                    Some(error) => Err(StoreError::Commit(error.to_string())),
+                    None => result,
+                };
+                let _ = reply.send(result);
+            })
+        }));
+        if let Ok(answered) = tokio::time::timeout(HOLD_AT_MOST, &mut answer).await {
+            return answered.map_err(|_| StoreError::Closed)?;
+        }
+        self.send_held(self.take_held());
+        answer.await.map_err(|_| StoreError::Closed)?
     }
 
     async fn replay_after(&self, session: &str, event_id: &str) -> Result<Option<Replay>, StoreError> {
@@ -1126,6 +1201,7 @@ impl Store for SqliteStore {
     }
 
     async fn close(&self) -> Result<(), StoreError> {
+        self.send_held(self.take_held());
         let Some(jobs) = self.jobs.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() else {
             return Err(StoreError::Closed);
         };
