@@ -261,7 +261,7 @@ impl Server {
     /// expensive. Requests that the last process left unanswered get their
     /// "server restarted; retry" error now.
     pub async fn acquire(self) -> Result<Acquired, ServeError> {
-        let Self { mut listen, socket, storage, event_retention, max_events_per_session, health } = self;
+        let Self { listen, socket, storage, event_retention, max_events_per_session, health } = self;
         let retention = Retention::default()
             .session_idle_ttl(listen.session_idle_ttl)
             .event_max_age(event_retention)
@@ -293,7 +293,6 @@ impl Server {
             crate::close_quietly(store.as_ref()).await;
             return Err(error.into());
         }
-        listen.store = store.clone();
         let locked = locked.with_store(store.clone(), listen.ttl_cleanup_interval);
         Ok(Acquired { locked, store, socket_path, storage: report, health })
     }

@@ -240,7 +240,7 @@ impl SqliteStore {
             .connection
             .query_row("SELECT coalesce(max(seq), 0) + 1 FROM events", [], |row| row.get(0))
             .map_err(|error| classify(&path, error))?;
-        let checkpointer = Checkpointer::start(&path).map_err(|error| classify(&path, error))?;
+        let checkpointer = Checkpointer::start(&path)?;
         let (jobs, receiver) = mpsc::unbounded_channel();
         let answers = answer_task();
         std::thread::Builder::new()
@@ -538,11 +538,12 @@ struct Checkpointer {
 }
 
 impl Checkpointer {
-    fn start(path: &Path) -> rusqlite::Result<Self> {
+    fn start(path: &Path) -> Result<Self, StoreError> {
         let connection = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )?;
+        )
+        .map_err(|error| classify(path, error))?;
         let dirty = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let seen = dirty.clone();
@@ -564,7 +565,7 @@ impl Checkpointer {
                     }
                 }
             })
-            .map_err(|error| rusqlite::Error::ToSqlConversionFailure(Box::new(error)))?;
+            .map_err(|source| StoreError::Io { path: path.to_path_buf(), source })?;
         Ok(Self { dirty, stop: Some(stop), thread: Some(thread) })
     }
 
