@@ -37,7 +37,9 @@ tokio::task_local! {
 /// name is stored.
 pub(crate) fn stream_key(stream_id: &str) -> String {
     let digest = sha2::Sha256::digest(stream_id.as_bytes());
-    digest[..16].iter().map(|byte| format!("{byte:02x}")).collect()
+    let mut key = String::with_capacity(32);
+    mcpsock_store::push_hex(&mut key, &digest[..16]);
+    key
 }
 
 /// rmcp's session store over ours.

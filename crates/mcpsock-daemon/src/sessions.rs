@@ -196,7 +196,9 @@ fn random_session_id() -> Result<SessionId, LocalSessionManagerError> {
             )),
         )
     })?;
-    Ok(bytes.iter().map(|byte| format!("{byte:02x}")).collect::<String>().into())
+    let mut id = String::with_capacity(2 * SESSION_ID_BYTES);
+    mcpsock_store::push_hex(&mut id, &bytes);
+    Ok(id.into())
 }
 
 impl SessionManager for BoundSessions {

@@ -359,8 +359,9 @@ fn random_tag() -> u64 {
 
 /// The id of event `seq` with random `tag`.
 fn format_event_id(seq: u64, tag: u64) -> String {
-    let mut text = hex(&seq.to_be_bytes());
-    text.push_str(&hex(&tag.to_be_bytes()));
+    let mut text = String::with_capacity(32);
+    push_hex(&mut text, &seq.to_be_bytes());
+    push_hex(&mut text, &tag.to_be_bytes());
     text
 }
 
@@ -380,12 +381,12 @@ pub fn is_event_id(id: &str) -> bool {
     id.len() == 32 && id.bytes().all(|byte| matches!(byte, b'0'..=b'9' | b'a'..=b'f'))
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Appends `bytes` to `text` in lower-case hex.
+pub fn push_hex(text: &mut String, bytes: &[u8]) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut text = String::with_capacity(bytes.len() * 2);
+    text.reserve(bytes.len() * 2);
     for byte in bytes {
         text.push(DIGITS[usize::from(byte >> 4)] as char);
         text.push(DIGITS[usize::from(byte & 0xf)] as char);
     }
-    text
 }

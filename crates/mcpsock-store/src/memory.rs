@@ -1,19 +1,20 @@
 //! The in-memory store: the semantics of the SQLite store without a file,
 //! for tests, `--memory` and the library default.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use crate::{
     Clock, NewEvent, OpenStream, Purged, Replay, Retention, SessionRecord, Store, StoreError, StoredEvent,
-    session_key,
+    format_event_id, parse_event_id, random_tag, session_key,
 };
 
-/// Every this many appends, sessions over `max_events_per_session` are
-/// trimmed at once, so the cap holds between cleanups under any load.
-const TRIM_SESSIONS_EVERY: u64 = 1024;
-
 /// Sessions and events in process memory.
+///
+/// Every operation a request makes costs a few map lookups: each stream
+/// knows its events, each session its streams and the order of its events,
+/// so the per-stream and per-session caps are enforced as events arrive,
+/// and a stream whose last event is trimmed is forgotten with it.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     inner: Mutex<Inner>,
@@ -21,30 +22,50 @@ pub struct MemoryStore {
     clock: Clock,
 }
 
+/// A session's key ([`session_key`]).
+type Key = Vec<u8>;
+
 #[derive(Debug, Default)]
 struct Inner {
     closed: bool,
-    sessions: HashMap<Vec<u8>, SessionRecord>,
-    streams: HashMap<String, StreamRow>,
+    sessions: HashMap<Key, SessionRecord>,
+    state: HashMap<Key, BTreeMap<String, Vec<u8>>>,
+    streams: HashMap<Arc<str>, StreamRow>,
     /// Events by sequence number, so iteration is in append order.
     events: BTreeMap<u64, EventRow>,
-    event_seq: HashMap<String, u64>,
-    /// Each stream's events (sequence number, size) and their total size.
-    stream_events: HashMap<String, (VecDeque<(u64, usize)>, usize)>,
+    /// What each session holds, for its cap and its removal.
+    owned: HashMap<Key, Owned>,
     next_seq: u64,
-    state: HashMap<Vec<u8>, BTreeMap<String, Vec<u8>>>,
 }
 
 #[derive(Debug)]
 struct StreamRow {
-    session: Vec<u8>,
+    /// The session it belongs to, once bound.
+    session: Option<Key>,
+    /// The request it answers (JSON); none for a standalone stream.
     request_id: Option<Vec<u8>>,
+    /// Its events (sequence number, size), oldest first, and their total
+    /// size.
+    events: VecDeque<(u64, usize)>,
+    bytes: usize,
+}
+
+#[derive(Debug, Default)]
+struct Owned {
+    streams: HashSet<Arc<str>>,
+    /// Sequence numbers of the session's events, oldest first. Events
+    /// removed another way (their stream's cap, their age) stay listed
+    /// until they reach the front or the list is compacted.
+    events: VecDeque<u64>,
+    /// How many of `events` are still stored.
+    live: usize,
 }
 
 #[derive(Debug)]
 struct EventRow {
-    id: String,
-    stream: String,
+    /// The random half of the event's id.
+    tag: u64,
+    stream: Arc<str>,
     created_at: i64,
     retry_ms: Option<u64>,
     message: Option<Vec<u8>>,
@@ -67,73 +88,116 @@ impl MemoryStore {
 }
 
 impl Inner {
+    /// The sequence number of the stored event `id` (position and random
+    /// tag must both match).
+    fn find(&self, id: &str) -> Option<u64> {
+        let (seq, tag) = parse_event_id(id)?;
+        self.events.get(&seq).filter(|event| event.tag == tag).map(|_| seq)
+    }
+
+    /// Binds `stream` to the session `key` (first come: a bound stream
+    /// keeps its session); its events so far count toward the session's
+    /// cap.
+    fn bind(&mut self, stream: &str, key: &[u8], request_id: Option<&[u8]>) {
+        let Some((name, row)) = self.streams.get_key_value(stream).map(|(name, row)| (name.clone(), row))
+        else {
+            return;
+        };
+        if row.session.is_some() {
+            return;
+        }
+        let seqs: Vec<u64> = row.events.iter().map(|(seq, _)| *seq).collect();
+        if let Some(row) = self.streams.get_mut(stream) {
+            row.session = Some(key.to_vec());
+            row.request_id = request_id.map(<[u8]>::to_vec);
+        }
+        let owned = self.owned.entry(key.to_vec()).or_default();
+        owned.streams.insert(name);
+        owned.live += seqs.len();
+        owned.events.extend(seqs);
+    }
+
+    /// Removes one event; false when it was gone already.
+    fn remove_event(&mut self, seq: u64) -> bool {
+        let Some(event) = self.events.remove(&seq) else { return false };
+        let Some(row) = self.streams.get_mut(&*event.stream) else { return true };
+        let position = if row.events.front().is_some_and(|(front, _)| *front == seq) {
+            Some(0)
+        } else {
+            row.events.iter().position(|(queued, _)| *queued == seq)
+        };
+        if let Some((_, size)) = position.and_then(|position| row.events.remove(position)) {
+            row.bytes -= size;
+        }
+        let session = row.session.clone();
+        let emptied = row.events.is_empty();
+        if emptied {
+            self.streams.remove(&*event.stream);
+        }
+        if let Some(owned) = session.and_then(|key| self.owned.get_mut(&key)) {
+            owned.live -= 1;
+            if emptied {
+                owned.streams.remove(&*event.stream);
+            }
+        }
+        true
+    }
+
+    /// Removes a session with its streams, events and state; returns how
+    /// many events went.
     fn remove_session(&mut self, key: &[u8]) -> usize {
         self.sessions.remove(key);
         self.state.remove(key);
-        let streams: Vec<String> = self
-            .streams
-            .iter()
-            .filter(|(_, row)| row.session == key)
-            .map(|(stream, _)| stream.clone())
-            .collect();
-        for stream in &streams {
-            self.streams.remove(stream);
-            self.stream_events.remove(stream);
-        }
-        let doomed: Vec<u64> = self
-            .events
-            .iter()
-            .filter(|(_, event)| streams.contains(&event.stream))
-            .map(|(seq, _)| *seq)
-            .collect();
-        self.remove_events(&doomed)
-    }
-
-    fn remove_events(&mut self, seqs: &[u64]) -> usize {
-        for seq in seqs {
-            if let Some(event) = self.events.remove(seq) {
-                self.event_seq.remove(&event.id);
-                if let Some((queue, bytes)) = self.stream_events.get_mut(&event.stream) {
-                    if let Some(position) = queue.iter().position(|(queued, _)| queued == seq)
-                        && let Some((_, size)) = queue.remove(position)
-                    {
-                        *bytes -= size;
-                    }
-                    if queue.is_empty() {
-                        self.stream_events.remove(&event.stream);
-                    }
+        let Some(owned) = self.owned.remove(key) else { return 0 };
+        let mut removed = 0;
+        for stream in owned.streams {
+            if let Some(row) = self.streams.remove(&stream) {
+                for (seq, _) in row.events {
+                    removed += usize::from(self.events.remove(&seq).is_some());
                 }
             }
         }
-        seqs.len()
-    }
-
-    /// Per session, keeps the newest `cap` events; returns how many went.
-    fn trim_sessions(&mut self, cap: usize) -> usize {
-        let mut per_session: HashMap<Vec<u8>, Vec<u64>> = HashMap::new();
-        for (seq, event) in self.events.iter().rev() {
-            if let Some(row) = self.streams.get(&event.stream) {
-                per_session.entry(row.session.clone()).or_default().push(*seq);
-            }
-        }
-        let over: Vec<u64> = per_session.into_values().flat_map(|seqs| seqs.into_iter().skip(cap)).collect();
-        self.remove_events(&over)
+        removed
     }
 
     /// Drops a stream's oldest events until it is within both bounds.
     fn trim_stream(&mut self, stream: &str, max_events: usize, max_bytes: usize) {
+        let Some(row) = self.streams.get_mut(stream) else { return };
         let mut doomed = Vec::new();
-        if let Some((queue, bytes)) = self.stream_events.get_mut(stream) {
-            while queue.len() > max_events || (*bytes > max_bytes && queue.len() > 1) {
-                let Some((seq, size)) = queue.pop_front() else { break };
-                *bytes -= size;
-                doomed.push(seq);
-            }
+        while row.events.len() > max_events.max(1) || (row.bytes > max_bytes && row.events.len() > 1) {
+            let Some((seq, size)) = row.events.pop_front() else { break };
+            row.bytes -= size;
+            doomed.push(seq);
         }
-        for seq in doomed {
-            if let Some(event) = self.events.remove(&seq) {
-                self.event_seq.remove(&event.id);
+        if doomed.is_empty() {
+            return;
+        }
+        let session = row.session.clone();
+        for seq in &doomed {
+            self.events.remove(seq);
+        }
+        if let Some(owned) = session.and_then(|key| self.owned.get_mut(&key)) {
+            owned.live -= doomed.len();
+        }
+    }
+
+    /// Drops a session's oldest events until it holds at most `cap`;
+    /// returns how many went.
+    fn trim_session(&mut self, key: &[u8], cap: usize) -> usize {
+        let mut removed = 0;
+        loop {
+            let Some(owned) = self.owned.get_mut(key) else { return removed };
+            if owned.live <= cap {
+                // Events removed another way leave their numbers behind;
+                // compact before the list outgrows what it tracks.
+                if owned.events.len() > 2 * owned.live + 64 {
+                    let events = &self.events;
+                    owned.events.retain(|seq| events.contains_key(seq));
+                }
+                return removed;
             }
+            let Some(seq) = owned.events.pop_front() else { return removed };
+            removed += usize::from(self.remove_event(seq));
         }
     }
 }
@@ -141,38 +205,54 @@ impl Inner {
 impl MemoryStore {
     fn append(&self, stream: &str, session: Option<&str>, event: NewEvent) -> Result<String, StoreError> {
         let now = self.clock.now();
-        let mut inner = self.lock()?;
-
-        if let Some(session) = session {
-            inner
-                .streams
-                .entry(stream.to_string())
-                .or_insert_with(|| StreamRow { session: session_key(session), request_id: None });
-        }
+        let mut guard = self.lock()?;
+        let inner = &mut *guard;
         let seq = inner.next_seq;
-        let id = crate::event_id(seq);
         inner.next_seq += 1;
-        inner.event_seq.insert(id.clone(), seq);
+        let tag = random_tag();
+        if !inner.streams.contains_key(stream) {
+            let row = StreamRow { session: None, request_id: None, events: VecDeque::new(), bytes: 0 };
+            inner.streams.insert(Arc::from(stream), row);
+        }
+        let (name, row) = inner.streams.get_key_value(stream).expect("inserted above");
+        let name = name.clone();
+        let mut key = row.session.clone();
+        if key.is_none()
+            && let Some(session) = session
+        {
+            // A standalone stream is bound by its first event.
+            let session = session_key(session);
+            inner.bind(stream, &session, None);
+            key = Some(session);
+        }
         let size = event.message.as_ref().map_or(0, Vec::len);
-        let (queue, bytes) = inner.stream_events.entry(stream.to_string()).or_default();
-        queue.push_back((seq, size));
-        *bytes += size;
+        if let Some(row) = inner.streams.get_mut(stream) {
+            row.events.push_back((seq, size));
+            row.bytes += size;
+        }
         inner.events.insert(
             seq,
             EventRow {
-                id: id.clone(),
-                stream: stream.to_string(),
+                tag,
+                stream: name,
                 created_at: now,
                 retry_ms: event.retry_ms,
                 message: event.message,
                 is_response: event.is_response,
             },
         );
-        inner.trim_stream(stream, self.retention.max_events_per_session, self.retention.max_stream_bytes);
-        if seq % TRIM_SESSIONS_EVERY == TRIM_SESSIONS_EVERY - 1 {
-            inner.trim_sessions(self.retention.max_events_per_session);
+        let cap = self.retention.max_events_per_session;
+        if let Some(key) = &key
+            && let Some(owned) = inner.owned.get_mut(key)
+        {
+            owned.events.push_back(seq);
+            owned.live += 1;
         }
-        Ok(id)
+        inner.trim_stream(stream, cap, self.retention.max_stream_bytes);
+        if let Some(key) = &key {
+            inner.trim_session(key, cap);
+        }
+        Ok(format_event_id(seq, tag))
     }
 }
 
@@ -222,35 +302,33 @@ impl Store for MemoryStore {
 
     async fn bind_stream(&self, event_id: &str, session: &str, request_id: &[u8]) -> Result<(), StoreError> {
         let mut inner = self.lock()?;
-        let Some(stream) = inner
-            .event_seq
-            .get(event_id)
-            .and_then(|seq| inner.events.get(seq))
-            .map(|event| event.stream.clone())
+        let Some(stream) =
+            inner.find(event_id).and_then(|seq| inner.events.get(&seq)).map(|e| e.stream.clone())
         else {
             return Ok(());
         };
-        inner.streams.entry(stream).or_insert_with(|| StreamRow {
-            session: session_key(session),
-            request_id: Some(request_id.to_vec()),
-        });
+        let key = session_key(session);
+        inner.bind(&stream, &key, Some(request_id));
+        inner.trim_session(&key, self.retention.max_events_per_session);
         Ok(())
     }
 
     async fn replay_after(&self, session: &str, event_id: &str) -> Result<Option<Replay>, StoreError> {
         let inner = self.lock()?;
-        let Some(&seq) = inner.event_seq.get(event_id) else { return Ok(None) };
-        let Some(stream) = inner.events.get(&seq).map(|event| event.stream.clone()) else { return Ok(None) };
-        let Some(row) = inner.streams.get(&stream) else { return Ok(None) };
-        if row.session != session_key(session) {
+        let Some(seq) = inner.find(event_id) else { return Ok(None) };
+        let Some(row) = inner.events.get(&seq).and_then(|event| inner.streams.get(&*event.stream)) else {
+            return Ok(None);
+        };
+        if row.session.as_deref() != Some(session_key(session).as_slice()) {
             return Ok(None);
         }
-        let events = inner
+        let events = row
             .events
-            .range(seq + 1..)
-            .filter(|(_, event)| event.stream == stream)
-            .map(|(_, event)| StoredEvent {
-                id: event.id.clone(),
+            .iter()
+            .filter(|(queued, _)| *queued > seq)
+            .filter_map(|(queued, _)| Some((*queued, inner.events.get(queued)?)))
+            .map(|(queued, event)| StoredEvent {
+                id: format_event_id(queued, event.tag),
                 message: event.message.clone(),
                 retry_ms: event.retry_ms,
             })
@@ -265,16 +343,20 @@ impl Store for MemoryStore {
             .streams
             .iter()
             .filter(|(_, row)| {
-                inner.sessions.get(&row.session).is_some_and(|session| !self.expired(session, now))
+                row.session
+                    .as_ref()
+                    .and_then(|key| inner.sessions.get(key))
+                    .is_some_and(|session| !self.expired(session, now))
             })
-            .filter_map(|(stream, row)| Some((stream, row.request_id.clone()?)))
-            .filter(|(stream, _)| {
-                !inner.events.values().any(|event| &event.stream == *stream && event.is_response)
+            .filter(|(_, row)| {
+                !row.events
+                    .iter()
+                    .any(|(seq, _)| inner.events.get(seq).is_some_and(|event| event.is_response))
             })
-            .map(|(stream, request_id)| {
-                let first =
-                    inner.events.iter().find(|(_, event)| &event.stream == stream).map_or(0, |(seq, _)| *seq);
-                (first, OpenStream { stream: stream.clone(), request_id })
+            .filter_map(|(stream, row)| {
+                let request_id = row.request_id.clone()?;
+                let first = row.events.front().map_or(0, |(seq, _)| *seq);
+                Some((first, OpenStream { stream: stream.to_string(), request_id }))
             })
             .collect();
         open.sort_by_key(|(first, _)| *first);
@@ -299,7 +381,7 @@ impl Store for MemoryStore {
         let now = self.clock.now();
         let mut inner = self.lock()?;
         let mut purged = Purged::default();
-        let expired: Vec<Vec<u8>> = inner
+        let expired: Vec<Key> = inner
             .sessions
             .iter()
             .filter(|(_, session)| self.expired(session, now))
@@ -316,13 +398,57 @@ impl Store for MemoryStore {
             .filter(|(_, event)| event.created_at < oldest_kept)
             .map(|(seq, _)| *seq)
             .collect();
-        purged.events += inner.remove_events(&old);
-        purged.events += inner.trim_sessions(self.retention.max_events_per_session);
+        for seq in old {
+            purged.events += usize::from(inner.remove_event(seq));
+        }
+        let keys: Vec<Key> = inner.owned.keys().cloned().collect();
+        for key in keys {
+            purged.events += inner.trim_session(&key, self.retention.max_events_per_session);
+        }
         Ok(purged)
     }
 
     async fn close(&self) -> Result<(), StoreError> {
         self.lock()?.closed = true;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn answered_request_streams_leave_nothing_behind_past_the_cap() {
+        let store = MemoryStore::new(Retention::default().max_events_per_session(50), Clock::manual(0));
+        store
+            .put_session(SessionRecord {
+                id: "s1".into(),
+                owner: "uid:1".into(),
+                init_params: b"{}".to_vec(),
+                created_at: 0,
+                last_seen: 0,
+            })
+            .await
+            .unwrap();
+        for index in 0..10_000 {
+            let stream = format!("request-{index}");
+            let first = store.append_event_deferred(&stream, NewEvent::default());
+            store.bind_stream(&first, "s1", b"1").await.unwrap();
+            let answer = NewEvent { message: Some(b"{}".to_vec()), retry_ms: None, is_response: true };
+            store.append_event(&stream, None, answer).await.unwrap();
+        }
+        {
+            let inner = store.lock().unwrap();
+            assert_eq!(inner.events.len(), 50, "the session's cap");
+            assert!(inner.streams.len() <= 26, "{} stream rows for 50 events", inner.streams.len());
+            let owned = &inner.owned[&session_key("s1")];
+            assert_eq!(owned.live, 50);
+            assert_eq!(owned.streams.len(), inner.streams.len());
+            assert!(owned.events.len() <= 2 * 50 + 64, "{} listed", owned.events.len());
+        }
+        store.delete_session("s1").await.unwrap();
+        let inner = store.lock().unwrap();
+        assert!(inner.events.is_empty() && inner.streams.is_empty() && inner.owned.is_empty());
     }
 }
