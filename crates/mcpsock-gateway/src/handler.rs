@@ -414,7 +414,7 @@ impl Gateway {
         let result = loop {
             tokio::select! {
                 result = &mut exchange.response => break result.map_err(|error| upstream_error(&upstream, error)),
-                Some(message) = exchange.relayed.recv() => match message {
+                Some(message) = exchange.relayed.recv() => match *message {
                     Relay::Notification(notification) => notify(&context.peer, notification).await,
                     Relay::Request { request, reply } if modern => {
                         match self.park(exchange, request, reply) {
@@ -447,7 +447,7 @@ impl Gateway {
         // then deliver them before the answer.
         upstream.links.ledger.caught_up(NOTIFICATION_CATCH_UP).await;
         while let Ok(message) = exchange.relayed.try_recv() {
-            if let Relay::Notification(notification) = message {
+            if let Relay::Notification(notification) = *message {
                 notify(&context.peer, notification).await;
             }
         }
@@ -625,7 +625,7 @@ pub(crate) struct Exchange {
     _route: RouteGuard,
     cancel: CancelOnDrop,
     response: Pin<Box<dyn Future<Output = Result<ServerResult, ServiceError>> + Send>>,
-    relayed: mpsc::Receiver<Relay>,
+    relayed: mpsc::Receiver<Box<Relay>>,
     deadline: Pin<Box<tokio::time::Sleep>>,
     /// The method and target the client's retry must repeat.
     binding: String,

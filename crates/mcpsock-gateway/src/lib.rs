@@ -15,6 +15,7 @@ mod parked;
 mod remote;
 mod routes;
 mod spawn;
+mod stdio;
 mod upstream;
 
 pub use change::ChangeReport;

@@ -36,7 +36,9 @@ pub(crate) struct Route {
     pub(crate) session: u64,
     /// The client's own progress token, when it asked for progress.
     pub(crate) progress_token: Option<ProgressToken>,
-    pub(crate) relay: mpsc::Sender<Relay>,
+    /// Boxed: a channel allocates room for a block of messages up front,
+    /// and most requests never relay anything.
+    pub(crate) relay: mpsc::Sender<Box<Relay>>,
 }
 
 #[derive(Debug, Default)]
@@ -138,7 +140,7 @@ mod tests {
     use super::*;
     use rmcp::model::NumberOrString;
 
-    fn route(session: u64) -> (Route, mpsc::Receiver<Relay>) {
+    fn route(session: u64) -> (Route, mpsc::Receiver<Box<Relay>>) {
         let (relay, receiver) = mpsc::channel(1);
         (Route { session, progress_token: None, relay }, receiver)
     }

@@ -10,10 +10,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use rustix::process::{Pid, Signal};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command};
 use tokio::sync::watch;
 
@@ -46,8 +44,6 @@ const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
 /// Longest stderr line logged in full; the rest of a longer line is cut.
 const MAX_STDERR_LINE: usize = 4096;
-/// Longest stdout line (one JSON-RPC message) passed on from a child.
-const MAX_STDOUT_LINE: usize = 8 * 1024 * 1024;
 
 /// A running child with its pipes, before they are handed to the MCP client.
 pub(crate) struct StdioChild {
@@ -198,44 +194,9 @@ async fn drain_stderr(name: String, stderr: ChildStderr) {
     }
 }
 
-/// Copies the child's stdout to `output` line by line, passing on only lines
-/// that are one JSON-RPC 2.0 message. Anything else (text, other JSON,
-/// batches, lines over `MAX_STDOUT_LINE`) is dropped, counted and logged
-/// without its content, so no raw upstream bytes reach a client.
-pub(crate) async fn filter_stdout(
-    name: String,
-    stdout: ChildStdout,
-    mut output: impl AsyncWrite + Unpin,
-    dropped: Arc<AtomicU64>,
-    ledger: Arc<crate::upstream::Ledger>,
-) {
-    let mut reader = BufReader::new(stdout);
-    let mut line = Vec::new();
-    while read_bounded_line(&mut reader, &mut line, MAX_STDOUT_LINE + 1).await {
-        if line.iter().all(u8::is_ascii_whitespace) {
-            continue;
-        }
-        let kind = if line.len() > MAX_STDOUT_LINE { None } else { json_rpc_kind(&line) };
-        let Some(kind) = kind else {
-            let count = dropped.fetch_add(1, Ordering::Relaxed) + 1;
-            if count <= 10 || count.is_power_of_two() {
-                tracing::warn!(upstream = %name, bytes = line.len(), dropped = count, "dropped a stdout line that is not a JSON-RPC message");
-            }
-            continue;
-        };
-        if kind == Kind::Relayed {
-            ledger.read_one();
-        }
-        line.push(b'\n');
-        if output.write_all(&line).await.is_err() {
-            return;
-        }
-    }
-}
-
 /// What a valid line is, as far as the stdout filter cares.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Kind {
+pub(crate) enum Kind {
     /// A progress or log notification: its handler relays it to a client
     /// (see `Ledger`).
     Relayed,
@@ -251,7 +212,7 @@ fn is_json_rpc(line: &[u8]) -> bool {
 /// One JSON-RPC 2.0 request, notification or response, and its kind.
 /// Checked without building the message: this runs on every upstream line,
 /// before rmcp parses it for real.
-fn json_rpc_kind(line: &[u8]) -> Option<Kind> {
+pub(crate) fn json_rpc_kind(line: &[u8]) -> Option<Kind> {
     /// Whether a member is present, whatever its value (even `null`).
     #[derive(Default)]
     struct Seen(bool);

@@ -25,7 +25,6 @@ use rmcp::model::{
 use rmcp::service::{
     InboundStreamOrigin, NotificationContext, PeerRequestOptions, RequestContext, RunningService,
 };
-use rmcp::transport::async_rw::AsyncRwTransport;
 use rmcp::{ClientHandler, ErrorData, Peer, RoleClient, ServiceExt};
 use tokio::sync::{Notify, broadcast, oneshot, watch};
 use tokio_util::sync::CancellationToken;
@@ -35,12 +34,9 @@ use crate::limits::{Limiter, RequestLimits};
 use crate::names::ToolFilter;
 use crate::remote::HttpSpec;
 use crate::routes::{Relay, Routes, Target};
-use crate::spawn::{filter_stdout, kill_group_now, spawn_stdio, stop_group};
+use crate::spawn::{kill_group_now, spawn_stdio, stop_group};
+use crate::stdio::StdioTransport;
 
-/// Longest JSON-RPC line accepted from an upstream's stdout.
-const MAX_UPSTREAM_LINE: usize = 8 * 1024 * 1024;
-/// Buffer between the stdout filter and rmcp.
-const FILTER_BUFFER: usize = 64 * 1024;
 /// How long a stopping upstream gets to exit on its own after its stdin closes.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -526,7 +522,7 @@ impl UpstreamClient {
             }
         };
         let (reply, answer) = oneshot::channel();
-        if route.relay.send(Relay::Request { request, reply }).await.is_err() {
+        if route.relay.send(Box::new(Relay::Request { request, reply })).await.is_err() {
             return Err(ErrorData::internal_error("the client request that caused this has ended", None));
         }
         tokio::select! {
@@ -617,7 +613,7 @@ impl ClientHandler for UpstreamClient {
         params.progress_token = token;
         let notification = ServerNotification::ProgressNotification(Notification::new(params));
         // Progress is advisory: a client too slow to take it loses some.
-        let _ = route.relay.try_send(Relay::Notification(notification));
+        let _ = route.relay.try_send(Box::new(Relay::Notification(notification)));
     }
 
     async fn on_logging_message(
@@ -631,7 +627,7 @@ impl ClientHandler for UpstreamClient {
         match self.links.routes.unassociated() {
             Target::Route(route) => {
                 if self.links.sessions.get(route.session).is_some_and(|session| session.wants_log(level)) {
-                    let _ = route.relay.try_send(Relay::Notification(notification));
+                    let _ = route.relay.try_send(Box::new(Relay::Notification(notification)));
                 }
             }
             // Not tied to one session's request: every session that asked
@@ -1304,15 +1300,8 @@ async fn connect_stdio(
     let mut exited = child.exited;
     // Only valid JSON-RPC reaches rmcp; everything else the child prints on
     // stdout is dropped and counted.
-    let (filtered, filter_output) = tokio::io::duplex(FILTER_BUFFER);
-    tokio::spawn(filter_stdout(
-        name.to_string(),
-        child.stdout,
-        filter_output,
-        dropped_messages.clone(),
-        links.ledger.clone(),
-    ));
-    let transport = AsyncRwTransport::new(filtered, child.stdin).with_max_line_length(MAX_UPSTREAM_LINE);
+    let transport =
+        StdioTransport::new(name, child.stdout, child.stdin, dropped_messages.clone(), links.ledger.clone());
     let handshake = tokio::select! {
         result = tokio::time::timeout(init_timeout, client.serve(transport)) => result,
         how = exited.wait_for(Option::is_some) => {

@@ -1,0 +1,331 @@
+//! The MCP client transport to a child's stdio: one line per message each
+//! way, with only valid JSON-RPC let in.
+//!
+//! Reading, the child's stdout is split into bounded lines; a line that is
+//! not one JSON-RPC 2.0 message is dropped, counted and logged without its
+//! content, so no raw upstream bytes reach a client. What passes is parsed
+//! once, straight into rmcp's message type, on the task that receives it.
+//!
+//! Writing, messages are serialized as rmcp hands them over and queued; one
+//! writer task drains the queue, so the messages of concurrent requests go
+//! to the child in one write instead of one system call (and one wake-up of
+//! the child) each.
+
+use std::borrow::Cow;
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use rmcp::RoleClient;
+use rmcp::service::{RxJsonRpcMessage, TxJsonRpcMessage};
+use rmcp::transport::Transport;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::sync::Notify;
+
+use crate::spawn::{Kind, json_rpc_kind};
+use crate::upstream::Ledger;
+
+/// Longest stdout line (one JSON-RPC message) taken from a child.
+pub(crate) const MAX_LINE: usize = 8 * 1024 * 1024;
+
+/// Queued bytes past which a send waits for the child to read.
+const MAX_QUEUED: usize = 1024 * 1024;
+
+/// rmcp's client transport over a child's stdout and stdin.
+pub(crate) struct StdioTransport<R> {
+    name: String,
+    lines: Lines<R>,
+    dropped: Arc<AtomicU64>,
+    ledger: Arc<Ledger>,
+    outbox: Arc<Outbox>,
+}
+
+impl<R: AsyncRead + Unpin + Send> StdioTransport<R> {
+    /// Starts the writer task on `stdin`; `dropped` counts the lines of
+    /// `stdout` that were not JSON-RPC, `ledger` the notifications a handler
+    /// relays.
+    pub(crate) fn new(
+        name: impl Into<String>,
+        stdout: R,
+        stdin: impl AsyncWrite + Unpin + Send + 'static,
+        dropped: Arc<AtomicU64>,
+        ledger: Arc<Ledger>,
+    ) -> Self {
+        let outbox = Arc::new(Outbox::default());
+        tokio::spawn(write_queued(outbox.clone(), stdin));
+        Self {
+            name: name.into(),
+            lines: Lines { reader: BufReader::new(stdout), line: Vec::new(), length: 0 },
+            dropped,
+            ledger,
+            outbox,
+        }
+    }
+
+    fn drop_line(&self, why: &str) {
+        let count = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+        if count <= 10 || count.is_power_of_two() {
+            tracing::warn!(
+                upstream = %self.name,
+                bytes = self.lines.length,
+                dropped = count,
+                "dropped a stdout line that is {why}"
+            );
+        }
+    }
+}
+
+impl<R> Drop for StdioTransport<R> {
+    fn drop(&mut self) {
+        // The writer sends what is queued, then closes stdin.
+        self.outbox.close();
+    }
+}
+
+impl<R: AsyncRead + Unpin + Send> Transport<RoleClient> for StdioTransport<R> {
+    type Error = io::Error;
+
+    fn name() -> Cow<'static, str> {
+        "stdio".into()
+    }
+
+    fn send(
+        &mut self,
+        item: TxJsonRpcMessage<RoleClient>,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send + 'static {
+        // Serialized and queued here, in the order rmcp sends, whatever
+        // order the returned futures run in.
+        let queued = match serde_json::to_vec(&item) {
+            Ok(mut bytes) => {
+                bytes.push(b'\n');
+                self.outbox.push(&bytes)
+            }
+            Err(error) => Err(io::Error::other(error)),
+        };
+        let outbox = self.outbox.clone();
+        async move {
+            queued?;
+            outbox.room().await
+        }
+    }
+
+    async fn receive(&mut self) -> Option<RxJsonRpcMessage<RoleClient>> {
+        loop {
+            if !self.lines.next(MAX_LINE).await {
+                return None;
+            }
+            let line = std::mem::take(&mut self.lines.line);
+            let message = if line.iter().all(u8::is_ascii_whitespace) {
+                None
+            } else if self.lines.length > MAX_LINE {
+                self.drop_line("too long for a JSON-RPC message");
+                None
+            } else {
+                match json_rpc_kind(&line) {
+                    None => {
+                        self.drop_line("not a JSON-RPC message");
+                        None
+                    }
+                    Some(kind) => match serde_json::from_slice::<RxJsonRpcMessage<RoleClient>>(&line) {
+                        Ok(message) => {
+                            if kind == Kind::Relayed {
+                                self.ledger.read_one();
+                            }
+                            Some(message)
+                        }
+                        Err(_) => {
+                            self.drop_line("not an MCP message");
+                            None
+                        }
+                    },
+                }
+            };
+            // Keep the allocation for the next line.
+            self.lines.line = line;
+            self.lines.line.clear();
+            self.lines.length = 0;
+            if message.is_some() {
+                return message;
+            }
+        }
+    }
+
+    async fn close(&mut self) -> Result<(), Self::Error> {
+        self.outbox.close();
+        Ok(())
+    }
+}
+
+/// Bounded lines of a reader.
+struct Lines<R> {
+    reader: BufReader<R>,
+    /// The line being read, without its newline, cut at the bound.
+    line: Vec<u8>,
+    /// The line's whole length, past the bound too.
+    length: usize,
+}
+
+impl<R: AsyncRead + Unpin> Lines<R> {
+    /// Reads on until the current line is complete; false at the end of the
+    /// input (an unterminated last line is dropped). Cancel-safe: what was
+    /// read stays in `line`, and the next call goes on with the same line.
+    async fn next(&mut self, max: usize) -> bool {
+        loop {
+            let buffer = match self.reader.fill_buf().await {
+                Ok([]) | Err(_) => return false,
+                Ok(buffer) => buffer,
+            };
+            let (chunk, consumed, complete) = match buffer.iter().position(|&byte| byte == b'\n') {
+                Some(index) => (&buffer[..index], index + 1, true),
+                None => (buffer, buffer.len(), false),
+            };
+            let room = max.saturating_sub(self.line.len());
+            self.line.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            self.length += chunk.len();
+            self.reader.consume(consumed);
+            if complete {
+                return true;
+            }
+        }
+    }
+}
+
+/// Bytes waiting for the child's stdin.
+#[derive(Debug, Default)]
+struct Outbox {
+    state: Mutex<Queue>,
+    /// The writer has bytes to write, or the queue closed.
+    filled: Notify,
+    /// The writer emptied the queue, or the queue closed.
+    drained: Notify,
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    bytes: Vec<u8>,
+    closed: bool,
+}
+
+impl Outbox {
+    fn state(&self) -> MutexGuard<'_, Queue> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn push(&self, bytes: &[u8]) -> io::Result<()> {
+        let mut state = self.state();
+        if state.closed {
+            return Err(io::Error::new(io::ErrorKind::NotConnected, "the upstream's stdin is closed"));
+        }
+        state.bytes.extend_from_slice(bytes);
+        drop(state);
+        self.filled.notify_one();
+        Ok(())
+    }
+
+    /// Waits while more than `MAX_QUEUED` bytes wait for the child.
+    async fn room(&self) -> io::Result<()> {
+        loop {
+            let drained = self.drained.notified();
+            tokio::pin!(drained);
+            drained.as_mut().enable();
+            {
+                let state = self.state();
+                if state.closed {
+                    return Err(io::Error::new(
+                        io::ErrorKind::NotConnected,
+                        "the upstream's stdin is closed",
+                    ));
+                }
+                if state.bytes.len() <= MAX_QUEUED {
+                    return Ok(());
+                }
+            }
+            drained.await;
+        }
+    }
+
+    fn close(&self) {
+        self.state().closed = true;
+        self.filled.notify_one();
+        self.drained.notify_waiters();
+    }
+}
+
+/// Writes what is queued, all of it at once, until the queue closes (then
+/// what was queued before is still written) or the child stops reading.
+async fn write_queued(outbox: Arc<Outbox>, mut stdin: impl AsyncWrite + Unpin) {
+    let mut batch = Vec::new();
+    loop {
+        let filled = outbox.filled.notified();
+        {
+            let mut state = outbox.state();
+            if state.bytes.is_empty() && state.closed {
+                return;
+            }
+            std::mem::swap(&mut batch, &mut state.bytes);
+        }
+        if batch.is_empty() {
+            filled.await;
+            continue;
+        }
+        let written = stdin.write_all(&batch).await;
+        batch.clear();
+        outbox.drained.notify_waiters();
+        if written.is_err() {
+            outbox.close();
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn lines_survive_a_cancelled_read() {
+        let (mut writer, reader) = tokio::io::duplex(64);
+        let mut lines = Lines { reader: BufReader::new(reader), line: Vec::new(), length: 0 };
+        writer.write_all(b"{\"half").await.unwrap();
+        // The read is cancelled after taking the first half.
+        let cancelled = tokio::time::timeout(std::time::Duration::ZERO, lines.next(100)).await;
+        assert!(cancelled.is_err());
+        writer.write_all(b"\":1}\nnext\n").await.unwrap();
+        assert!(lines.next(100).await);
+        assert_eq!(lines.line, b"{\"half\":1}");
+    }
+
+    #[tokio::test]
+    async fn long_lines_are_cut_and_measured() {
+        let input = format!("{}\nshort\n", "x".repeat(50));
+        let mut lines = Lines { reader: BufReader::new(input.as_bytes()), line: Vec::new(), length: 0 };
+        assert!(lines.next(10).await);
+        assert_eq!((lines.line.len(), lines.length), (10, 50));
+    }
+
+    #[tokio::test]
+    async fn queued_messages_reach_stdin_in_order_and_close_it() {
+        let (stdin, mut child) = tokio::io::duplex(1 << 20);
+        let (_, stdout) = tokio::io::duplex(64);
+        let mut transport =
+            StdioTransport::new("t", stdout, stdin, Arc::new(AtomicU64::new(0)), Arc::new(Ledger::default()));
+        let mut sends = Vec::new();
+        for id in 0..100 {
+            let ping = rmcp::model::ClientRequest::PingRequest(Default::default());
+            let message = TxJsonRpcMessage::<RoleClient>::request(ping, rmcp::model::RequestId::Number(id));
+            sends.push(tokio::spawn(transport.send(message)));
+        }
+        // Awaited in reverse: the order on the wire is the order of `send`.
+        for send in sends.into_iter().rev() {
+            send.await.unwrap().unwrap();
+        }
+        drop(transport);
+        let mut written = String::new();
+        tokio::io::AsyncReadExt::read_to_string(&mut child, &mut written).await.unwrap();
+        let ids: Vec<i64> = written
+            .lines()
+            .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap()["id"].as_i64().unwrap())
+            .collect();
+        assert_eq!(ids, (0..100).collect::<Vec<_>>());
+    }
+}
