@@ -229,6 +229,18 @@ impl Gateway {
         context: &RequestContext<RoleServer>,
     ) -> Result<Lease, ErrorData> {
         let Isolation::PerSession { idle_timeout } = lease.spec.isolation else { return Ok(lease) };
+        // Boxed: starting a connection is a large future, and every request
+        // future (copied as rmcp spawns it) would otherwise carry its room.
+        Box::pin(self.own_connection(lease, idle_timeout, context)).await
+    }
+
+    /// This session's own connection to the server of `lease`.
+    async fn own_connection(
+        &self,
+        lease: Lease,
+        idle_timeout: Duration,
+        context: &RequestContext<RoleServer>,
+    ) -> Result<Lease, ErrorData> {
         if is_modern(context) {
             return Err(ErrorData::invalid_request(
                 format!(
@@ -345,7 +357,7 @@ impl Gateway {
         context: &RequestContext<RoleServer>,
     ) -> Result<ServerResult, ErrorData> {
         let binding = binding_of(&request);
-        self.forward_bound(upstream, request, binding, context).await
+        Box::pin(self.forward_bound(upstream, request, binding, context)).await
     }
 
     /// [`Self::forward`] of a request the client may retry with a
@@ -828,14 +840,16 @@ impl ServerHandler for Gateway {
         self.session.remember_peer(&context.peer);
         let binding = binding("tools/call", &request.name);
         let result = match own_state(request.request_state.as_deref()) {
-            Some(state) => self.resume(&binding, state, request.input_responses.as_ref(), &context).await?,
+            Some(state) => {
+                Box::pin(self.resume(&binding, state, request.input_responses.as_ref(), &context)).await?
+            }
             None => {
                 let (upstream, tool) = self.route(&request.name, "tool")?;
                 let upstream = self.dedicated(upstream, &context).await?;
                 let mut upstream_request = request;
                 upstream_request.name = tool.into();
                 let forwarded = ClientRequest::CallToolRequest(Request::new(upstream_request));
-                self.forward_bound(&upstream, forwarded, binding, &context).await?
+                Box::pin(self.forward_bound(&upstream, forwarded, binding, &context)).await?
             }
         };
         match result {
@@ -899,12 +913,14 @@ impl ServerHandler for Gateway {
         self.session.remember_peer(&context.peer);
         let binding = binding("resources/read", &request.uri);
         let result = match own_state(request.request_state.as_deref()) {
-            Some(state) => self.resume(&binding, state, request.input_responses.as_ref(), &context).await?,
+            Some(state) => {
+                Box::pin(self.resume(&binding, state, request.input_responses.as_ref(), &context)).await?
+            }
             None => {
                 let upstream = self.resource_owner(&request.uri).ok_or_else(|| not_offered(&request.uri))?;
                 let upstream = self.dedicated(upstream, &context).await?;
                 let forwarded = ClientRequest::ReadResourceRequest(Request::new(request));
-                self.forward_bound(&upstream, forwarded, binding, &context).await?
+                Box::pin(self.forward_bound(&upstream, forwarded, binding, &context)).await?
             }
         };
         match result {
@@ -1043,14 +1059,16 @@ impl ServerHandler for Gateway {
         self.session.remember_peer(&context.peer);
         let binding = binding("prompts/get", &request.name);
         let result = match own_state(request.request_state.as_deref()) {
-            Some(state) => self.resume(&binding, state, request.input_responses.as_ref(), &context).await?,
+            Some(state) => {
+                Box::pin(self.resume(&binding, state, request.input_responses.as_ref(), &context)).await?
+            }
             None => {
                 let (upstream, prompt) = self.route(&request.name, "prompt")?;
                 let upstream = self.dedicated(upstream, &context).await?;
                 let mut upstream_request = request;
                 upstream_request.name = prompt;
                 let forwarded = ClientRequest::GetPromptRequest(Request::new(upstream_request));
-                self.forward_bound(&upstream, forwarded, binding, &context).await?
+                Box::pin(self.forward_bound(&upstream, forwarded, binding, &context)).await?
             }
         };
         match result {
@@ -1122,4 +1140,25 @@ fn not_offered(uri: &str) -> ErrorData {
         format!("no upstream offers the resource {uri:?}"),
         Some(serde_json::json!({"uri": uri})),
     )
+}
+#[cfg(test)]
+mod future_size {
+    use super::*;
+
+    fn size_of_future<'a, F, Fut>(_: F) -> usize
+    where
+        F: FnOnce(&'a Gateway, CallToolRequestParams, RequestContext<RoleServer>) -> Fut,
+    {
+        std::mem::size_of::<Fut>()
+    }
+
+    /// rmcp moves each request's future into a task of its own, copying it
+    /// on the way: the rare, large parts (a per-session connection's start,
+    /// the exchange with the upstream) are boxed so that a call copies
+    /// hundreds of bytes, not the 12 KiB it once did.
+    #[test]
+    fn a_tool_call_future_stays_small() {
+        let size = size_of_future(<Gateway as ServerHandler>::call_tool);
+        assert!(size <= 2048, "a tools/call future takes {size} bytes");
+    }
 }
