@@ -269,6 +269,68 @@ impl SessionManager for BoundSessions {
         id: &SessionId,
         message: ClientJsonRpcMessage,
     ) -> Result<impl futures::Stream<Item = ServerSseMessage> + Send + Sync + 'static, Self::Error> {
+        let stream = self.create_stream_inner(id, message).await;
+        self.check_alive(id, stream).await
+    }
+
+    async fn accept_message(&self, id: &SessionId, message: ClientJsonRpcMessage) -> Result<(), Self::Error> {
+        let accepted = self.accept_message_inner(id, message).await;
+        self.check_alive(id, accepted).await
+    }
+
+    async fn create_standalone_stream(
+        &self,
+        id: &SessionId,
+    ) -> Result<
+        impl futures::Stream<Item = rmcp::transport::common::server_side_http::ServerSseMessage>
+        + Send
+        + Sync
+        + 'static,
+        Self::Error,
+    > {
+        let stream = self.inner.create_standalone_stream(id).await;
+        self.check_alive(id, stream).await
+    }
+
+    async fn resume(
+        &self,
+        id: &SessionId,
+        last_event_id: String,
+    ) -> Result<impl futures::Stream<Item = ServerSseMessage> + Send + Sync + 'static, Self::Error> {
+        let stream = self.resume_inner(id, last_event_id).await;
+        self.check_alive(id, stream).await
+    }
+}
+
+impl BoundSessions {
+    /// Closes a session whose worker turned out to be gone. rmcp's worker
+    /// quits when its session expires, a moment before rmcp forgets the
+    /// session; a request in between finds the session but not its worker.
+    /// Closing it here (as rmcp is about to) makes the session unknown at
+    /// once, so `guard_sessions` answers that request 404, like any later
+    /// one, rather than rmcp's 500.
+    async fn check_alive<T>(
+        &self,
+        id: &SessionId,
+        result: Result<T, LocalSessionManagerError>,
+    ) -> Result<T, LocalSessionManagerError> {
+        if let Err(
+            LocalSessionManagerError::SessionNotFound(_)
+            | LocalSessionManagerError::SessionError(SessionError::SessionServiceTerminated),
+        ) = &result
+            && let Err(error) = self.close_session(id).await
+        {
+            tracing::debug!(%error, "a session whose worker ended is closed");
+        }
+        result
+    }
+
+    async fn create_stream_inner(
+        &self,
+        id: &SessionId,
+        message: ClientJsonRpcMessage,
+    ) -> Result<impl futures::Stream<Item = ServerSseMessage> + Send + Sync + 'static, LocalSessionManagerError>
+    {
         let request_id = match &message {
             ClientJsonRpcMessage::Request(request) => serde_json::to_vec(&request.id).ok(),
             _ => None,
@@ -293,7 +355,11 @@ impl SessionManager for BoundSessions {
         Ok(futures::stream::iter(first).chain(stream))
     }
 
-    async fn accept_message(&self, id: &SessionId, message: ClientJsonRpcMessage) -> Result<(), Self::Error> {
+    async fn accept_message_inner(
+        &self,
+        id: &SessionId,
+        message: ClientJsonRpcMessage,
+    ) -> Result<(), LocalSessionManagerError> {
         // rmcp restores a session by replaying its `initialize`; the
         // `initialized` that ends the replay is marked.
         let restored = matches!(
@@ -308,24 +374,12 @@ impl SessionManager for BoundSessions {
         Ok(())
     }
 
-    async fn create_standalone_stream(
-        &self,
-        id: &SessionId,
-    ) -> Result<
-        impl futures::Stream<Item = rmcp::transport::common::server_side_http::ServerSseMessage>
-        + Send
-        + Sync
-        + 'static,
-        Self::Error,
-    > {
-        self.inner.create_standalone_stream(id).await
-    }
-
-    async fn resume(
+    async fn resume_inner(
         &self,
         id: &SessionId,
         last_event_id: String,
-    ) -> Result<impl futures::Stream<Item = ServerSseMessage> + Send + Sync + 'static, Self::Error> {
+    ) -> Result<impl futures::Stream<Item = ServerSseMessage> + Send + Sync + 'static, LocalSessionManagerError>
+    {
         let stream: EventStream = if last_event_id == STANDALONE_PRIMING_ID {
             // The only id a standalone stream's client may hold before any
             // event: nothing to replay, carry on live.
@@ -442,6 +496,14 @@ fn to_sse(event: StoredEvent) -> Option<ServerSseMessage> {
     Some(sse)
 }
 
+/// rmcp's answer for an unknown or ended session, byte for byte: an id
+/// another principal holds gets exactly this too.
+fn session_not_found() -> Response {
+    let mut response = Response::new(axum::body::Body::from("Not Found: Session not found"));
+    *response.status_mut() = StatusCode::NOT_FOUND;
+    response
+}
+
 fn refuse(status: StatusCode, message: &str) -> Response {
     (status, axum::Json(serde_json::json!({"error": message}))).into_response()
 }
@@ -479,7 +541,7 @@ pub(crate) async fn guard_sessions(
         match sessions.holder(id, principal).await {
             // The same answer as for an id that does not exist: nothing
             // tells another principal that the session is real.
-            Ok(Holder::Other) => return refuse(StatusCode::NOT_FOUND, "session not found"),
+            Ok(Holder::Other) => return session_not_found(),
             Ok(Holder::Presenter { restoring: from_store }) => restoring = from_store,
             Ok(Holder::Nobody) => {}
             Err(error) => {
@@ -504,6 +566,14 @@ pub(crate) async fn guard_sessions(
     }
     let method = request.method().clone();
     let response = REQUEST_PRINCIPAL.scope(principal, next.run(request)).await;
+    if response.status() == StatusCode::INTERNAL_SERVER_ERROR
+        && let Some(id) = &presented
+        && !sessions.inner.has_session(id).await.unwrap_or(true)
+    {
+        // The session ended while this request was on its way (see
+        // `BoundSessions::check_alive`).
+        return session_not_found();
+    }
     if opening
         && response.status().is_success()
         && let Some(id) = response.headers().get(SESSION_HEADER).and_then(|value| value.to_str().ok())
@@ -523,4 +593,48 @@ pub(crate) async fn guard_sessions(
         sessions.owners().remove(&id);
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mcpsock_store::MemoryStore;
+    use rmcp::model::{ClientNotification, InitializedNotification};
+
+    #[tokio::test]
+    async fn a_session_whose_worker_ended_is_closed_at_its_next_message() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+        let events = Arc::new(EventBus::new(16));
+        let sessions =
+            BoundSessions::new(store, CancellationToken::new(), events, 10, Duration::from_secs(60));
+        let (id, transport) = sessions.create_session().await.unwrap();
+        // Nothing serves the session: dropping its transport ends its
+        // worker, and rmcp's own cleanup (which would forget the session)
+        // never runs, so the session stays known without a worker.
+        drop(transport);
+        assert!(sessions.has_session(&id).await.unwrap());
+        let initialized = || {
+            ClientJsonRpcMessage::notification(ClientNotification::InitializedNotification(
+                InitializedNotification::default(),
+            ))
+        };
+        let mut accepted = 0;
+        while sessions.accept_message(&id, initialized()).await.is_ok() {
+            // The worker takes a moment to end; until then it takes messages.
+            accepted += 1;
+            assert!(accepted < 10_000, "the worker never ended");
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            !sessions.has_session(&id).await.unwrap(),
+            "the session is closed, so the next request gets 404"
+        );
+    }
+
+    #[test]
+    fn another_principals_session_is_answered_as_an_unknown_one() {
+        let response = session_not_found();
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+        assert!(response.headers().is_empty(), "rmcp's answer has no headers of its own");
+    }
 }

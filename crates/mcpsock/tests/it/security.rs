@@ -292,10 +292,9 @@ fn sec24_idle_sessions_expire() {
             String::from_utf8_lossy(&seen)
         );
     }
-    // FIXME: the stream ends as the session's worker quits, a moment before
-    // rmcp forgets the session; a request in that moment is answered 500
-    // (seen once in a loaded CI run), not 404. Once the session is closed
-    // (its row deleted, which follows the forgetting), it is 404.
+    // The stream ends as the session's worker quits, a moment before rmcp
+    // forgets the session: a request even in that moment is answered 404.
+    assert_eq!(post(Target::Unix(&socket), "localhost", &headers, list).status, 404);
     wait_until("the expired session's row is gone", || sandbox.stored_sessions() == 0);
     assert_eq!(post(Target::Unix(&socket), "localhost", &headers, list).status, 404);
     assert!(daemon.stop().success());
