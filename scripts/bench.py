@@ -12,7 +12,7 @@ server pinned to core 0 and the load generator to core 1:
 - the nearest peer: a plain rmcp StreamableHttpService echo (bench/rmcp-echo),
   in session mode (SSE) and stateless with JSON replies;
 - mcpsock serving the same echo handler in-process (bench-rmcp-echo --mcpsock,
-  i.e. mcpsock_daemon::LockedSocket, the daemon's serving path);
+  i.e. `mcpsock::Server`, the daemon's serving path);
 - the same with sessions and events persisted in SQLite (the daemon's
   default), plain and encrypted (bench-rmcp-echo --mcpsock --db);
 - the gateway path: `mcpsock serve` fronting a minimal Rust stdio echo
