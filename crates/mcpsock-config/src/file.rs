@@ -130,14 +130,17 @@ impl std::str::FromStr for Durability {
 
 /// How upstreams are watched and restarted (`ping_interval`,
 /// `restart_backoff`, `max_restarts`, `restart_window`): set at the top
-/// level for every server, and per server to override that.
+/// level for every server, and per server to override that. The gateway
+/// runs this same policy, so its defaults are stated once, here.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Supervision {
     /// How often an upstream is sent an MCP `ping`; `None` (`"off"` or `0`)
-    /// sends none.
+    /// sends none (a request that fails on the connection still prompts
+    /// one).
     pub ping_interval: Option<Duration>,
-    /// The delay before the first restart; it doubles with each restart.
+    /// The delay before the first restart; it doubles with every restart
+    /// within `restart_window`.
     pub restart_initial_delay: Duration,
     /// The longest delay between restarts.
     pub restart_max_delay: Duration,
@@ -156,6 +159,33 @@ impl Default for Supervision {
             max_restarts: 5,
             restart_window: Duration::from_secs(60),
         }
+    }
+}
+
+impl Supervision {
+    pub fn ping_interval(mut self, interval: Option<Duration>) -> Self {
+        self.ping_interval = interval;
+        self
+    }
+
+    pub fn restart_backoff(mut self, initial: Duration, max: Duration) -> Self {
+        self.restart_initial_delay = initial;
+        self.restart_max_delay = max.max(initial);
+        self
+    }
+
+    pub fn max_restarts(mut self, max_restarts: u32, window: Duration) -> Self {
+        self.max_restarts = max_restarts;
+        self.restart_window = window;
+        self
+    }
+
+    /// The delay before restart number `attempt` (0 for the first) of an
+    /// outage: `restart_initial_delay`, doubling, at most
+    /// `restart_max_delay`.
+    pub fn restart_delay(&self, attempt: usize) -> Duration {
+        let factor = 1u32 << attempt.min(16);
+        self.restart_initial_delay.saturating_mul(factor).min(self.restart_max_delay)
     }
 }
 

@@ -22,9 +22,7 @@ use http::StatusCode;
 use mcpsock_api::{EffectiveConfig, EventBody, REDACTED, ReloadAccepted, ReloadOutcome, ReloadStatus};
 use mcpsock_config as config;
 use mcpsock_config::{Config, ServerTransport, UpstreamUrl};
-use mcpsock_gateway::{
-    HttpEndpoint, HttpSpec, Isolation, RequestLimits, Supervision, ToolFilter, UpstreamSpec,
-};
+use mcpsock_gateway::{HttpEndpoint, HttpSpec, Isolation, RequestLimits, ToolFilter, UpstreamSpec};
 use mcpsock_transport::SystemdEnv;
 
 use crate::admin::{Admin, AdminError};
@@ -111,14 +109,8 @@ pub(crate) fn specs_of(config: &Config, disabled: &BTreeSet<String>) -> Vec<Upst
                 }
                 other => unreachable!("a server kind the daemon does not know: {other:?}"),
             };
-            let policy = server.supervision;
             spec.prefix(server.prefix.clone())
-                .supervision(
-                    Supervision::default()
-                        .ping_interval(policy.ping_interval)
-                        .restart_backoff(policy.restart_initial_delay, policy.restart_max_delay)
-                        .max_restarts(policy.max_restarts, policy.restart_window),
-                )
+                .supervision(server.supervision)
                 .tools(ToolFilter {
                     enabled: server.enabled_tools.clone(),
                     disabled: server.disabled_tools.clone(),

@@ -24,6 +24,6 @@ pub use limits::RequestLimits;
 pub use names::ToolFilter;
 pub use remote::{HttpEndpoint, HttpSpec};
 pub use upstream::{
-    DEFAULT_IDLE_TIMEOUT, InstanceReport, Isolation, PING_FAILURES_BEFORE_RESTART, StdioSpec, Supervision,
-    UpstreamEvent, UpstreamReport, UpstreamSpec, UpstreamState, UpstreamTransport,
+    InstanceReport, Isolation, PING_FAILURES_BEFORE_RESTART, StdioSpec, Supervision, UpstreamEvent,
+    UpstreamReport, UpstreamSpec, UpstreamState, UpstreamTransport,
 };

@@ -37,6 +37,9 @@ use crate::routes::{Relay, Routes, Target};
 use crate::spawn::{kill_group_now, spawn_stdio, stop_group};
 use crate::stdio::StdioTransport;
 
+/// How an upstream is watched and restarted: the policy the config states.
+pub use mcpsock_config::Supervision;
+
 /// How long a stopping upstream gets to exit on its own after its stdin closes.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -74,10 +77,6 @@ pub enum Isolation {
     PerSession { idle_timeout: Duration },
 }
 
-/// How long a per-session connection may go without a request before it is
-/// stopped, unless the config says otherwise.
-pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
-
 /// How an upstream is reached.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -108,63 +107,6 @@ impl fmt::Debug for StdioSpec {
             .field("env_keys", &env_keys)
             .field("cwd", &self.cwd)
             .finish()
-    }
-}
-
-/// How an upstream is watched and restarted.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Supervision {
-    /// How often it is sent an MCP `ping`; `None` sends none (a request
-    /// that fails on the connection still prompts one).
-    pub ping_interval: Option<Duration>,
-    /// The delay before the first restart; it doubles with every restart
-    /// within `restart_window`.
-    pub restart_initial_delay: Duration,
-    /// The longest delay between restarts.
-    pub restart_max_delay: Duration,
-    /// Restarts allowed within `restart_window`; one more and the upstream
-    /// is left failed (a crash loop).
-    pub max_restarts: u32,
-    pub restart_window: Duration,
-}
-
-impl Default for Supervision {
-    fn default() -> Self {
-        Self {
-            ping_interval: Some(Duration::from_secs(30)),
-            restart_initial_delay: Duration::from_millis(500),
-            restart_max_delay: Duration::from_secs(30),
-            max_restarts: 5,
-            restart_window: Duration::from_secs(60),
-        }
-    }
-}
-
-impl Supervision {
-    pub fn ping_interval(mut self, interval: Option<Duration>) -> Self {
-        self.ping_interval = interval;
-        self
-    }
-
-    pub fn restart_backoff(mut self, initial: Duration, max: Duration) -> Self {
-        self.restart_initial_delay = initial;
-        self.restart_max_delay = max.max(initial);
-        self
-    }
-
-    pub fn max_restarts(mut self, max_restarts: u32, window: Duration) -> Self {
-        self.max_restarts = max_restarts;
-        self.restart_window = window;
-        self
-    }
-
-    /// The delay before restart number `attempt` (0 for the first) of an
-    /// outage: `restart_initial_delay`, doubling, at most
-    /// `restart_max_delay`.
-    pub(crate) fn restart_delay(&self, attempt: usize) -> Duration {
-        let factor = 1u32 << attempt.min(16);
-        self.restart_initial_delay.saturating_mul(factor).min(self.restart_max_delay)
     }
 }
 
