@@ -357,13 +357,26 @@ impl Gateway {
         context: &RequestContext<RoleServer>,
     ) -> Result<ServerResult, ErrorData> {
         let binding = binding_of(&request);
-        Box::pin(self.forward_bound(upstream, request, binding, context)).await
+        self.forward_bound(upstream, request, binding, context).await
     }
 
     /// [`Self::forward`] of a request the client may retry with a
     /// `requestState`: `binding` names it as the client sent it (before its
     /// tool or prompt name was translated), so the retry finds its call.
     async fn forward_bound(
+        &self,
+        upstream: &Lease,
+        request: ClientRequest,
+        binding: String,
+        context: &RequestContext<RoleServer>,
+    ) -> Result<ServerResult, ErrorData> {
+        // Boxed: the exchange with the upstream is the large part of a
+        // request's future, and rmcp copies that future as it spawns it.
+        Box::pin(self.exchange(upstream, request, binding, context)).await
+    }
+
+    /// The body of [`Self::forward_bound`].
+    async fn exchange(
         &self,
         upstream: &Lease,
         request: ClientRequest,
@@ -550,7 +563,9 @@ impl Gateway {
         // The upstream may have withdrawn its question meanwhile; then the
         // answer has nowhere to go, and the call goes on without it.
         let _ = reply.send(Ok(answer));
-        self.drive(exchange, context).await
+        // Boxed: the exchange is the large part of a request's future, and
+        // rmcp copies that future as it spawns it.
+        Box::pin(self.drive(exchange, context)).await
     }
 
     /// Forwards a request whose answer is an empty result.
@@ -840,16 +855,14 @@ impl ServerHandler for Gateway {
         self.session.remember_peer(&context.peer);
         let binding = binding("tools/call", &request.name);
         let result = match own_state(request.request_state.as_deref()) {
-            Some(state) => {
-                Box::pin(self.resume(&binding, state, request.input_responses.as_ref(), &context)).await?
-            }
+            Some(state) => self.resume(&binding, state, request.input_responses.as_ref(), &context).await?,
             None => {
                 let (upstream, tool) = self.route(&request.name, "tool")?;
                 let upstream = self.dedicated(upstream, &context).await?;
                 let mut upstream_request = request;
                 upstream_request.name = tool.into();
                 let forwarded = ClientRequest::CallToolRequest(Request::new(upstream_request));
-                Box::pin(self.forward_bound(&upstream, forwarded, binding, &context)).await?
+                self.forward_bound(&upstream, forwarded, binding, &context).await?
             }
         };
         match result {
@@ -913,14 +926,12 @@ impl ServerHandler for Gateway {
         self.session.remember_peer(&context.peer);
         let binding = binding("resources/read", &request.uri);
         let result = match own_state(request.request_state.as_deref()) {
-            Some(state) => {
-                Box::pin(self.resume(&binding, state, request.input_responses.as_ref(), &context)).await?
-            }
+            Some(state) => self.resume(&binding, state, request.input_responses.as_ref(), &context).await?,
             None => {
                 let upstream = self.resource_owner(&request.uri).ok_or_else(|| not_offered(&request.uri))?;
                 let upstream = self.dedicated(upstream, &context).await?;
                 let forwarded = ClientRequest::ReadResourceRequest(Request::new(request));
-                Box::pin(self.forward_bound(&upstream, forwarded, binding, &context)).await?
+                self.forward_bound(&upstream, forwarded, binding, &context).await?
             }
         };
         match result {
@@ -1059,16 +1070,14 @@ impl ServerHandler for Gateway {
         self.session.remember_peer(&context.peer);
         let binding = binding("prompts/get", &request.name);
         let result = match own_state(request.request_state.as_deref()) {
-            Some(state) => {
-                Box::pin(self.resume(&binding, state, request.input_responses.as_ref(), &context)).await?
-            }
+            Some(state) => self.resume(&binding, state, request.input_responses.as_ref(), &context).await?,
             None => {
                 let (upstream, prompt) = self.route(&request.name, "prompt")?;
                 let upstream = self.dedicated(upstream, &context).await?;
                 let mut upstream_request = request;
                 upstream_request.name = prompt;
                 let forwarded = ClientRequest::GetPromptRequest(Request::new(upstream_request));
-                Box::pin(self.forward_bound(&upstream, forwarded, binding, &context)).await?
+                self.forward_bound(&upstream, forwarded, binding, &context).await?
             }
         };
         match result {
