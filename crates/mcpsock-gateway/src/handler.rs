@@ -1164,7 +1164,7 @@ mod future_size {
     /// rmcp moves each request's future into a task of its own, copying it
     /// on the way: the rare, large parts (a per-session connection's start,
     /// the exchange with the upstream) are boxed so that a call copies
-    /// hundreds of bytes, not the 12 KiB it once did.
+    /// about a kilobyte, not the 12 KiB it once did.
     #[test]
     fn a_tool_call_future_stays_small() {
         let size = size_of_future(<Gateway as ServerHandler>::call_tool);
