@@ -191,10 +191,13 @@ class StdioPeer:
         self.process.stdin.write(json.dumps(message) + "\n")
         self.process.stdin.flush()
 
-    def open_session(self) -> None:
-        """What a client does at start: initialize, then list the tools."""
+    def initialize(self) -> None:
         self.request(1, "initialize", {"protocolVersion": "2025-11-25", "capabilities": {},
                                        "clientInfo": {"name": "bench", "version": "1"}})
+
+    def open_session(self) -> None:
+        """What a client does at start: initialize, then list the tools."""
+        self.initialize()
         self.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
         self.request(2, "tools/list", {})
 
@@ -396,18 +399,12 @@ def measure_memory(gateway, work: Path) -> dict:
     # How long `mcpsock bridge` takes from start to its first answer.
     server, _ = gateway()
     bridge_ms = []
-    initialize = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "b", "version": "1"}}})
     for _ in range(10):
         began = time.monotonic()
-        bridge = subprocess.Popen([str(MCPSOCK), "bridge", "--socket", server.address], stdin=subprocess.PIPE,
-                                  stdout=subprocess.PIPE, text=True)
-        bridge.stdin.write(initialize + "\n")
-        bridge.stdin.flush()
-        bridge.stdout.readline()
+        bridge = StdioPeer([str(MCPSOCK), "bridge", "--socket", server.address])
+        bridge.initialize()
         bridge_ms.append((time.monotonic() - began) * 1000)
-        bridge.stdin.close()
-        bridge.wait(timeout=10)
+        bridge.stop()
     memory["bridge_first_answer_ms"] = bridge_ms
     server.stop()
     return memory
