@@ -40,6 +40,8 @@ struct Inner {
 
 #[derive(Debug)]
 struct StreamRow {
+    /// Its key in `Inner::streams`, shared by its events.
+    name: Arc<str>,
     /// The session it belongs to, once bound.
     session: Option<Key>,
     /// The request it answers (JSON); none for a standalone stream.
@@ -99,20 +101,15 @@ impl Inner {
     /// keeps its session); its events so far count toward the session's
     /// cap.
     fn bind(&mut self, stream: &str, key: &[u8], request_id: Option<&[u8]>) {
-        let Some((name, row)) = self.streams.get_key_value(stream).map(|(name, row)| (name.clone(), row))
-        else {
-            return;
-        };
+        let Some(row) = self.streams.get_mut(stream) else { return };
         if row.session.is_some() {
             return;
         }
+        row.session = Some(key.to_vec());
+        row.request_id = request_id.map(<[u8]>::to_vec);
         let seqs: Vec<u64> = row.events.iter().map(|(seq, _)| *seq).collect();
-        if let Some(row) = self.streams.get_mut(stream) {
-            row.session = Some(key.to_vec());
-            row.request_id = request_id.map(<[u8]>::to_vec);
-        }
         let owned = self.owned.entry(key.to_vec()).or_default();
-        owned.streams.insert(name);
+        owned.streams.insert(row.name.clone());
         owned.live += seqs.len();
         owned.events.extend(seqs);
     }
@@ -211,25 +208,28 @@ impl MemoryStore {
         inner.next_seq += 1;
         let tag = random_tag();
         if !inner.streams.contains_key(stream) {
-            let row = StreamRow { session: None, request_id: None, events: VecDeque::new(), bytes: 0 };
-            inner.streams.insert(Arc::from(stream), row);
+            let name: Arc<str> = Arc::from(stream);
+            let row = StreamRow {
+                name: name.clone(),
+                session: None,
+                request_id: None,
+                events: VecDeque::new(),
+                bytes: 0,
+            };
+            inner.streams.insert(name, row);
         }
-        let (name, row) = inner.streams.get_key_value(stream).expect("inserted above");
-        let name = name.clone();
-        let mut key = row.session.clone();
-        if key.is_none()
-            && let Some(session) = session
+        if let Some(session) = session
+            && inner.streams[stream].session.is_none()
         {
             // A standalone stream is bound by its first event.
-            let session = session_key(session);
-            inner.bind(stream, &session, None);
-            key = Some(session);
+            inner.bind(stream, &session_key(session), None);
         }
         let size = event.message.as_ref().map_or(0, Vec::len);
-        if let Some(row) = inner.streams.get_mut(stream) {
-            row.events.push_back((seq, size));
-            row.bytes += size;
-        }
+        let row = inner.streams.get_mut(stream).expect("inserted above");
+        row.events.push_back((seq, size));
+        row.bytes += size;
+        let key = row.session.clone();
+        let name = row.name.clone();
         inner.events.insert(
             seq,
             EventRow {
