@@ -156,9 +156,13 @@ fn sec25_a_client_that_never_reads_cannot_grow_the_server_or_stall_others() {
         assert!(read > 0, "closed without an answer: {}", String::from_utf8_lossy(&answer));
         answer.extend_from_slice(&chunk[..read]);
     }
-    // The rest of the flood had nowhere to go and was discarded as it came.
+    // The rest of the flood had nowhere to go and was discarded as it came:
+    // what stays is the stalled stream's events and the allocator's slack
+    // from 100 MiB of 64 KiB messages passing through. Alongside the rest of
+    // the suite that measured 24-33 MiB (the same with the earlier memory
+    // store), so 32 MiB failed now and then; half the flood is the bound.
     let grown = resident_kib().saturating_sub(resident_before);
-    assert!(grown < 32 * 1024, "the server grew by {grown} KiB while the flood was discarded");
+    assert!(grown < 48 * 1024, "the server grew by {grown} KiB while the flood was discarded");
     drop(trigger);
 
     runtime.block_on(server.shutdown()).unwrap();
