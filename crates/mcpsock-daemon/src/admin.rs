@@ -206,7 +206,7 @@ impl Admin {
             endpoints,
             upstreams: servers,
             reload: self.reloader.status(self.in_flight.active(), self.gateway.draining().is_some()),
-            sessions: self.sessions.open_count().await,
+            sessions: self.sessions.open_count(),
             rejected_connections: self.stats.rejected(),
         }
     }
@@ -238,7 +238,7 @@ impl Admin {
         metrics::header(&mut out, "mcpsock_requests_in_flight", "gauge", "HTTP requests being answered.");
         let _ = writeln!(out, "mcpsock_requests_in_flight {}", self.in_flight.active());
         metrics::header(&mut out, "mcpsock_sessions", "gauge", "Open MCP sessions.");
-        let _ = writeln!(out, "mcpsock_sessions {}", self.sessions.open_count().await);
+        let _ = writeln!(out, "mcpsock_sessions {}", self.sessions.open_count());
         metrics::header(
             &mut out,
             "mcpsock_rejected_connections_total",

@@ -200,7 +200,7 @@ async fn session_events(
     let opening = request.method() == Method::POST && !request.headers().contains_key("mcp-session-id");
     let response = next.run(request).await;
     if opening && response.status().is_success() && response.headers().contains_key("mcp-session-id") {
-        events.publish(EventBody::SessionOpened { sessions: sessions.open_count().await });
+        events.publish(EventBody::SessionOpened { sessions: sessions.open_count() });
     }
     response
 }

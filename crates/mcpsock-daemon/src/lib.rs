@@ -12,6 +12,7 @@ pub mod api_key;
 mod builder;
 mod events;
 mod http;
+mod live;
 mod metrics;
 mod persist;
 mod reload;

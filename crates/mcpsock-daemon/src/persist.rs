@@ -1,12 +1,12 @@
-//! The daemon's use of the store: rmcp's `SessionStore` and `EventStore`
-//! over [`Store`], the answer to streams a crash cut off, and the periodic
-//! cleanup.
+//! The daemon's use of the store: rmcp's `SessionStore` over [`Store`], the
+//! events of legacy sessions, the answer to streams a crash cut off, and the
+//! periodic cleanup.
 //!
 //! rmcp records a session after its `initialize` succeeded and replays that
-//! handshake to restore the session in a new process; its session worker
-//! stores every SSE event of a legacy session before sending it, so an id a
-//! client holds is always durable. Replay is not rmcp's: `BoundSessions`
-//! answers `Last-Event-ID` from the store, scoped to the session.
+//! handshake to restore the session in a new process; the session layer
+//! (`live`) stores every SSE event of a legacy session before sending it, so
+//! an id a client holds is always durable. `BoundSessions` answers
+//! `Last-Event-ID` from the store, scoped to the session.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,12 +14,12 @@ use std::time::Duration;
 use mcpsock_store::{Clock, NewEvent, SessionRecord, Store, StoreError};
 use rmcp::model::{ErrorCode, ErrorData, InitializeRequestParams, RequestId, ServerJsonRpcMessage};
 use rmcp::transport::streamable_http_server::session::{
-    EventId, EventStore, EventStoreError, EventStream, ServerSseMessage, SessionState, SessionStore,
-    SessionStoreError,
+    ServerSseMessage, SessionState, SessionStore, SessionStoreError,
 };
 use sha2::Digest;
 use tokio_util::sync::CancellationToken;
 
+use crate::live::LiveError;
 use crate::sessions::Principal;
 
 /// What a client whose request was cut by a restart reads at the end of
@@ -32,7 +32,7 @@ tokio::task_local! {
     pub(crate) static REQUEST_PRINCIPAL: Principal;
 }
 
-/// The key a stream's events are stored under. rmcp names a session's
+/// The key a stream's events are stored under. A session's
 /// standalone stream after the session id, a secret, so only a hash of the
 /// name is stored.
 pub(crate) fn stream_key(stream_id: &str) -> String {
@@ -76,45 +76,31 @@ impl SessionStore for SessionStoreAdapter {
     }
 }
 
-/// rmcp's event store over ours, for the events of legacy sessions.
-#[derive(Debug)]
-pub(crate) struct EventStoreAdapter(pub(crate) Arc<dyn Store>);
-
-#[async_trait::async_trait]
-impl EventStore for EventStoreAdapter {
-    async fn store_event(
-        &self,
-        stream_id: &str,
-        event: &ServerSseMessage,
-    ) -> Result<EventId, EventStoreError> {
-        // rmcp names a session's standalone stream `<session id>:common`.
-        let session = stream_id.strip_suffix(":common");
-        let message = event.message.as_deref();
-        let new_event = NewEvent {
-            message: message.map(serde_json::to_vec).transpose()?,
-            retry_ms: event.retry.map(|retry| u64::try_from(retry.as_millis()).unwrap_or(u64::MAX)),
-            is_response: matches!(
-                message,
-                Some(ServerJsonRpcMessage::Response(_) | ServerJsonRpcMessage::Error(_))
-            ),
-        };
-        if session.is_none() && message.is_none() {
-            // The priming event that opens a request stream. Its id reaches
-            // the client only through `BoundSessions::create_stream`, after
-            // the stream's binding is committed, and that commit takes this
-            // event with it: one commit instead of two per request. (rmcp
-            // also primes when a handler closes a stream early, which the
-            // gateway never asks for.)
-            return Ok(self.0.append_event_deferred(&stream_key(stream_id), new_event));
-        }
-        Ok(self.0.append_event(&stream_key(stream_id), session, new_event).await?)
+/// Stores an event of a legacy session's stream `stream_id` and returns its
+/// id. A session's standalone stream is named `<session id>:common`.
+pub(crate) async fn store_event(
+    store: &dyn Store,
+    stream_id: &str,
+    event: &ServerSseMessage,
+) -> Result<String, LiveError> {
+    let session = stream_id.strip_suffix(":common");
+    let message = event.message.as_deref();
+    let new_event = NewEvent {
+        message: message.map(serde_json::to_vec).transpose()?,
+        retry_ms: event.retry.map(|retry| u64::try_from(retry.as_millis()).unwrap_or(u64::MAX)),
+        is_response: matches!(
+            message,
+            Some(ServerJsonRpcMessage::Response(_) | ServerJsonRpcMessage::Error(_))
+        ),
+    };
+    if session.is_none() && message.is_none() {
+        // The priming event that opens a request stream. Its id reaches the
+        // client only through `BoundSessions::create_stream`, after the
+        // stream's binding is committed, and that commit takes this event
+        // with it: one commit instead of two per request.
+        return Ok(store.append_event_deferred(&stream_key(stream_id), new_event));
     }
-
-    async fn replay_events_after(&self, _last_event_id: &str) -> Result<EventStream, EventStoreError> {
-        // Unscoped replay would let one session read another's events;
-        // resumption goes through `BoundSessions::resume` instead.
-        Err("replay needs the session; it is served by the session manager".into())
-    }
+    Ok(store.append_event(&stream_key(stream_id), session, new_event).await?)
 }
 
 /// Ends every request stream a previous process left without a response:

@@ -1,13 +1,14 @@
 //! Sessions with unguessable ids, bound to the principal that opened them.
 //!
-//! [`BoundSessions`] wraps rmcp's `LocalSessionManager`: it creates each
-//! session with a 256-bit random id (rmcp's own ids are UUIDv4, 122 random
-//! bits) and remembers which principal opened it. The [`guard_sessions`]
+//! [`BoundSessions`] is the session manager rmcp's HTTP service runs on,
+//! over the sessions of this process (`live`): it creates each session
+//! with a 256-bit random id (rmcp's own ids are UUIDv4, 122 random bits)
+//! and remembers which principal opened it. The [`guard_sessions`]
 //! middleware answers 404 when another principal presents that id, exactly
 //! as for an unknown one, and 429 when a principal holds too many sessions.
 //!
-//! Sessions and their events live in the store (see `persist`): rmcp's
-//! session worker stores each event before sending it, `create_stream`
+//! Sessions and their events live in the store (see `persist`): the
+//! session layer stores each event before sending it, `create_stream`
 //! records which request a stream answers, `resume` replays from the store
 //! (only the presenting session's own streams), and a session the store
 //! knows but this process does not is restored by rmcp from its recorded
@@ -26,12 +27,8 @@ use http::{Method, StatusCode};
 use mcpsock_store::{Store, StoreError, StoredEvent, is_event_id};
 use mcpsock_transport::Peer;
 use rmcp::model::{ClientJsonRpcMessage, ClientRequest, GetExtensions, ServerJsonRpcMessage};
-use rmcp::transport::WorkerTransport;
 use rmcp::transport::common::server_side_http::ServerSseMessage;
 use rmcp::transport::streamable_http_server::SessionId;
-use rmcp::transport::streamable_http_server::session::local::{
-    LocalSessionManager, LocalSessionManagerError, LocalSessionWorker, SessionError,
-};
 use rmcp::transport::streamable_http_server::session::{
     EventStream, RestoreOutcome, SessionManager, SessionRestoreMarker,
 };
@@ -39,7 +36,8 @@ use rmcp::transport::streamable_http_server::session::{
 use tokio_util::sync::CancellationToken;
 
 use crate::events::EventBus;
-use crate::persist::{EventStoreAdapter, REQUEST_PRINCIPAL};
+use crate::live::{LiveError, LiveSessions, SessionTransport};
+use crate::persist::REQUEST_PRINCIPAL;
 use mcpsock_api::EventBody;
 
 const SESSION_HEADER: &str = "mcp-session-id";
@@ -85,10 +83,10 @@ enum Holder {
     Presenter { restoring: bool },
 }
 
-/// rmcp's local session manager with random ids, owners and the store.
+/// This process's sessions with random ids, owners and the store.
 #[derive(Debug)]
 pub(crate) struct BoundSessions {
-    inner: LocalSessionManager,
+    inner: LiveSessions,
     store: Arc<dyn Store>,
     /// Cancelled when the daemon stops: sessions that close then are kept
     /// in the store for the next process.
@@ -101,10 +99,6 @@ pub(crate) struct BoundSessions {
     max_per_principal: usize,
 }
 
-fn store_error(error: StoreError) -> LocalSessionManagerError {
-    LocalSessionManagerError::SessionError(SessionError::EventStore(Box::new(error)))
-}
-
 impl BoundSessions {
     /// Sessions expire after `idle_ttl` without a request or open stream.
     pub(crate) fn new(
@@ -114,11 +108,8 @@ impl BoundSessions {
         max_per_principal: usize,
         idle_ttl: Duration,
     ) -> Self {
-        let mut inner =
-            LocalSessionManager::default().with_event_store(Arc::new(EventStoreAdapter(store.clone())));
-        inner.session_config.keep_alive = Some(idle_ttl);
         Self {
-            inner,
+            inner: LiveSessions::new(store.clone(), idle_ttl),
             store,
             stopping,
             events,
@@ -157,15 +148,14 @@ impl BoundSessions {
         self.owners.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Forgets owners of sessions rmcp has closed (idle expiry, errors).
-    async fn forget_closed(&self) {
-        let live = self.inner.sessions.read().await;
-        self.owners().retain(|id, _| live.contains_key(id));
+    /// Forgets owners of sessions that have closed (idle expiry, errors).
+    fn forget_closed(&self) {
+        self.owners().retain(|id, _| self.inner.contains(id));
     }
 
     /// Sessions open now, of every principal.
-    pub(crate) async fn open_count(&self) -> usize {
-        self.inner.sessions.read().await.len()
+    pub(crate) fn open_count(&self) -> usize {
+        self.inner.len()
     }
 
     /// Closes every session open here, as the daemon stops: their workers
@@ -173,8 +163,7 @@ impl BoundSessions {
     /// in the store for the next start.
     pub(crate) async fn close_all(&self) {
         debug_assert!(self.stopping.is_cancelled());
-        let open: Vec<SessionId> = self.inner.sessions.read().await.keys().cloned().collect();
-        for id in open {
+        for id in self.inner.ids() {
             if let Err(error) = self.close_session(&id).await {
                 tracing::debug!(%error, "a session's worker had already ended");
             }
@@ -187,34 +176,22 @@ impl BoundSessions {
     }
 }
 
-fn random_session_id() -> Result<SessionId, LocalSessionManagerError> {
+fn random_session_id() -> Result<SessionId, LiveError> {
     let mut bytes = [0u8; SESSION_ID_BYTES];
-    getrandom::fill(&mut bytes).map_err(|error| {
-        LocalSessionManagerError::SessionError(
-            rmcp::transport::streamable_http_server::session::local::SessionError::Io(std::io::Error::other(
-                format!("no randomness for a session id: {error}"),
-            )),
-        )
-    })?;
+    getrandom::fill(&mut bytes).map_err(|error| LiveError::Random(error.to_string()))?;
     let mut id = String::with_capacity(2 * SESSION_ID_BYTES);
     mcpsock_store::push_hex(&mut id, &bytes);
     Ok(id.into())
 }
 
 impl SessionManager for BoundSessions {
-    type Error = LocalSessionManagerError;
-    type Transport = WorkerTransport<LocalSessionWorker>;
+    type Error = LiveError;
+    type Transport = SessionTransport;
 
     async fn create_session(&self) -> Result<(SessionId, Self::Transport), Self::Error> {
         let id = random_session_id()?;
-        // rmcp creates a worker with a given id (and the event store) only
-        // through its restore entry point; a fresh random id is never present.
-        match self.inner.restore_session(id.clone()).await? {
-            RestoreOutcome::Restored(transport) => Ok((id, transport)),
-            _ => Err(LocalSessionManagerError::SessionError(SessionError::Io(std::io::Error::other(
-                "a new session id collided with an open session",
-            )))),
-        }
+        let transport = self.inner.open(id.clone()).ok_or(LiveError::Collision)?;
+        Ok((id, transport))
     }
 
     async fn restore_session(&self, id: SessionId) -> Result<RestoreOutcome<Self::Transport>, Self::Error> {
@@ -222,7 +199,10 @@ impl SessionManager for BoundSessions {
             // Closed a moment ago; its row is on its way out.
             return Ok(RestoreOutcome::NotSupported);
         }
-        self.inner.restore_session(id).await
+        Ok(match self.inner.open(id) {
+            Some(transport) => RestoreOutcome::Restored(transport),
+            None => RestoreOutcome::AlreadyPresent,
+        })
     }
 
     async fn initialize_session(
@@ -230,11 +210,11 @@ impl SessionManager for BoundSessions {
         id: &SessionId,
         message: ClientJsonRpcMessage,
     ) -> Result<ServerJsonRpcMessage, Self::Error> {
-        self.inner.initialize_session(id, message).await
+        self.inner.initialize(id, message).await
     }
 
     async fn has_session(&self, id: &SessionId) -> Result<bool, Self::Error> {
-        self.inner.has_session(id).await
+        Ok(self.inner.contains(id))
     }
 
     async fn close_session(&self, id: &SessionId) -> Result<(), Self::Error> {
@@ -249,19 +229,18 @@ impl SessionManager for BoundSessions {
             self.closing().insert(id.clone());
         }
         // rmcp closes a deleted session twice (the DELETE, then its ending
-        // worker): announce it once, while it is still open here.
-        let was_open = self.inner.has_session(id).await?;
-        let closed = self.inner.close_session(id).await;
+        // service loop): announce it once.
+        let was_open = self.inner.close(id);
         if !stopping {
             if let Err(error) = self.store.delete_session(id).await {
                 tracing::warn!(%error, "a closed session stays in the store until its expiry");
             }
             self.closing().remove(id);
             if was_open {
-                self.events.publish(EventBody::SessionClosed { sessions: self.open_count().await });
+                self.events.publish(EventBody::SessionClosed { sessions: self.open_count() });
             }
         }
-        closed
+        Ok(())
     }
 
     async fn create_stream(
@@ -288,7 +267,7 @@ impl SessionManager for BoundSessions {
         + 'static,
         Self::Error,
     > {
-        let stream = self.inner.create_standalone_stream(id).await;
+        let stream = self.inner.standalone(id);
         self.check_alive(id, stream).await
     }
 
@@ -303,21 +282,14 @@ impl SessionManager for BoundSessions {
 }
 
 impl BoundSessions {
-    /// Closes a session whose worker turned out to be gone. rmcp's worker
-    /// quits when its session expires, a moment before rmcp forgets the
-    /// session; a request in between finds the session but not its worker.
+    /// Closes a session whose service loop turned out to be gone. A session
+    /// ends when it expires, a moment before rmcp's service closes it; a
+    /// request in between finds the session but not its service loop.
     /// Closing it here (as rmcp is about to) makes the session unknown at
     /// once, so `guard_sessions` answers that request 404, like any later
     /// one, rather than rmcp's 500.
-    async fn check_alive<T>(
-        &self,
-        id: &SessionId,
-        result: Result<T, LocalSessionManagerError>,
-    ) -> Result<T, LocalSessionManagerError> {
-        if let Err(
-            LocalSessionManagerError::SessionNotFound(_)
-            | LocalSessionManagerError::SessionError(SessionError::SessionServiceTerminated),
-        ) = &result
+    async fn check_alive<T>(&self, id: &SessionId, result: Result<T, LiveError>) -> Result<T, LiveError> {
+        if let Err(LiveError::NotFound | LiveError::Ended) = &result
             && let Err(error) = self.close_session(id).await
         {
             tracing::debug!(%error, "a session whose worker ended is closed");
@@ -329,8 +301,7 @@ impl BoundSessions {
         &self,
         id: &SessionId,
         message: ClientJsonRpcMessage,
-    ) -> Result<impl futures::Stream<Item = ServerSseMessage> + Send + Sync + 'static, LocalSessionManagerError>
-    {
+    ) -> Result<impl futures::Stream<Item = ServerSseMessage> + Send + Sync + 'static, LiveError> {
         let request_id = match &message {
             ClientJsonRpcMessage::Request(request) => serde_json::to_vec(&request.id).ok(),
             _ => None,
@@ -341,8 +312,8 @@ impl BoundSessions {
         {
             tracing::warn!(%error, "a session setting was not recorded; a restart will forget it");
         }
-        let mut stream = self.inner.create_stream(id, message).await?;
-        // The first event (rmcp's priming event, already stored) names the
+        let mut stream = self.inner.request(id, message).await?;
+        // The first event (the priming event, already stored) names the
         // stream; record which session and request it answers before the
         // client sees any id of it, so a resume after a crash finds it.
         let first = stream.next().await;
@@ -359,7 +330,7 @@ impl BoundSessions {
         &self,
         id: &SessionId,
         message: ClientJsonRpcMessage,
-    ) -> Result<(), LocalSessionManagerError> {
+    ) -> Result<(), LiveError> {
         // rmcp restores a session by replaying its `initialize`; the
         // `initialized` that ends the replay is marked.
         let restored = matches!(
@@ -367,7 +338,7 @@ impl BoundSessions {
             ClientJsonRpcMessage::Notification(notification)
                 if notification.notification.extensions().get::<SessionRestoreMarker>().is_some()
         );
-        self.inner.accept_message(id, message).await?;
+        self.inner.accept(id, message).await?;
         if restored {
             self.replay_settings(id).await;
         }
@@ -378,17 +349,16 @@ impl BoundSessions {
         &self,
         id: &SessionId,
         last_event_id: String,
-    ) -> Result<impl futures::Stream<Item = ServerSseMessage> + Send + Sync + 'static, LocalSessionManagerError>
-    {
+    ) -> Result<impl futures::Stream<Item = ServerSseMessage> + Send + Sync + 'static, LiveError> {
         let stream: EventStream = if last_event_id == STANDALONE_PRIMING_ID {
             // The only id a standalone stream's client may hold before any
             // event: nothing to replay, carry on live.
-            Box::pin(self.inner.create_standalone_stream(id).await?)
+            Box::pin(self.inner.standalone(id)?)
         } else if !is_event_id(&last_event_id) {
             tracing::debug!("resume with an id this daemon never issued");
             Box::pin(futures::stream::empty())
         } else {
-            match self.store.replay_after(id, &last_event_id).await.map_err(store_error)? {
+            match self.store.replay_after(id, &last_event_id).await? {
                 None => {
                     tracing::debug!("resume with an unknown event or another session's event");
                     Box::pin(futures::stream::empty())
@@ -397,7 +367,7 @@ impl BoundSessions {
                     // Live events may also be in the replay; each is sent once.
                     let replayed: HashSet<String> =
                         replay.events.iter().map(|event| event.id.clone()).collect();
-                    let live = self.inner.create_standalone_stream(id).await?.filter(move |event| {
+                    let live = self.inner.standalone(id)?.filter(move |event| {
                         futures::future::ready(
                             event.event_id.as_ref().is_none_or(|id| !replayed.contains(id)),
                         )
@@ -460,9 +430,9 @@ impl BoundSessions {
                 continue;
             };
             let replayed = async {
-                let stream = self.inner.create_stream(id, message).await?;
+                let stream = self.inner.request(id, message).await?;
                 stream.for_each(|_| futures::future::ready(())).await;
-                Ok::<_, LocalSessionManagerError>(())
+                Ok::<_, LiveError>(())
             };
             match tokio::time::timeout(SETTING_REPLAY_TIMEOUT, replayed).await {
                 Ok(Ok(())) => tracing::debug!(setting = key, "session setting restored"),
@@ -556,7 +526,7 @@ pub(crate) async fn guard_sessions(
     }
     let opening = may_open_session(&request);
     if opening && sessions.count(principal) >= sessions.max_per_principal {
-        sessions.forget_closed().await;
+        sessions.forget_closed();
         if sessions.count(principal) >= sessions.max_per_principal {
             return refuse(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -568,7 +538,7 @@ pub(crate) async fn guard_sessions(
     let response = REQUEST_PRINCIPAL.scope(principal, next.run(request)).await;
     if response.status() == StatusCode::INTERNAL_SERVER_ERROR
         && let Some(id) = &presented
-        && !sessions.inner.has_session(id).await.unwrap_or(true)
+        && !sessions.inner.contains(id)
     {
         // The session ended while this request was on its way (see
         // `BoundSessions::check_alive`).
