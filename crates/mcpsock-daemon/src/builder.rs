@@ -193,7 +193,8 @@ impl Server {
         self
     }
 
-    /// How long a session may stay unused before it expires (default 1 h).
+    /// How long a session may stay unused before it expires (default 1 h):
+    /// no request, no message from the handler, no request in flight.
     pub fn session_idle_ttl(mut self, ttl: Duration) -> Self {
         self.listen.session_idle_ttl = ttl;
         self
