@@ -137,7 +137,7 @@ impl LiveSessions {
             store: self.store.clone(),
             inbox,
             idle_ttl: self.idle_ttl,
-            idle: Box::pin(tokio::time::sleep_until(opened + self.idle_ttl)),
+            idle: Box::pin(tokio::time::sleep_until(later(opened, self.idle_ttl))),
         })
     }
 
@@ -375,7 +375,8 @@ impl Session {
         if !self.routes().requests.is_empty() {
             return None;
         }
-        Some(self.opened + Duration::from_millis(self.active_at.load(Ordering::Relaxed)) + idle_ttl)
+        let active = later(self.opened, Duration::from_millis(self.active_at.load(Ordering::Relaxed)));
+        Some(later(active, idle_ttl))
     }
 
     /// Ends the session: no more client messages reach the service loop,
@@ -425,6 +426,12 @@ impl Session {
     }
 }
 
+/// `at + by`, or about thirty years on when that is past what `Instant`
+/// holds (a `session_idle_ttl` of "never", in effect).
+fn later(at: Instant, by: Duration) -> Instant {
+    at.checked_add(by).unwrap_or_else(|| at + Duration::from_secs(30 * 365 * 86_400))
+}
+
 /// The transport a session's rmcp service loop runs on.
 pub(crate) struct SessionTransport {
     session: Arc<Session>,
@@ -459,7 +466,7 @@ impl Transport<RoleServer> for SessionTransport {
                             return None;
                         }
                         Some(at) => self.idle.as_mut().reset(at),
-                        None => self.idle.as_mut().reset(Instant::now() + self.idle_ttl),
+                        None => self.idle.as_mut().reset(later(Instant::now(), self.idle_ttl)),
                     }
                 }
             }
@@ -614,6 +621,14 @@ mod tests {
         drop(transport);
         assert!(matches!(sessions.initialize(&id, initialize).await, Err(LiveError::Ended)));
         assert!(sessions.contains(&id), "rmcp's service closes it next");
+    }
+
+    #[tokio::test]
+    async fn an_idle_time_past_what_an_instant_holds_means_never() {
+        let (sessions, id, mut transport) = sessions(Duration::MAX);
+        sessions.accept(&id, call(1, None)).await.unwrap();
+        assert!(transport.receive().await.is_some());
+        assert!(sessions.contains(&id));
     }
 
     #[tokio::test(start_paused = true)]
