@@ -196,7 +196,7 @@ async fn session_events(
     next: Next,
 ) -> Response {
     // `session.closed` comes from the session manager, which sees every
-    // way a session ends (DELETE, idle expiry, a failed worker).
+    // way a session ends (DELETE, idle expiry, a failed service loop).
     let opening = request.method() == Method::POST && !request.headers().contains_key("mcp-session-id");
     let response = next.run(request).await;
     if opening && response.status().is_success() && response.headers().contains_key("mcp-session-id") {

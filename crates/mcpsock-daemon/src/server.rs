@@ -303,7 +303,7 @@ impl Serving {
     /// Serves until `shutdown` resolves. Then it stops accepting, lets
     /// in-flight requests finish within the grace period (none for
     /// [`Stop::Now`]), ends open streams, closes connections and the
-    /// sessions' workers (their records stay in the store), and closes the
+    /// sessions (their records stay in the store), and closes the
     /// store (for SQLite: the WAL is checkpointed and the database
     /// unlocked). The returned guard (none for an activated socket) still
     /// holds the lock; dropping it removes the socket and PID file.
@@ -345,7 +345,7 @@ impl Serving {
             result.context("a listener task failed")?;
         }
         // With the streams token cancelled, closing keeps each session's
-        // record for the next start; its worker and handler end here.
+        // record for the next start; its service loop and handler end here.
         sessions.close_all().await;
         cleanup.await.context("the state cleanup task failed")?;
         options.store.close().await.context("could not close the state store")?;

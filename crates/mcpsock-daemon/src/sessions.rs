@@ -158,14 +158,14 @@ impl BoundSessions {
         self.inner.len()
     }
 
-    /// Closes every session open here, as the daemon stops: their workers
-    /// and handlers end, and (the stop being under way) their records stay
+    /// Closes every session open here, as the daemon stops: their service
+    /// loops and handlers end, and (the stop being under way) their records stay
     /// in the store for the next start.
     pub(crate) async fn close_all(&self) {
         debug_assert!(self.stopping.is_cancelled());
         for id in self.inner.ids() {
             if let Err(error) = self.close_session(&id).await {
-                tracing::debug!(%error, "a session's worker had already ended");
+                tracing::debug!(%error, "a session had already ended");
             }
         }
     }
@@ -219,10 +219,10 @@ impl SessionManager for BoundSessions {
 
     async fn close_session(&self, id: &SessionId) -> Result<(), Self::Error> {
         self.owners().remove(id);
-        // A session closes on DELETE, on idle expiry or when its worker
+        // A session closes on DELETE, on idle expiry or when its service loop
         // fails, and when the daemon stops. Only in the last case may it
         // live on in the store. It leaves memory first, so no request finds
-        // a session whose worker is gone; until its row is deleted too, it
+        // a session whose service loop is gone; until its row is deleted too, it
         // must not be restored from that row.
         let stopping = self.stopping.is_cancelled();
         if !stopping {
@@ -292,7 +292,7 @@ impl BoundSessions {
         if let Err(LiveError::NotFound | LiveError::Ended) = &result
             && let Err(error) = self.close_session(id).await
         {
-            tracing::debug!(%error, "a session whose worker ended is closed");
+            tracing::debug!(%error, "a session whose service loop ended is closed");
         }
         result
     }
@@ -572,15 +572,16 @@ mod tests {
     use rmcp::model::{ClientNotification, InitializedNotification};
 
     #[tokio::test]
-    async fn a_session_whose_worker_ended_is_closed_at_its_next_message() {
+    async fn a_session_whose_service_loop_ended_is_closed_at_its_next_message() {
         let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
         let events = Arc::new(EventBus::new(16));
         let sessions =
             BoundSessions::new(store, CancellationToken::new(), events, 10, Duration::from_secs(60));
         let (id, transport) = sessions.create_session().await.unwrap();
-        // Nothing serves the session: dropping its transport ends its
-        // worker, and rmcp's own cleanup (which would forget the session)
-        // never runs, so the session stays known without a worker.
+        // Nothing serves the session: dropping its transport is what a
+        // service loop that quits does, and rmcp's own cleanup (which would
+        // close the session) never runs, so the session stays known
+        // without a service loop.
         drop(transport);
         assert!(sessions.has_session(&id).await.unwrap());
         let initialized = || {
@@ -588,13 +589,7 @@ mod tests {
                 InitializedNotification::default(),
             ))
         };
-        let mut accepted = 0;
-        while sessions.accept_message(&id, initialized()).await.is_ok() {
-            // The worker takes a moment to end; until then it takes messages.
-            accepted += 1;
-            assert!(accepted < 10_000, "the worker never ended");
-            tokio::task::yield_now().await;
-        }
+        assert!(matches!(sessions.accept_message(&id, initialized()).await, Err(LiveError::Ended)));
         assert!(
             !sessions.has_session(&id).await.unwrap(),
             "the session is closed, so the next request gets 404"

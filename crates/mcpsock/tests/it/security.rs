@@ -292,8 +292,8 @@ fn sec24_idle_sessions_expire() {
             String::from_utf8_lossy(&seen)
         );
     }
-    // The stream ends as the session's worker quits, a moment before rmcp
-    // forgets the session: a request even in that moment is answered 404.
+    // The stream ends as the session expires, a moment before rmcp's service
+    // closes it: a request even in that moment is answered 404.
     assert_eq!(post(Target::Unix(&socket), "localhost", &headers, list).status, 404);
     wait_until("the expired session's row is gone", || sandbox.stored_sessions() == 0);
     assert_eq!(post(Target::Unix(&socket), "localhost", &headers, list).status, 404);
