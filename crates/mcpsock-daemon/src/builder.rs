@@ -194,7 +194,8 @@ impl Server {
     }
 
     /// How long a session may stay unused before it expires (default 1 h):
-    /// no request, no message from the handler, no request in flight.
+    /// no request, no message from the handler, no client waiting for an
+    /// answer.
     pub fn session_idle_ttl(mut self, ttl: Duration) -> Self {
         self.listen.session_idle_ttl = ttl;
         self

@@ -99,7 +99,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl LiveSessions {
     /// Sessions end after `idle_ttl` without a message either way and
-    /// without a request in flight.
+    /// with no client waiting for an answer.
     pub(crate) fn new(store: Arc<dyn Store>, idle_ttl: Duration) -> Self {
         let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         Self {
@@ -370,9 +370,11 @@ impl Session {
     }
 
     /// When the session expires if nothing happens before then, or `None`
-    /// while a request is in flight (a long tool call is not idleness).
+    /// while a client waits for the answer to a request (a long tool call
+    /// is not idleness). A request whose client left does not hold the
+    /// session: a handler that never answers must not keep it for ever.
     fn expiry(&self, idle_ttl: Duration) -> Option<Instant> {
-        if !self.routes().requests.is_empty() {
+        if self.routes().requests.values().any(|stream| !stream.tx.is_closed()) {
             return None;
         }
         let active = later(self.opened, Duration::from_millis(self.active_at.load(Ordering::Relaxed)));
@@ -629,6 +631,17 @@ mod tests {
         sessions.accept(&id, call(1, None)).await.unwrap();
         assert!(transport.receive().await.is_some());
         assert!(sessions.contains(&id));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_whose_client_left_does_not_hold_the_session() {
+        let ttl = Duration::from_secs(60);
+        let (sessions, id, mut transport) = sessions(ttl);
+        drop(sessions.request(&id, call(1, None)).await.unwrap());
+        transport.receive().await.unwrap();
+        let started = Instant::now();
+        assert!(transport.receive().await.is_none(), "the session ends though the request was not answered");
+        assert!(started.elapsed() >= ttl);
     }
 
     #[tokio::test(start_paused = true)]
