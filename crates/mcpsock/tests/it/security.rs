@@ -301,6 +301,37 @@ fn sec24_idle_sessions_expire() {
 }
 
 #[test]
+fn sec24_a_session_does_not_expire_while_its_client_waits_for_an_answer() {
+    let sandbox = Sandbox::new();
+    let config = sandbox.write_config(&json!({
+        "mcpServers": {"demo": {"command": demo_server()}},
+        "session_idle_ttl": "1s",
+    }));
+    let daemon = Daemon::start(&sandbox, &config);
+    let socket = sandbox.socket();
+    let session = open_session(Target::Unix(&socket), "localhost", "");
+    let headers = format!("MCP-Protocol-Version: 2025-06-18\r\nMcp-Session-Id: {session}");
+    // Without a progress token the tool sends nothing while it counts: for
+    // 2.5 s the session sees no message either way, well past its idle time.
+    let call = r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"demo__countdown","arguments":{"steps":1,"interval_ms":2500}}}"#;
+    let answered = raw_request_waiting(
+        Target::Unix(&socket),
+        &format!("POST /mcp HTTP/1.1\r\nHost: localhost\r\n{MCP_HEADERS}\r\n{headers}"),
+        call.as_bytes(),
+        TIMEOUT,
+    );
+    assert_eq!(answered.status, 200, "{answered:?}");
+    assert!(answered.body.contains(r#""text":"done""#), "the call is answered: {}", answered.body);
+    let list = r#"{"jsonrpc":"2.0","id":3,"method":"tools/list"}"#;
+    assert_eq!(
+        post(Target::Unix(&socket), "localhost", &headers, list).status,
+        200,
+        "the session is still open"
+    );
+    assert!(daemon.stop().success());
+}
+
+#[test]
 fn sec24_sessions_that_expire_while_stopped_are_purged_on_the_next_run() {
     let sandbox = Sandbox::new();
     let config = sandbox
