@@ -9,7 +9,7 @@ use std::time::Instant;
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{any, get};
 use axum::{Json, Router};
 use http::Method;
 use http_body_util::BodyExt;
@@ -224,9 +224,12 @@ where
         .enforce_origin_validation();
     // Sessions this process does not know are restored from the store.
     config.session_store = Some(Arc::new(SessionStoreAdapter(sessions.store())));
-    let mcp = StreamableHttpService::new(move || Ok(factory()), sessions.clone(), config);
+    // Shared, not cloned: axum clones a route's service for every request,
+    // once per middleware layer, and a clone of rmcp's service copies its
+    // whole config (five allocations each time).
+    let mcp = Arc::new(StreamableHttpService::new(move || Ok(factory()), sessions.clone(), config));
     let mcp = Router::new()
-        .route_service(MCP_PATH, mcp)
+        .route(MCP_PATH, any(move |request: Request| async move { mcp.handle(request).await }))
         .layer(axum::middleware::from_fn_with_state((sessions.clone(), events), session_events))
         .layer(axum::middleware::from_fn_with_state(sessions, guard_sessions))
         .layer(axum::middleware::from_fn_with_state(StreamWatch::start(stream_stall_timeout), watch_streams));
