@@ -15,7 +15,7 @@ use http::Method;
 use http_body_util::BodyExt;
 use mcpsock_api::{EventBody, HEALTH_PATH, Health, HealthStatus, MCP_PATH, UpstreamHealth};
 use mcpsock_gateway::Gateway;
-use mcpsock_transport::ListenerStats;
+use mcpsock_transport::{ConnectionControl, ListenerStats};
 use rmcp::ServerHandler;
 
 use crate::HealthReporter;
@@ -24,7 +24,7 @@ use crate::events::EventBus;
 use crate::metrics::{self, Metrics, Outcome};
 use crate::persist::SessionStoreAdapter;
 use crate::sessions::{BoundSessions, guard_sessions};
-use crate::stall::{StreamWatch, watch_streams};
+use crate::stall::StreamWatch;
 use rmcp::transport::StreamableHttpServerConfig;
 use rmcp::transport::StreamableHttpService;
 use tokio::sync::Notify;
@@ -188,21 +188,26 @@ pub(crate) fn health_route(health: HealthReporter, stats: Arc<ListenerStats>) ->
     Router::new().route(HEALTH_PATH, health)
 }
 
-/// Publishes `session.opened` and `session.closed` (for sessions a client
-/// opens with `initialize` and closes with `DELETE`).
-async fn session_events(
-    State((sessions, events)): State<(Arc<BoundSessions>, Arc<EventBus>)>,
-    request: Request,
-    next: Next,
-) -> Response {
-    // `session.closed` comes from the session manager, which sees every
-    // way a session ends (DELETE, idle expiry, a failed service loop).
+/// What stands before rmcp's service on `/mcp`.
+struct McpGuards {
+    sessions: Arc<BoundSessions>,
+    events: Arc<EventBus>,
+    watch: Arc<StreamWatch>,
+}
+
+/// The `/mcp` middleware, one layer (each layer costs an allocation and a
+/// clone of the stack beneath it per request): the session guard, then
+/// `session.opened` for a session a client opened (`session.closed` comes
+/// from the session manager, which sees every way a session ends), and
+/// the stall watch on every event stream.
+async fn guard_mcp(State(guards): State<Arc<McpGuards>>, request: Request, next: Next) -> Response {
+    let control = request.extensions().get::<ConnectionControl>().cloned();
     let opening = request.method() == Method::POST && !request.headers().contains_key("mcp-session-id");
-    let response = next.run(request).await;
+    let response = guard_sessions(&guards.sessions, request, next).await;
     if opening && response.status().is_success() && response.headers().contains_key("mcp-session-id") {
-        events.publish(EventBody::SessionOpened { sessions: sessions.open_count() });
+        guards.events.publish(EventBody::SessionOpened { sessions: guards.sessions.open_count() });
     }
-    response
+    guards.watch.watch(control, response)
 }
 
 /// The router served on every listener: `/mcp`, the API key route, and
@@ -230,9 +235,10 @@ where
     let mcp = Arc::new(StreamableHttpService::new(move || Ok(factory()), sessions.clone(), config));
     let mcp = Router::new()
         .route(MCP_PATH, any(move |request: Request| async move { mcp.handle(request).await }))
-        .layer(axum::middleware::from_fn_with_state((sessions.clone(), events), session_events))
-        .layer(axum::middleware::from_fn_with_state(sessions, guard_sessions))
-        .layer(axum::middleware::from_fn_with_state(StreamWatch::start(stream_stall_timeout), watch_streams));
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(McpGuards { sessions, events, watch: StreamWatch::start(stream_stall_timeout) }),
+            guard_mcp,
+        ));
     Router::new()
         .route(mcpsock_api::API_KEY_PATH, get(api_key).with_state(access.clone()))
         .merge(routes)

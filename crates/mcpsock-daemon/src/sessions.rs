@@ -19,7 +19,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
@@ -491,11 +491,7 @@ fn may_open_session(request: &Request) -> bool {
 }
 
 /// Enforces session ownership and the per-principal session limit on `/mcp`.
-pub(crate) async fn guard_sessions(
-    State(sessions): State<Arc<BoundSessions>>,
-    request: Request,
-    next: Next,
-) -> Response {
+pub(crate) async fn guard_sessions(sessions: &BoundSessions, request: Request, next: Next) -> Response {
     for header in [SESSION_HEADER, VERSION_HEADER] {
         if request.headers().get_all(header).iter().count() > 1 {
             return refuse(StatusCode::BAD_REQUEST, &format!("the {header} header must appear at most once"));

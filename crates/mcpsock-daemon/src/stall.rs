@@ -15,8 +15,6 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::extract::{Request, State};
-use axum::middleware::Next;
 use axum::response::Response;
 use bytes::Bytes;
 use http_body::Frame;
@@ -123,24 +121,21 @@ async fn sweep(watch: Weak<StreamWatch>, every: Duration) {
     }
 }
 
-/// Wraps every `text/event-stream` response so that a stalled reader is
-/// dropped after the stall timeout.
-pub(crate) async fn watch_streams(
-    State(watch): State<Arc<StreamWatch>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let control = request.extensions().get::<ConnectionControl>().cloned();
-    let response = next.run(request).await;
-    let is_stream = response
-        .headers()
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|value| value.to_str().ok())
-        .is_some_and(|value| value.starts_with("text/event-stream"));
-    let Some(control) = control.filter(|_| is_stream) else {
-        return response;
-    };
-    let progress = Arc::new(Progress::default());
-    watch.streams().push((Arc::downgrade(&progress), control));
-    response.map(|inner| Body::new(Watched { inner, progress }))
+impl StreamWatch {
+    /// Wraps a `text/event-stream` response so that a stalled reader is
+    /// dropped after the stall timeout; `control` is the connection of the
+    /// request it answers.
+    pub(crate) fn watch(&self, control: Option<ConnectionControl>, response: Response) -> Response {
+        let is_stream = response
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok())
+            .is_some_and(|value| value.starts_with("text/event-stream"));
+        let Some(control) = control.filter(|_| is_stream) else {
+            return response;
+        };
+        let progress = Arc::new(Progress::default());
+        self.streams().push((Arc::downgrade(&progress), control));
+        response.map(|inner| Body::new(Watched { inner, progress }))
+    }
 }
