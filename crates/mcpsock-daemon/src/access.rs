@@ -18,7 +18,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, StatusCode, header};
 use mcpsock_config::Secret;
@@ -113,42 +112,61 @@ fn refuse(status: StatusCode, message: &'static str) -> Response {
     response
 }
 
-pub(crate) async fn guard_access(
-    State(access): State<Arc<Access>>,
-    mut request: Request,
-    next: Next,
-) -> Response {
-    if request.headers().contains_key(header::ORIGIN) {
-        return refuse(StatusCode::FORBIDDEN, "requests from web pages (with an Origin header) are refused");
+/// A request the access guard turned away: its status and the reason.
+#[derive(Debug)]
+pub(crate) struct Refused(StatusCode, &'static str);
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        refuse(self.0, self.1)
     }
-    let caller = match request.extensions().get::<Peer>() {
-        Some(Peer::Unix { uid, .. }) if *uid == rustix::process::geteuid().as_raw() => Caller::Owner,
-        Some(Peer::Unix { .. }) => Caller::OtherUser,
-        Some(Peer::Tcp { .. }) => {
-            let host = request.headers().get(header::HOST).and_then(|value| value.to_str().ok());
-            if !host
-                .is_some_and(|host| access.tcp_hosts.iter().any(|allowed| allowed.eq_ignore_ascii_case(host)))
-            {
-                return refuse(StatusCode::FORBIDDEN, "the Host header must name this loopback listener");
-            }
-            if access.key_matches(request.headers()) {
-                Caller::ApiKey
-            } else if request.method() == http::Method::GET
-                && request.uri().path() == mcpsock_api::HEALTH_PATH
-                && !has_credentials(request.headers())
-            {
-                Caller::Anonymous
-            } else {
-                return refuse(
-                    StatusCode::UNAUTHORIZED,
-                    "an API key is required: send it in Authorization: Bearer or X-API-Key",
-                );
-            }
+}
+
+impl Access {
+    /// Admits `request`, tagging it with its [`Caller`], or tells why not.
+    pub(crate) fn admit(&self, request: &mut Request) -> Result<(), Refused> {
+        let caller = self.caller(request)?;
+        request.extensions_mut().insert(caller);
+        Ok(())
+    }
+
+    fn caller(&self, request: &Request) -> Result<Caller, Refused> {
+        if request.headers().contains_key(header::ORIGIN) {
+            return Err(Refused(
+                StatusCode::FORBIDDEN,
+                "requests from web pages (with an Origin header) are refused",
+            ));
         }
-        _ => return refuse(StatusCode::FORBIDDEN, "unknown connection"),
-    };
-    request.extensions_mut().insert(caller);
-    next.run(request).await
+        Ok(match request.extensions().get::<Peer>() {
+            Some(Peer::Unix { uid, .. }) if *uid == rustix::process::geteuid().as_raw() => Caller::Owner,
+            Some(Peer::Unix { .. }) => Caller::OtherUser,
+            Some(Peer::Tcp { .. }) => {
+                let host = request.headers().get(header::HOST).and_then(|value| value.to_str().ok());
+                if !host.is_some_and(|host| {
+                    self.tcp_hosts.iter().any(|allowed| allowed.eq_ignore_ascii_case(host))
+                }) {
+                    return Err(Refused(
+                        StatusCode::FORBIDDEN,
+                        "the Host header must name this loopback listener",
+                    ));
+                }
+                if self.key_matches(request.headers()) {
+                    Caller::ApiKey
+                } else if request.method() == http::Method::GET
+                    && request.uri().path() == mcpsock_api::HEALTH_PATH
+                    && !has_credentials(request.headers())
+                {
+                    Caller::Anonymous
+                } else {
+                    return Err(Refused(
+                        StatusCode::UNAUTHORIZED,
+                        "an API key is required: send it in Authorization: Bearer or X-API-Key",
+                    ));
+                }
+            }
+            _ => return Err(Refused(StatusCode::FORBIDDEN, "unknown connection")),
+        })
+    }
 }
 
 /// A request that presents a key must present the right one, even where

@@ -19,7 +19,7 @@ use mcpsock_transport::{ConnectionControl, ListenerStats};
 use rmcp::ServerHandler;
 
 use crate::HealthReporter;
-use crate::access::{Access, api_key, guard_access};
+use crate::access::{Access, api_key};
 use crate::events::EventBus;
 use crate::metrics::{self, Metrics, Outcome};
 use crate::persist::SessionStoreAdapter;
@@ -83,15 +83,38 @@ impl Drop for Observation {
     }
 }
 
+/// What stands before every route.
+struct RequestGuards {
+    access: Arc<Access>,
+    in_flight: Arc<InFlight>,
+    metrics: Arc<Metrics>,
+}
+
+/// The middleware of every route, one layer (each layer costs an allocation
+/// and a clone of the stack beneath it per request): the access guard, then
+/// [`track_requests`].
+async fn guard_requests(
+    State(guards): State<Arc<RequestGuards>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    if let Err(refused) = guards.access.admit(&mut request) {
+        return refused.into_response();
+    }
+    track_requests(&guards.in_flight, &guards.metrics, request, next).await
+}
+
 /// Counts a POST from its arrival until its response body is fully sent or
 /// dropped, and records `/mcp` requests in the metrics. Long-lived GET
 /// streams are not requests in flight: they are ended when shutdown cancels
 /// the streams.
 async fn track_requests(
-    State((in_flight, metrics)): State<(Arc<InFlight>, Arc<Metrics>)>,
+    in_flight: &Arc<InFlight>,
+    metrics: &Arc<Metrics>,
     request: Request,
     next: Next,
 ) -> Response {
+    let (in_flight, metrics) = (in_flight.clone(), metrics.clone());
     if request.method() != Method::POST {
         return next.run(request).await;
     }
@@ -243,6 +266,8 @@ where
         .route(mcpsock_api::API_KEY_PATH, get(api_key).with_state(access.clone()))
         .merge(routes)
         .merge(mcp)
-        .layer(axum::middleware::from_fn_with_state((in_flight, metrics), track_requests))
-        .layer(axum::middleware::from_fn_with_state(access, guard_access))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(RequestGuards { access, in_flight, metrics }),
+            guard_requests,
+        ))
 }
