@@ -79,11 +79,11 @@ pub(crate) struct LiveSessions {
     sessions: Mutex<HashMap<SessionId, Arc<Session>>>,
     store: Arc<dyn Store>,
     idle_ttl: Duration,
-    /// Names request streams: unique within the process by the counter,
-    /// across processes by the nonce (a restored session's new streams
-    /// must not meet its old ones in the store). The store keeps only a
-    /// hash of a name, and no client sees one.
-    stream_nonce: String,
+    /// Keys of request streams in the store: unique within the process by
+    /// the counter, across processes by the random nonce (a restored
+    /// session's new streams must not meet its old ones). No client sees
+    /// one.
+    stream_nonce: u64,
     next_stream: AtomicU64,
 }
 
@@ -101,12 +101,18 @@ impl LiveSessions {
     /// Sessions end after `idle_ttl` without a message either way and
     /// with no client waiting for an answer.
     pub(crate) fn new(store: Arc<dyn Store>, idle_ttl: Duration) -> Self {
-        let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let mut nonce = [0u8; 8];
+        if getrandom::fill(&mut nonce).is_err() {
+            // Unique enough without randomness: this process's id and start.
+            let started =
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            nonce = ((started.as_nanos() as u64) ^ (u64::from(std::process::id()) << 40)).to_le_bytes();
+        }
         Self {
             sessions: Mutex::default(),
             store,
             idle_ttl,
-            stream_nonce: format!("{}.{}", std::process::id(), started.as_nanos()),
+            stream_nonce: u64::from_le_bytes(nonce),
             next_stream: AtomicU64::new(0),
         }
     }
@@ -125,7 +131,8 @@ impl LiveSessions {
         let (inbox_tx, inbox) = mpsc::channel(INBOX_CAPACITY);
         let opened = Instant::now();
         let session = Arc::new(Session {
-            standalone_name: format!("{id}:common"),
+            standalone_key: persist::standalone_stream_key(&id),
+            id: id.clone(),
             routes: Mutex::new(Routes { inbox: Some(inbox_tx), ..Routes::default() }),
             sending: tokio::sync::Mutex::new(()),
             opened,
@@ -193,10 +200,11 @@ impl LiveSessions {
     ) -> Result<impl Stream<Item = ServerSseMessage> + Send + Sync + 'static, LiveError> {
         let session = self.get(id)?;
         let ClientJsonRpcMessage::Request(request) = &message else { return Err(LiveError::NotARequest) };
-        let name: Arc<str> =
-            format!("{}:{}", self.stream_nonce, self.next_stream.fetch_add(1, Ordering::Relaxed)).into();
+        let key: Arc<str> =
+            format!("{:016x}{:016x}", self.stream_nonce, self.next_stream.fetch_add(1, Ordering::Relaxed))
+                .into();
         let mut priming = ServerSseMessage::retry(PRIMING_RETRY);
-        priming.event_id = Some(persist::store_event(&*self.store, &name, &priming).await?);
+        priming.event_id = Some(persist::store_event(&*self.store, &key, None, &priming).await?);
         let (tx, mut rx) = mpsc::channel(STREAM_CAPACITY);
         let inbox = {
             let mut routes = session.routes();
@@ -208,7 +216,7 @@ impl LiveSessions {
             if let Some(token) = &progress {
                 routes.progress.insert(token.clone(), request.id.clone());
             }
-            routes.requests.insert(request.id.clone(), RequestStream { name, tx, progress });
+            routes.requests.insert(request.id.clone(), RequestStream { key, tx, progress });
             inbox
         };
         session.touch();
@@ -271,9 +279,9 @@ impl LiveSessions {
 
 /// One open session.
 struct Session {
-    /// The name its standalone stream's events are stored under (the
-    /// store keeps only a hash of it, and knows the session by the suffix).
-    standalone_name: String,
+    id: SessionId,
+    /// The key its standalone stream's events are stored under.
+    standalone_key: String,
     routes: Mutex<Routes>,
     /// Held while one message is stored and handed to its stream, so each
     /// stream's events are stored in the order its reader gets them.
@@ -299,7 +307,8 @@ struct Routes {
 }
 
 struct RequestStream {
-    name: Arc<str>,
+    /// The key its events are stored under.
+    key: Arc<str>,
     tx: mpsc::Sender<ServerSseMessage>,
     progress: Option<ProgressToken>,
 }
@@ -392,7 +401,7 @@ impl Session {
     async fn deliver(&self, store: &dyn Store, message: ServerJsonRpcMessage) -> Result<(), LiveError> {
         self.touch();
         let _order = self.sending.lock().await;
-        let (name, tx) = {
+        let (key, tx) = {
             let mut routes = self.routes();
             if let JsonRpcMessage::Response(JsonRpcResponse { id, .. })
             | JsonRpcMessage::Error(JsonRpcError { id: Some(id), .. }) = &message
@@ -407,18 +416,20 @@ impl Session {
             match routes.route(&message) {
                 Route::Request { id, last: true } => {
                     let stream = routes.end_request(&id).expect("routed to a request in flight");
-                    (Some(stream.name), Some(stream.tx))
+                    (Some(stream.key), Some(stream.tx))
                 }
                 Route::Request { id, last: false } => {
                     let stream = &routes.requests[&id];
-                    (Some(stream.name.clone()), Some(stream.tx.clone()))
+                    (Some(stream.key.clone()), Some(stream.tx.clone()))
                 }
                 Route::Standalone => (None, routes.standalone.clone()),
             }
         };
         let mut event = ServerSseMessage::from_message(message);
-        let name = name.as_deref().unwrap_or(&self.standalone_name);
-        event.event_id = Some(persist::store_event(store, name, &event).await?);
+        event.event_id = Some(match &key {
+            Some(key) => persist::store_event(store, key, None, &event).await?,
+            None => persist::store_event(store, &self.standalone_key, Some(&self.id), &event).await?,
+        });
         if let Some(tx) = tx
             && tx.send(event).await.is_err()
         {

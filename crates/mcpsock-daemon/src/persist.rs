@@ -32,11 +32,10 @@ tokio::task_local! {
     pub(crate) static REQUEST_PRINCIPAL: Principal;
 }
 
-/// The key a stream's events are stored under. A session's
-/// standalone stream after the session id, a secret, so only a hash of the
-/// name is stored.
-pub(crate) fn stream_key(stream_id: &str) -> String {
-    let digest = sha2::Sha256::digest(stream_id.as_bytes());
+/// The key a session's standalone stream's events are stored under. Its
+/// name holds the session id, a secret, so only a hash of it is stored.
+pub(crate) fn standalone_stream_key(session: &str) -> String {
+    let digest = sha2::Sha256::digest(format!("{session}:common").as_bytes());
     let mut key = String::with_capacity(32);
     mcpsock_store::push_hex(&mut key, &digest[..16]);
     key
@@ -76,14 +75,15 @@ impl SessionStore for SessionStoreAdapter {
     }
 }
 
-/// Stores an event of a legacy session's stream `stream_id` and returns its
-/// id. A session's standalone stream is named `<session id>:common`.
+/// Stores an event of a legacy session's stream `key` and returns its id:
+/// `session` names the session of a standalone stream (a request's stream
+/// is bound to its session when it opens).
 pub(crate) async fn store_event(
     store: &dyn Store,
-    stream_id: &str,
+    key: &str,
+    session: Option<&str>,
     event: &ServerSseMessage,
 ) -> Result<String, LiveError> {
-    let session = stream_id.strip_suffix(":common");
     let message = event.message.as_deref();
     let new_event = NewEvent {
         message: message.map(serde_json::to_vec).transpose()?,
@@ -98,9 +98,9 @@ pub(crate) async fn store_event(
         // client only through `BoundSessions::create_stream`, after the
         // stream's binding is committed, and that commit takes this event
         // with it: one commit instead of two per request.
-        return Ok(store.append_event_deferred(&stream_key(stream_id), new_event));
+        return Ok(store.append_event_deferred(key, new_event));
     }
-    Ok(store.append_event(&stream_key(stream_id), session, new_event).await?)
+    Ok(store.append_event(key, session, new_event).await?)
 }
 
 /// Ends every request stream a previous process left without a response:
