@@ -247,24 +247,22 @@ def main() -> None:
     demo = RELEASE / "mcpsock-demo-server"
     echo = RELEASE / "bench-stdio-echo"
 
+    # Each cell is measured once per round, and the rounds run one after
+    # another: a slow spell of the machine spreads over every cell instead
+    # of falling on all the runs of one.
+    cells: list = []
+
     def cell(name: str, transport: str, start, endpoint_of, tool: str, era: str, with_upstreams: bool = False,
              argument: str = "text=hello"):
-        for connections in connection_counts:
-            for run in range(args.runs):
-                server, extra = start()
-                pids = tree_pids(server.pid) if with_upstreams else [server.pid]
-                report = bench(endpoint_of(server), tool, era, connections, args.seconds, pids, argument)
-                server.stop()
-                for pid in extra:
-                    pid.stop()
-                report.update(name=name, transport=transport, run=run)
-                results.append(report)
-                print(
-                    f"{name:28} {transport:4} c={connections:<3} run {run + 1}: "
-                    f"{report['requests_per_second']:9.0f} req/s  p50 {report['latency_us']['p50']:5} µs  "
-                    f"cpu {report['server']['cpu_us_per_request'] if report.get('server') else 0:6.1f} µs/req",
-                    flush=True,
-                )
+        def measure(connections: int) -> dict:
+            server, extra = start()
+            pids = tree_pids(server.pid) if with_upstreams else [server.pid]
+            report = bench(endpoint_of(server), tool, era, connections, args.seconds, pids, argument)
+            server.stop()
+            for pid in extra:
+                pid.stop()
+            return report
+        cells.append((name, transport, measure))
 
     def unix_server(argv_tail: list[str], binary: str):
         def start():
@@ -339,16 +337,12 @@ def main() -> None:
          unix_endpoint, "echo__echo", "legacy", with_upstreams=True)
 
     # The same upstream without the gateway: the load generator starts it.
-    for connections in connection_counts:
-        for run in range(args.runs):
-            argv = [str(MCPSOCK), "bench", "--stdio", "--tool", "echo", "--arg", "text=hello", "--connections",
-                    str(connections), "--duration", f"{args.seconds}s", "--warmup", "1s", "--json", "--", str(echo)]
-            out = subprocess.run(pinned(CLIENT_CORE, argv), capture_output=True, text=True, check=True)
-            report = json.loads(out.stdout)
-            report.update(name=DIRECT, transport="pipe", run=run)
-            results.append(report)
-            print(f"{DIRECT:28} pipe c={connections:<3} run {run + 1}: "
-                  f"{report['requests_per_second']:9.0f} req/s  p50 {report['latency_us']['p50']:5} µs", flush=True)
+    def direct(connections: int) -> dict:
+        argv = [str(MCPSOCK), "bench", "--stdio", "--tool", "echo", "--arg", "text=hello", "--connections",
+                str(connections), "--duration", f"{args.seconds}s", "--warmup", "1s", "--json", "--", str(echo)]
+        out = subprocess.run(pinned(CLIENT_CORE, argv), capture_output=True, text=True, check=True)
+        return json.loads(out.stdout)
+    cells.append((DIRECT, "pipe", direct))
 
     node = node_binary()
     if node and TS_EXAMPLE.is_file():
@@ -358,6 +352,20 @@ def main() -> None:
     else:
         print(f"bench: skipping the TypeScript SDK peer: node or {TS_EXAMPLE} is missing "
               "(`bash scripts/test-deps.sh` installs the SDK)", flush=True)
+
+    for run in range(args.runs):
+        for name, transport, measure in cells:
+            for connections in connection_counts:
+                report = measure(connections)
+                report.update(name=name, transport=transport, run=run)
+                results.append(report)
+                cpu = report["server"]["cpu_us_per_request"] if report.get("server") else 0
+                print(
+                    f"{name:28} {transport:4} c={connections:<3} run {run + 1}: "
+                    f"{report['requests_per_second']:9.0f} req/s  p50 {report['latency_us']['p50']:5} µs  "
+                    f"cpu {cpu:6.1f} µs/req",
+                    flush=True,
+                )
 
     # Keep the matrix even if a later step fails.
     Path(args.raw).parent.mkdir(parents=True, exist_ok=True)
@@ -474,7 +482,8 @@ def render(results: list[dict], memory: dict, args) -> str:
         "```",
         "",
         f"on {datetime.date.today()}, {platform.machine()}, {os.cpu_count()} cores, Linux {platform.release()}. "
-        f"Each cell: {args.runs} runs of {args.seconds:g} s after a 1 s warm-up; the server pinned to core "
+        f"Each cell: {args.runs} runs of {args.seconds:g} s after a 1 s warm-up, in {args.runs} rounds that each "
+        "measure every cell once (so a slow spell of the machine spreads over all cells); the server pinned to core "
         f"{SERVER_CORE}, the load generator (`mcpsock bench`, keep-alive connections, `tools/call` of an echo "
         f"tool, every response's id and result checked) to core {CLIENT_CORE}. Figures are medians; the range "
         "in brackets is the min-max of the runs. CPU is server CPU time (user+system, from /proc) per request; "
