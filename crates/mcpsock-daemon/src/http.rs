@@ -114,12 +114,11 @@ async fn track_requests(
     request: Request,
     next: Next,
 ) -> Response {
-    let (in_flight, metrics) = (in_flight.clone(), metrics.clone());
     if request.method() != Method::POST {
         return next.run(request).await;
     }
     in_flight.active.fetch_add(1, Ordering::AcqRel);
-    let guard = InFlightGuard(in_flight);
+    let guard = InFlightGuard(in_flight.clone());
     let mut observation = None;
     let request = if request.uri().path() == MCP_PATH {
         // The method is in the body; the body is bounded here as rmcp
@@ -136,7 +135,7 @@ async fn track_requests(
             }
         };
         observation = Some(Observation {
-            metrics,
+            metrics: metrics.clone(),
             method: metrics::method_of(&bytes),
             started: Instant::now(),
             outcome: Outcome::Ok,

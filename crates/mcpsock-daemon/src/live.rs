@@ -131,7 +131,7 @@ impl LiveSessions {
         let (inbox_tx, inbox) = mpsc::channel(INBOX_CAPACITY);
         let opened = Instant::now();
         let session = Arc::new(Session {
-            standalone_key: persist::standalone_stream_key(&id),
+            standalone_key: persist::standalone_stream_key(&id).into(),
             id: id.clone(),
             routes: Mutex::new(Routes { inbox: Some(inbox_tx), ..Routes::default() }),
             sending: tokio::sync::Mutex::new(()),
@@ -281,7 +281,7 @@ impl LiveSessions {
 struct Session {
     id: SessionId,
     /// The key its standalone stream's events are stored under.
-    standalone_key: String,
+    standalone_key: Arc<str>,
     routes: Mutex<Routes>,
     /// Held while one message is stored and handed to its stream, so each
     /// stream's events are stored in the order its reader gets them.
@@ -401,7 +401,10 @@ impl Session {
     async fn deliver(&self, store: &dyn Store, message: ServerJsonRpcMessage) -> Result<(), LiveError> {
         self.touch();
         let _order = self.sending.lock().await;
-        let (key, tx) = {
+        // The stream's key, the session (named for a standalone stream
+        // only: a request's stream was bound to it when it opened), and
+        // where a reader waits, if one does.
+        let (key, session, tx) = {
             let mut routes = self.routes();
             if let JsonRpcMessage::Response(JsonRpcResponse { id, .. })
             | JsonRpcMessage::Error(JsonRpcError { id: Some(id), .. }) = &message
@@ -416,20 +419,17 @@ impl Session {
             match routes.route(&message) {
                 Route::Request { id, last: true } => {
                     let stream = routes.end_request(&id).expect("routed to a request in flight");
-                    (Some(stream.key), Some(stream.tx))
+                    (stream.key, None, Some(stream.tx))
                 }
                 Route::Request { id, last: false } => {
                     let stream = &routes.requests[&id];
-                    (Some(stream.key.clone()), Some(stream.tx.clone()))
+                    (stream.key.clone(), None, Some(stream.tx.clone()))
                 }
-                Route::Standalone => (None, routes.standalone.clone()),
+                Route::Standalone => (self.standalone_key.clone(), Some(&self.id), routes.standalone.clone()),
             }
         };
         let mut event = ServerSseMessage::from_message(message);
-        event.event_id = Some(match &key {
-            Some(key) => persist::store_event(store, key, None, &event).await?,
-            None => persist::store_event(store, &self.standalone_key, Some(&self.id), &event).await?,
-        });
+        event.event_id = Some(persist::store_event(store, &key, session.map(|id| &**id), &event).await?);
         if let Some(tx) = tx
             && tx.send(event).await.is_err()
         {
