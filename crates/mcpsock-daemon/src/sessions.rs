@@ -260,13 +260,7 @@ impl SessionManager for BoundSessions {
     async fn create_standalone_stream(
         &self,
         id: &SessionId,
-    ) -> Result<
-        impl futures::Stream<Item = rmcp::transport::common::server_side_http::ServerSseMessage>
-        + Send
-        + Sync
-        + 'static,
-        Self::Error,
-    > {
+    ) -> Result<impl futures::Stream<Item = ServerSseMessage> + Send + Sync + 'static, Self::Error> {
         let stream = self.inner.standalone(id);
         self.check_alive(id, stream).await
     }
