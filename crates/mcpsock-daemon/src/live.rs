@@ -74,9 +74,16 @@ pub(crate) enum LiveError {
     Encode(#[from] serde_json::Error),
 }
 
+/// A map by session id. The server makes every id (a restored session
+/// keeps the one it made before), so a fast hash with a per-process random
+/// seed is enough: a client cannot choose ids that collide.
+pub(crate) type IdMap<V> = HashMap<SessionId, V, foldhash::fast::RandomState>;
+/// A set of session ids, hashed as [`IdMap`] is.
+pub(crate) type IdSet = std::collections::HashSet<SessionId, foldhash::fast::RandomState>;
+
 /// The sessions open in this process.
 pub(crate) struct LiveSessions {
-    sessions: Mutex<HashMap<SessionId, Arc<Session>>>,
+    sessions: Mutex<IdMap<Arc<Session>>>,
     store: Arc<dyn Store>,
     idle_ttl: Duration,
     /// Keys of request streams in the store: unique within the process by

@@ -14,7 +14,7 @@
 //! knows but this process does not is restored by rmcp from its recorded
 //! `initialize`, once the guard has checked its owner.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -36,7 +36,7 @@ use rmcp::transport::streamable_http_server::session::{
 use tokio_util::sync::CancellationToken;
 
 use crate::events::EventBus;
-use crate::live::{LiveError, LiveSessions, SessionTransport};
+use crate::live::{IdMap, IdSet, LiveError, LiveSessions, SessionTransport};
 use crate::persist::REQUEST_PRINCIPAL;
 use mcpsock_api::EventBody;
 
@@ -94,8 +94,8 @@ pub(crate) struct BoundSessions {
     /// Where `session.closed` is announced.
     events: Arc<EventBus>,
     /// Sessions being closed: out of memory, their rows not yet deleted.
-    closing: Mutex<HashSet<SessionId>>,
-    owners: Mutex<HashMap<SessionId, Principal>>,
+    closing: Mutex<IdSet>,
+    owners: Mutex<IdMap<Principal>>,
     max_per_principal: usize,
 }
 
@@ -119,7 +119,7 @@ impl BoundSessions {
         }
     }
 
-    fn closing(&self) -> std::sync::MutexGuard<'_, HashSet<SessionId>> {
+    fn closing(&self) -> std::sync::MutexGuard<'_, IdSet> {
         self.closing.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
@@ -144,7 +144,7 @@ impl BoundSessions {
         })
     }
 
-    fn owners(&self) -> std::sync::MutexGuard<'_, HashMap<SessionId, Principal>> {
+    fn owners(&self) -> std::sync::MutexGuard<'_, IdMap<Principal>> {
         self.owners.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 

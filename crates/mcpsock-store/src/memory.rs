@@ -1,13 +1,19 @@
 //! The in-memory store: the semantics of the SQLite store without a file,
 //! for tests, `--memory` and the library default.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use crate::{
     Clock, NewEvent, OpenStream, Purged, Replay, Retention, SessionRecord, Store, StoreError, StoredEvent,
-    format_event_id, parse_event_id, random_tag, session_key,
+    format_event_id, parse_event_id, random_tag,
 };
+
+// Every key is one the server made (a session id, a stream name), so a
+// fast hash with a per-process random seed is enough: a client cannot choose
+// keys that collide.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+type HashSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 
 /// Sessions and events in process memory.
 ///
@@ -22,8 +28,11 @@ pub struct MemoryStore {
     clock: Clock,
 }
 
-/// A session's key ([`session_key`]).
-type Key = Vec<u8>;
+/// A session's key: its id. Unlike the SQLite store, which keeps only
+/// [`session_key`](crate::session_key) digests on disk, this store lives in
+/// the same memory as the sessions themselves, so hashing the id would
+/// protect nothing. Shared by every row of the session.
+type Key = Arc<str>;
 
 #[derive(Debug, Default)]
 struct Inner {
@@ -100,18 +109,29 @@ impl Inner {
     /// Binds `stream` to the session `key` (first come: a bound stream
     /// keeps its session); its events so far count toward the session's
     /// cap.
-    fn bind(&mut self, stream: &str, key: &[u8], request_id: Option<&[u8]>) {
-        let Some(row) = self.streams.get_mut(stream) else { return };
-        if row.session.is_some() {
+    fn bind(&mut self, stream: &str, session: &str, request_id: Option<&[u8]>) {
+        if self.streams.get(stream).is_none_or(|row| row.session.is_some()) {
             return;
         }
-        row.session = Some(key.to_vec());
+        let key = self.key(session);
+        let row = self.streams.get_mut(stream).expect("checked above");
+        row.session = Some(key.clone());
         row.request_id = request_id.map(<[u8]>::to_vec);
         let seqs: Vec<u64> = row.events.iter().map(|(seq, _)| *seq).collect();
-        let owned = self.owned.entry(key.to_vec()).or_default();
+        let owned = self.owned.entry(key).or_default();
         owned.streams.insert(row.name.clone());
         owned.live += seqs.len();
         owned.events.extend(seqs);
+    }
+
+    /// The shared key of session `id`: the one its rows hold already, or a
+    /// new one.
+    fn key(&self, id: &str) -> Key {
+        let known = self.sessions.get_key_value(id).map(|(key, _)| key);
+        known
+            .or_else(|| self.owned.get_key_value(id).map(|(key, _)| key))
+            .cloned()
+            .unwrap_or_else(|| id.into())
     }
 
     /// Removes one event; false when it was gone already.
@@ -142,7 +162,7 @@ impl Inner {
 
     /// Removes a session with its streams, events and state; returns how
     /// many events went.
-    fn remove_session(&mut self, key: &[u8]) -> usize {
+    fn remove_session(&mut self, key: &str) -> usize {
         self.sessions.remove(key);
         self.state.remove(key);
         let Some(owned) = self.owned.remove(key) else { return 0 };
@@ -180,7 +200,7 @@ impl Inner {
 
     /// Drops a session's oldest events until it holds at most `cap`;
     /// returns how many went.
-    fn trim_session(&mut self, key: &[u8], cap: usize) -> usize {
+    fn trim_session(&mut self, key: &str, cap: usize) -> usize {
         let mut removed = 0;
         loop {
             let Some(owned) = self.owned.get_mut(key) else { return removed };
@@ -222,7 +242,7 @@ impl MemoryStore {
             && inner.streams[stream].session.is_none()
         {
             // A standalone stream is bound by its first event.
-            inner.bind(stream, &session_key(session), None);
+            inner.bind(stream, session, None);
         }
         let size = event.message.as_ref().map_or(0, Vec::len);
         let row = inner.streams.get_mut(stream).expect("inserted above");
@@ -259,27 +279,29 @@ impl MemoryStore {
 #[async_trait::async_trait]
 impl Store for MemoryStore {
     async fn put_session(&self, session: SessionRecord) -> Result<(), StoreError> {
-        self.lock()?.sessions.insert(session_key(&session.id), session);
+        let mut inner = self.lock()?;
+        let key = inner.key(&session.id);
+        inner.sessions.insert(key, session);
         Ok(())
     }
 
     async fn load_session(&self, id: &str) -> Result<Option<SessionRecord>, StoreError> {
         let now = self.clock.now();
         let inner = self.lock()?;
-        Ok(inner.sessions.get(&session_key(id)).filter(|session| !self.expired(session, now)).cloned())
+        Ok(inner.sessions.get(id).filter(|session| !self.expired(session, now)).cloned())
     }
 
     fn touch_session(&self, id: &str) {
         let now = self.clock.now();
         if let Ok(mut inner) = self.lock()
-            && let Some(session) = inner.sessions.get_mut(&session_key(id))
+            && let Some(session) = inner.sessions.get_mut(id)
         {
             session.last_seen = session.last_seen.max(now);
         }
     }
 
     async fn delete_session(&self, id: &str) -> Result<(), StoreError> {
-        self.lock()?.remove_session(&session_key(id));
+        self.lock()?.remove_session(id);
         Ok(())
     }
 
@@ -307,9 +329,8 @@ impl Store for MemoryStore {
         else {
             return Ok(());
         };
-        let key = session_key(session);
-        inner.bind(&stream, &key, Some(request_id));
-        inner.trim_session(&key, self.retention.max_events_per_session);
+        inner.bind(&stream, session, Some(request_id));
+        inner.trim_session(session, self.retention.max_events_per_session);
         Ok(())
     }
 
@@ -319,7 +340,7 @@ impl Store for MemoryStore {
         let Some(row) = inner.events.get(&seq).and_then(|event| inner.streams.get(&*event.stream)) else {
             return Ok(None);
         };
-        if row.session.as_deref() != Some(session_key(session).as_slice()) {
+        if row.session.as_deref() != Some(session) {
             return Ok(None);
         }
         let events = row
@@ -364,7 +385,9 @@ impl Store for MemoryStore {
     }
 
     async fn put_state(&self, session: &str, key: &str, value: Vec<u8>) -> Result<(), StoreError> {
-        self.lock()?.state.entry(session_key(session)).or_default().insert(key.to_string(), value);
+        let mut inner = self.lock()?;
+        let session = inner.key(session);
+        inner.state.entry(session).or_default().insert(key.to_string(), value);
         Ok(())
     }
 
@@ -372,7 +395,7 @@ impl Store for MemoryStore {
         let inner = self.lock()?;
         Ok(inner
             .state
-            .get(&session_key(session))
+            .get(session)
             .map(|values| values.iter().map(|(key, value)| (key.clone(), value.clone())).collect())
             .unwrap_or_default())
     }
@@ -442,7 +465,7 @@ mod tests {
             let inner = store.lock().unwrap();
             assert_eq!(inner.events.len(), 50, "the session's cap");
             assert!(inner.streams.len() <= 26, "{} stream rows for 50 events", inner.streams.len());
-            let owned = &inner.owned[&session_key("s1")];
+            let owned = &inner.owned["s1"];
             assert_eq!(owned.live, 50);
             assert_eq!(owned.streams.len(), inner.streams.len());
             assert!(owned.events.len() <= 2 * 50 + 64, "{} listed", owned.events.len());
