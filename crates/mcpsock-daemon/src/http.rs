@@ -269,4 +269,8 @@ where
             Arc::new(RequestGuards { access, in_flight, metrics }),
             guard_requests,
         ))
+        // Turns every handler into its service with the layers applied, now
+        // rather than on every request (axum converts a handler of a router
+        // that was never given its state at each call).
+        .with_state(())
 }
