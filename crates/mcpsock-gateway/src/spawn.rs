@@ -200,7 +200,9 @@ pub(crate) enum Kind {
     /// A progress or log notification: its handler relays it to a client
     /// (see `Ledger`).
     Relayed,
-    /// Any other request, notification or response.
+    /// A response that carries a `result` (and no `error`).
+    Result,
+    /// Any other request, notification or error response.
     Other,
 }
 
@@ -248,7 +250,9 @@ pub(crate) fn json_rpc_kind(line: &[u8]) -> Option<Kind> {
     match message.method.as_deref() {
         Some("notifications/progress" | "notifications/message") if !message.id.0 => Some(Kind::Relayed),
         Some(_) => Some(Kind::Other),
-        None if message.id.0 && message.result.0 != message.error.0 => Some(Kind::Other),
+        None if message.id.0 && message.result.0 != message.error.0 => {
+            Some(if message.result.0 { Kind::Result } else { Kind::Other })
+        }
         None => None,
     }
 }
@@ -299,7 +303,7 @@ mod tests {
     }
 
     #[test]
-    fn progress_and_log_notifications_are_told_apart() {
+    fn progress_notifications_log_notifications_and_results_are_told_apart() {
         let kind = |line: &str| json_rpc_kind(line.as_bytes());
         assert_eq!(
             kind(r#"{"jsonrpc":"2.0","method":"notifications/progress","params":{}}"#),
@@ -315,7 +319,10 @@ mod tests {
         );
         // A request that happens to carry the name is not a notification.
         assert_eq!(kind(r#"{"jsonrpc":"2.0","id":3,"method":"notifications/progress"}"#), Some(Kind::Other));
-        assert_eq!(kind(r#"{"jsonrpc":"2.0","id":3,"result":{}}"#), Some(Kind::Other));
+        assert_eq!(kind(r#"{"jsonrpc":"2.0","id":3,"result":{}}"#), Some(Kind::Result));
+        assert_eq!(kind(r#"{"jsonrpc":"2.0","id":3,"error":{"code":1,"message":"x"}}"#), Some(Kind::Other));
+        // A request whose params are named `result` is still a request.
+        assert_eq!(kind(r#"{"jsonrpc":"2.0","id":3,"method":"x","result":{}}"#), Some(Kind::Other));
         assert_eq!(kind("not json"), None);
     }
 

@@ -5,6 +5,12 @@
 //! not one JSON-RPC 2.0 message is dropped, counted and logged without its
 //! content, so no raw upstream bytes reach a client. What passes is parsed
 //! once, straight into rmcp's message type, on the task that receives it.
+//! The answer to a `tools/call` this transport sent is parsed as a tool's
+//! result directly: rmcp's own parse tries fifteen other kinds of result
+//! first, and those failed attempts cost more than the rest of the parse.
+//! The answer to a `tools/call` this transport sent is parsed as a tool's
+//! result directly: rmcp's own parse tries fifteen other kinds of result
+//! first, and those failed attempts cost more than the rest of the parse.
 //!
 //! Writing, messages are serialized as rmcp hands them over and queued; one
 //! writer task drains the queue, so the messages of concurrent requests go
@@ -12,11 +18,16 @@
 //! the child) each.
 
 use std::borrow::Cow;
+use std::collections::HashSet;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use rmcp::RoleClient;
+use rmcp::model::{
+    CallToolResult, ClientNotification, ClientRequest, JsonRpcMessage, JsonRpcResponse, RequestId,
+    ServerResult,
+};
 use rmcp::service::{RxJsonRpcMessage, TxJsonRpcMessage};
 use rmcp::transport::Transport;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
@@ -31,6 +42,11 @@ pub(crate) const MAX_LINE: usize = 8 * 1024 * 1024;
 /// Queued bytes past which a send waits for the child to read.
 const MAX_QUEUED: usize = 1024 * 1024;
 
+/// Unanswered `tools/call` requests remembered for the direct parse of
+/// their answers; past this many (a child that answers none), the list
+/// starts over and the answers of the forgotten ones take rmcp's parse.
+const MAX_PENDING_CALLS: usize = 4096;
+
 /// rmcp's client transport over a child's stdout and stdin.
 pub(crate) struct StdioTransport<R> {
     name: String,
@@ -38,6 +54,8 @@ pub(crate) struct StdioTransport<R> {
     dropped: Arc<AtomicU64>,
     ledger: Arc<Ledger>,
     outbox: Arc<Outbox>,
+    /// Ids of the `tools/call` requests sent and not yet answered.
+    calls: HashSet<RequestId>,
 }
 
 impl<R: AsyncRead + Unpin + Send> StdioTransport<R> {
@@ -59,7 +77,61 @@ impl<R: AsyncRead + Unpin + Send> StdioTransport<R> {
             dropped,
             ledger,
             outbox,
+            calls: HashSet::new(),
         }
+    }
+
+    /// Notes what `message` means for the answers to come.
+    fn note_sent(&mut self, message: &TxJsonRpcMessage<RoleClient>) {
+        match message {
+            JsonRpcMessage::Request(request)
+                if matches!(request.request, ClientRequest::CallToolRequest(_)) =>
+            {
+                if self.calls.len() >= MAX_PENDING_CALLS {
+                    self.calls.clear();
+                }
+                self.calls.insert(request.id.clone());
+            }
+            JsonRpcMessage::Notification(notification) => {
+                if let ClientNotification::CancelledNotification(cancelled) = &notification.notification
+                    && let Some(id) = &cancelled.params.request_id
+                {
+                    self.calls.remove(id);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Parses a line `json_rpc_kind` let in as `kind`.
+    fn parse(&mut self, line: &[u8], kind: Kind) -> Option<RxJsonRpcMessage<RoleClient>> {
+        if kind == Kind::Result
+            && !self.calls.is_empty()
+            && let Ok(answer) = serde_json::from_slice::<JsonRpcResponse<CallToolResult>>(line)
+            && self.calls.remove(&answer.id)
+        {
+            // What rmcp's parse makes of it too: no earlier kind of result
+            // has the fields of a tool's result.
+            let JsonRpcResponse { jsonrpc, id, result } = answer;
+            return Some(JsonRpcMessage::Response(JsonRpcResponse {
+                jsonrpc,
+                id,
+                result: ServerResult::CallToolResult(result),
+            }));
+        }
+        let message = serde_json::from_slice::<RxJsonRpcMessage<RoleClient>>(line).ok()?;
+        match &message {
+            JsonRpcMessage::Response(response) => {
+                self.calls.remove(&response.id);
+            }
+            JsonRpcMessage::Error(error) => {
+                if let Some(id) = &error.id {
+                    self.calls.remove(id);
+                }
+            }
+            _ => {}
+        }
+        Some(message)
     }
 
     fn drop_line(&self, why: &str) {
@@ -95,6 +167,7 @@ impl<R: AsyncRead + Unpin + Send> Transport<RoleClient> for StdioTransport<R> {
     ) -> impl Future<Output = Result<(), Self::Error>> + Send + 'static {
         // Serialized and queued here, in the order rmcp sends, whatever
         // order the returned futures run in.
+        self.note_sent(&item);
         let queued = match serde_json::to_vec(&item) {
             Ok(mut bytes) => {
                 bytes.push(b'\n');
@@ -126,14 +199,14 @@ impl<R: AsyncRead + Unpin + Send> Transport<RoleClient> for StdioTransport<R> {
                         self.drop_line("not a JSON-RPC message");
                         None
                     }
-                    Some(kind) => match serde_json::from_slice::<RxJsonRpcMessage<RoleClient>>(&line) {
-                        Ok(message) => {
+                    Some(kind) => match self.parse(&line, kind) {
+                        Some(message) => {
                             if kind == Kind::Relayed {
                                 self.ledger.read_one();
                             }
                             Some(message)
                         }
-                        Err(_) => {
+                        None => {
                             self.drop_line("not an MCP message");
                             None
                         }
@@ -327,5 +400,71 @@ mod tests {
             .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap()["id"].as_i64().unwrap())
             .collect();
         assert_eq!(ids, (0..100).collect::<Vec<_>>());
+    }
+
+    fn call(id: i64) -> TxJsonRpcMessage<RoleClient> {
+        let params = rmcp::model::CallToolRequestParams::new("echo");
+        let request = ClientRequest::CallToolRequest(rmcp::model::Request::new(params));
+        TxJsonRpcMessage::<RoleClient>::request(request, RequestId::Number(id))
+    }
+
+    #[tokio::test]
+    async fn answers_to_tool_calls_parse_as_rmcp_parses_them() {
+        let (stdin, _child) = tokio::io::duplex(1 << 20);
+        let (mut child_stdout, stdout) = tokio::io::duplex(1 << 16);
+        let mut transport =
+            StdioTransport::new("t", stdout, stdin, Arc::new(AtomicU64::new(0)), Arc::new(Ledger::default()));
+        drop(transport.send(call(7)));
+        drop(transport.send(call(9)));
+        let ping = ClientRequest::PingRequest(Default::default());
+        drop(transport.send(TxJsonRpcMessage::<RoleClient>::request(ping, RequestId::Number(8))));
+        assert_eq!(transport.calls.len(), 2, "only tool calls are remembered");
+
+        let lines = [
+            // A tool's answer: parsed directly.
+            r#"{"jsonrpc":"2.0","id":7,"result":{"content":[{"type":"text","text":"hi"}],"isError":false}}"#,
+            // The ping's answer: rmcp's parse.
+            r#"{"jsonrpc":"2.0","id":8,"result":{}}"#,
+            // A tool's answer that is not a tool's result: rmcp's parse.
+            r#"{"jsonrpc":"2.0","id":9,"result":{"resultType":"input_required","inputRequests":{}}}"#,
+            // An answer to a call already answered: rmcp's parse.
+            r#"{"jsonrpc":"2.0","id":7,"result":{"content":[]}}"#,
+        ];
+        for line in lines {
+            child_stdout.write_all(format!("{line}\n").as_bytes()).await.unwrap();
+        }
+        for (index, line) in lines.into_iter().enumerate() {
+            let received = transport.receive().await.expect("a message");
+            let expected = serde_json::from_str::<RxJsonRpcMessage<RoleClient>>(line).unwrap();
+            assert_eq!(
+                serde_json::to_value(&received).unwrap(),
+                serde_json::to_value(&expected).unwrap(),
+                "{line}"
+            );
+            let JsonRpcMessage::Response(response) = &received else {
+                panic!("not a response: {received:?}")
+            };
+            let is_tool_result = matches!(response.result, ServerResult::CallToolResult(_));
+            assert_eq!(is_tool_result, index != 1 && index != 2, "{line} gave {:?}", response.result);
+        }
+        assert!(transport.calls.is_empty(), "every answered call is forgotten: {:?}", transport.calls);
+    }
+
+    #[tokio::test]
+    async fn calls_that_are_never_answered_are_forgotten() {
+        let (stdin, _child) = tokio::io::duplex(1 << 24);
+        let (_, stdout) = tokio::io::duplex(64);
+        let mut transport =
+            StdioTransport::new("t", stdout, stdin, Arc::new(AtomicU64::new(0)), Arc::new(Ledger::default()));
+        drop(transport.send(call(1)));
+        let cancelled = rmcp::model::CancelledNotificationParam::new(Some(RequestId::Number(1)), None);
+        let notification =
+            ClientNotification::CancelledNotification(rmcp::model::Notification::new(cancelled));
+        drop(transport.send(TxJsonRpcMessage::<RoleClient>::notification(notification)));
+        assert!(transport.calls.is_empty(), "a cancelled call is forgotten");
+        for id in 0..=MAX_PENDING_CALLS as i64 {
+            drop(transport.send(call(id)));
+        }
+        assert_eq!(transport.calls.len(), 1, "the list starts over when full");
     }
 }
