@@ -210,26 +210,35 @@ pub(crate) fn health_route(health: HealthReporter, stats: Arc<ListenerStats>) ->
     Router::new().route(HEALTH_PATH, health)
 }
 
-/// What stands before rmcp's service on `/mcp`.
-struct McpGuards {
+/// What stands before rmcp's service on `/mcp`, and the service.
+struct McpRoute<S> {
+    mcp: StreamableHttpService<S, BoundSessions>,
     sessions: Arc<BoundSessions>,
     events: Arc<EventBus>,
     watch: Arc<StreamWatch>,
 }
 
-/// The `/mcp` middleware, one layer (each layer costs an allocation and a
-/// clone of the stack beneath it per request): the session guard, then
-/// `session.opened` for a session a client opened (`session.closed` comes
-/// from the session manager, which sees every way a session ends), and
-/// the stall watch on every event stream.
-async fn guard_mcp(State(guards): State<Arc<McpGuards>>, request: Request, next: Next) -> Response {
-    let control = request.extensions().get::<ConnectionControl>().cloned();
-    let opening = request.method() == Method::POST && !request.headers().contains_key("mcp-session-id");
-    let response = guard_sessions(&guards.sessions, request, next).await;
-    if opening && response.status().is_success() && response.headers().contains_key("mcp-session-id") {
-        guards.events.publish(EventBody::SessionOpened { sessions: guards.sessions.open_count() });
+impl<S: ServerHandler + Send + 'static> McpRoute<S> {
+    /// `/mcp`, in the handler rather than in a middleware layer (each layer
+    /// costs allocations and a clone of the stack beneath it per request):
+    /// the session guard, rmcp's service, then `session.opened` for a
+    /// session a client opened (`session.closed` comes from the session
+    /// manager, which sees every way a session ends), and the stall watch on
+    /// every event stream.
+    async fn serve(&self, request: Request) -> Response {
+        let control = request.extensions().get::<ConnectionControl>().cloned();
+        let opening = request.method() == Method::POST && !request.headers().contains_key("mcp-session-id");
+        let response = guard_sessions(&self.sessions, request, |request| async move {
+            // Boxed: rmcp's future is large, and every move of the futures
+            // around it would copy it.
+            Box::pin(self.mcp.handle(request)).await.map(axum::body::Body::new)
+        })
+        .await;
+        if opening && response.status().is_success() && response.headers().contains_key("mcp-session-id") {
+            self.events.publish(EventBody::SessionOpened { sessions: self.sessions.open_count() });
+        }
+        self.watch.watch(control, response)
     }
-    guards.watch.watch(control, response)
 }
 
 /// The router served on every listener: `/mcp`, the API key route, and
@@ -251,20 +260,19 @@ where
         .enforce_origin_validation();
     // Sessions this process does not know are restored from the store.
     config.session_store = Some(Arc::new(SessionStoreAdapter(sessions.store())));
-    // Shared, not cloned: axum clones a route's service for every request,
-    // once per middleware layer, and a clone of rmcp's service copies its
-    // whole config (five allocations each time).
-    let mcp = Arc::new(StreamableHttpService::new(move || Ok(factory()), sessions.clone(), config));
-    let mcp = Router::new()
-        .route(MCP_PATH, any(move |request: Request| async move { mcp.handle(request).await }))
-        .layer(axum::middleware::from_fn_with_state(
-            Arc::new(McpGuards { sessions, events, watch: StreamWatch::start(stream_stall_timeout) }),
-            guard_mcp,
-        ));
+    // Shared, not cloned: axum clones a route's handler for every request,
+    // and a clone of rmcp's service copies its whole config (five
+    // allocations each time).
+    let mcp = Arc::new(McpRoute {
+        mcp: StreamableHttpService::new(move || Ok(factory()), sessions.clone(), config),
+        sessions,
+        events,
+        watch: StreamWatch::start(stream_stall_timeout),
+    });
     Router::new()
         .route(mcpsock_api::API_KEY_PATH, get(api_key).with_state(access.clone()))
         .merge(routes)
-        .merge(mcp)
+        .route(MCP_PATH, any(move |request: Request| async move { mcp.serve(request).await }))
         .layer(axum::middleware::from_fn_with_state(
             Arc::new(RequestGuards { access, in_flight, metrics }),
             guard_requests,

@@ -20,7 +20,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::Request;
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use http::{Method, StatusCode};
@@ -484,8 +483,16 @@ fn may_open_session(request: &Request) -> bool {
             .is_none_or(|version| version < "2026-07-28")
 }
 
-/// Enforces session ownership and the per-principal session limit on `/mcp`.
-pub(crate) async fn guard_sessions(sessions: &BoundSessions, request: Request, next: Next) -> Response {
+/// Enforces session ownership and the per-principal session limit on `/mcp`,
+/// around `serve`, which answers the request.
+pub(crate) async fn guard_sessions<F>(
+    sessions: &BoundSessions,
+    request: Request,
+    serve: impl FnOnce(Request) -> F,
+) -> Response
+where
+    F: Future<Output = Response>,
+{
     for header in [SESSION_HEADER, VERSION_HEADER] {
         if request.headers().get_all(header).iter().count() > 1 {
             return refuse(StatusCode::BAD_REQUEST, &format!("the {header} header must appear at most once"));
@@ -525,7 +532,7 @@ pub(crate) async fn guard_sessions(sessions: &BoundSessions, request: Request, n
         }
     }
     let method = request.method().clone();
-    let response = REQUEST_PRINCIPAL.scope(principal, next.run(request)).await;
+    let response = REQUEST_PRINCIPAL.scope(principal, serve(request)).await;
     if response.status() == StatusCode::INTERNAL_SERVER_ERROR
         && let Some(id) = &presented
         && !sessions.inner.contains(id)
