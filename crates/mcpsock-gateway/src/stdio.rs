@@ -110,8 +110,10 @@ impl<R: AsyncRead + Unpin + Send> StdioTransport<R> {
             && let Ok(answer) = serde_json::from_slice::<JsonRpcResponse<CallToolResult>>(line)
             && self.calls.remove(&answer.id)
         {
-            // What rmcp's parse makes of it too: no earlier kind of result
-            // has the fields of a tool's result.
+            // What rmcp's parse makes of it too, unless the answer also
+            // carries the fields of a kind of result rmcp tries earlier (a
+            // task, an elicitation's action): then rmcp would take it for
+            // that, while to a tools/call it can only mean a tool's result.
             let JsonRpcResponse { jsonrpc, id, result } = answer;
             return Some(JsonRpcMessage::Response(JsonRpcResponse {
                 jsonrpc,
