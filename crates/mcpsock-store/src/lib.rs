@@ -11,8 +11,10 @@
 //! principals are strings. The daemon adapts it to rmcp's `SessionStore` and
 //! `EventStore`.
 //!
-//! Session ids are bearer secrets, so no backend keeps them: rows are keyed
-//! by the SHA-256 of the id ([`session_key`]).
+//! Session ids are bearer secrets, so the database never holds them: its
+//! rows are keyed by the SHA-256 of the id ([`session_key`]). The in-memory
+//! store keys them by the id itself, since it lives in the process that
+//! holds the ids anyway.
 
 mod crypto;
 mod memory;
