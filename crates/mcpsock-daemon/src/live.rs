@@ -207,9 +207,10 @@ impl LiveSessions {
     ) -> Result<impl Stream<Item = ServerSseMessage> + Send + Sync + 'static, LiveError> {
         let session = self.get(id)?;
         let ClientJsonRpcMessage::Request(request) = &message else { return Err(LiveError::NotARequest) };
-        let key: Arc<str> =
-            format!("{:016x}{:016x}", self.stream_nonce, self.next_stream.fetch_add(1, Ordering::Relaxed))
-                .into();
+        let mut key = String::with_capacity(32);
+        mcpsock_store::push_hex(&mut key, &self.stream_nonce.to_be_bytes());
+        mcpsock_store::push_hex(&mut key, &self.next_stream.fetch_add(1, Ordering::Relaxed).to_be_bytes());
+        let key: Arc<str> = key.into();
         let mut priming = ServerSseMessage::retry(PRIMING_RETRY);
         priming.event_id = Some(persist::store_event(&*self.store, &key, None, &priming).await?);
         let (tx, mut rx) = mpsc::channel(STREAM_CAPACITY);

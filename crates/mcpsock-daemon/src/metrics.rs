@@ -30,10 +30,19 @@ struct Histogram {
     sum: f64,
 }
 
+/// What is counted for one method.
+#[derive(Debug, Default)]
+struct MethodStats {
+    /// Requests by outcome.
+    outcomes: BTreeMap<&'static str, u64>,
+    latency: Histogram,
+}
+
+/// By method. A method's name is copied in once, when first seen, not at
+/// every request.
 #[derive(Debug, Default)]
 struct Table {
-    requests: BTreeMap<(String, &'static str), u64>,
-    latency: BTreeMap<String, Histogram>,
+    methods: BTreeMap<String, MethodStats>,
 }
 
 /// Request counters of one daemon.
@@ -49,13 +58,17 @@ impl Metrics {
 
     pub(crate) fn observe(&self, method: &str, outcome: &'static str, seconds: f64) {
         let mut table = self.table();
-        let method = if table.latency.contains_key(method) || table.latency.len() < MAX_METHODS {
+        let method = if table.methods.contains_key(method) || table.methods.len() < MAX_METHODS {
             method
         } else {
             "other"
         };
-        *table.requests.entry((method.to_string(), outcome)).or_default() += 1;
-        let histogram = table.latency.entry(method.to_string()).or_default();
+        if !table.methods.contains_key(method) {
+            table.methods.insert(method.to_string(), MethodStats::default());
+        }
+        let stats = table.methods.get_mut(method).expect("inserted above");
+        *stats.outcomes.entry(outcome).or_default() += 1;
+        let histogram = &mut stats.latency;
         if let Some(bucket) = BUCKETS.iter().position(|bound| seconds <= *bound) {
             histogram.counts[bucket] += 1;
         }
@@ -67,12 +80,14 @@ impl Metrics {
     pub(crate) fn render_requests(&self, out: &mut String) {
         let table = self.table();
         header(out, "mcpsock_requests_total", "counter", "MCP requests handled, by method and outcome.");
-        for ((method, outcome), count) in &table.requests {
-            let _ = writeln!(
-                out,
-                "mcpsock_requests_total{{method=\"{}\",outcome=\"{outcome}\"}} {count}",
-                escape(method)
-            );
+        for (method, stats) in &table.methods {
+            let method = escape(method);
+            for (outcome, count) in &stats.outcomes {
+                let _ = writeln!(
+                    out,
+                    "mcpsock_requests_total{{method=\"{method}\",outcome=\"{outcome}\"}} {count}"
+                );
+            }
         }
         header(
             out,
@@ -80,7 +95,7 @@ impl Metrics {
             "histogram",
             "Time to answer an MCP request, by method.",
         );
-        for (method, histogram) in &table.latency {
+        for (method, MethodStats { latency: histogram, .. }) in &table.methods {
             let method = escape(method);
             let mut cumulative = 0;
             for (bound, count) in BUCKETS.iter().zip(histogram.counts) {
