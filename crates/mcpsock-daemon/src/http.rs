@@ -25,6 +25,7 @@ use crate::metrics::{self, Metrics, Outcome};
 use crate::persist::SessionStoreAdapter;
 use crate::sessions::{BoundSessions, guard_sessions};
 use crate::stall::StreamWatch;
+use crate::tool_call::{self, Taken};
 use rmcp::transport::StreamableHttpServerConfig;
 use rmcp::transport::StreamableHttpService;
 use tokio::sync::Notify;
@@ -214,6 +215,10 @@ pub(crate) fn health_route(health: HealthReporter, stats: Arc<ListenerStats>) ->
 struct McpRoute<S> {
     mcp: StreamableHttpService<S, BoundSessions>,
     sessions: Arc<BoundSessions>,
+    /// rmcp's keep-alive interval and stop token for event streams, for the
+    /// streams of the tool calls answered here.
+    keep_alive: Option<std::time::Duration>,
+    streams: CancellationToken,
     events: Arc<EventBus>,
     watch: Arc<StreamWatch>,
 }
@@ -221,7 +226,8 @@ struct McpRoute<S> {
 impl<S: ServerHandler + Send + 'static> McpRoute<S> {
     /// `/mcp`, in the handler rather than in a middleware layer (each layer
     /// costs allocations and a clone of the stack beneath it per request):
-    /// the session guard, rmcp's service, then `session.opened` for a
+    /// the session guard, then a tool call in an open session answered here
+    /// (see `tool_call`) or anything else by rmcp's service, then `session.opened` for a
     /// session a client opened (`session.closed` comes from the session
     /// manager, which sees every way a session ends), and the stall watch on
     /// every event stream.
@@ -229,9 +235,15 @@ impl<S: ServerHandler + Send + 'static> McpRoute<S> {
         let control = request.extensions().get::<ConnectionControl>().cloned();
         let opening = request.method() == Method::POST && !request.headers().contains_key("mcp-session-id");
         let response = guard_sessions(&self.sessions, request, |request| async move {
-            // Boxed: rmcp's future is large, and every move of the futures
-            // around it would copy it.
-            Box::pin(self.mcp.handle(request)).await.map(axum::body::Body::new)
+            match tool_call::take(request, &self.sessions, MAX_REQUEST_BODY).await {
+                Taken::Call(call) => {
+                    Box::pin(call.answer(&self.sessions, self.keep_alive, &self.streams)).await
+                }
+                Taken::TooLarge(response) => response,
+                // Boxed: rmcp's future is large, and every move of the
+                // futures around it would copy it.
+                Taken::Rmcp(request) => Box::pin(self.mcp.handle(request)).await.map(axum::body::Body::new),
+            }
         })
         .await;
         if opening && response.status().is_success() && response.headers().contains_key("mcp-session-id") {
@@ -256,8 +268,9 @@ where
     // Origin is refused before rmcp sees a request (see `access`); rmcp's
     // own Origin check stays on as a second line.
     let mut config = StreamableHttpServerConfig::default()
-        .with_cancellation_token(streams_token)
+        .with_cancellation_token(streams_token.clone())
         .enforce_origin_validation();
+    let keep_alive = config.sse_keep_alive;
     // Sessions this process does not know are restored from the store.
     config.session_store = Some(Arc::new(SessionStoreAdapter(sessions.store())));
     // Shared, not cloned: axum clones a route's handler for every request,
@@ -266,6 +279,8 @@ where
     let mcp = Arc::new(McpRoute {
         mcp: StreamableHttpService::new(move || Ok(factory()), sessions.clone(), config),
         sessions,
+        keep_alive,
+        streams: streams_token,
         events,
         watch: StreamWatch::start(stream_stall_timeout),
     });

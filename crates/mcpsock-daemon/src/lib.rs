@@ -18,7 +18,9 @@ mod persist;
 mod reload;
 mod server;
 mod sessions;
+mod sse;
 mod stall;
+mod tool_call;
 
 use std::path::PathBuf;
 use std::sync::Arc;

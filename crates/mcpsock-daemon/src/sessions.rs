@@ -39,8 +39,8 @@ use crate::live::{IdMap, IdSet, LiveError, LiveSessions, SessionTransport};
 use crate::persist::REQUEST_PRINCIPAL;
 use mcpsock_api::EventBody;
 
-const SESSION_HEADER: &str = "mcp-session-id";
-const VERSION_HEADER: &str = "mcp-protocol-version";
+pub(crate) const SESSION_HEADER: &str = "mcp-session-id";
+pub(crate) const VERSION_HEADER: &str = "mcp-protocol-version";
 /// Random bytes in a session id (hex-encoded: 64 visible ASCII characters).
 const SESSION_ID_BYTES: usize = 32;
 
@@ -153,6 +153,11 @@ impl BoundSessions {
     }
 
     /// Sessions open now, of every principal.
+    /// Whether the session is open in this process (not only in the store).
+    pub(crate) fn is_open(&self, id: &SessionId) -> bool {
+        self.inner.contains(id)
+    }
+
     pub(crate) fn open_count(&self) -> usize {
         self.inner.len()
     }
