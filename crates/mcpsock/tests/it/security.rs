@@ -114,6 +114,15 @@ fn sec17_sec18_sec19_origin_and_host_are_checked_on_tcp() {
 
     let evil_host = format!("evil.example:{}", address.port());
     assert_eq!(post(Target::Tcp(address), &evil_host, &auth, INITIALIZE).status, 403);
+    // A tool call in the open session, the request mcpsock answers without
+    // rmcp's HTTP layer, meets the same check.
+    let from_evil_host =
+        post(Target::Tcp(address), &evil_host, &format!("{auth}\r\nMcp-Session-Id: {session}"), call);
+    assert_eq!(from_evil_host.status, 403, "{from_evil_host:?}");
+    assert!(!from_evil_host.body.contains("\"result\""), "the tool was not called");
+    let same_call = post(Target::Tcp(address), &host, &format!("{auth}\r\nMcp-Session-Id: {session}"), call);
+    assert_eq!(same_call.status, 200, "{same_call:?}");
+    assert!(same_call.body.contains("\"result\""), "{same_call:?}");
     let get = raw_request(
         Target::Tcp(address),
         &format!("GET /health HTTP/1.1\r\nHost: {evil_host}\r\n{auth}"),

@@ -408,3 +408,80 @@ fn bench_measures_the_daemon_and_a_stdio_server() {
     assert_eq!(report["requests"], 20);
     assert!(daemon.stop().success());
 }
+
+/// The events of one reply stream (its chunked framing skipped), each as
+/// (data, whether it has an id, retry), with the JSON-RPC id of the data
+/// left out.
+fn events_of(body: &str) -> Vec<(Value, bool, Option<String>)> {
+    body.split("\n\n")
+        .filter_map(|event| {
+            let field =
+                |name: &str| event.lines().find_map(|line| line.strip_prefix(name)).map(str::to_string);
+            let mut data: Value = serde_json::from_str(&field("data: ")?).unwrap_or(Value::Null);
+            if let Some(message) = data.as_object_mut() {
+                message.remove("id");
+            }
+            Some((data, field("id: ").is_some(), field("retry: ")))
+        })
+        .collect()
+}
+
+#[test]
+fn a_tool_call_gets_the_same_reply_from_mcpsock_s_path_and_rmcp_s() {
+    // mcpsock answers a plain tool call in an open session itself; with
+    // weights in Accept the same call is rmcp's. The replies must match:
+    // the priming event, each progress notification and the answer.
+    let sandbox = Sandbox::new();
+    let daemon = Daemon::start(&sandbox, &sandbox.demo_config());
+    let socket = sandbox.socket();
+    let session = open_session(Target::Unix(&socket), "localhost", "");
+    let in_session = format!("Mcp-Session-Id: {session}\r\nMcp-Protocol-Version: 2025-06-18");
+    let initialized = post(
+        Target::Unix(&socket),
+        "localhost",
+        &in_session,
+        r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+    );
+    assert_eq!(initialized.status, 202, "{initialized:?}");
+
+    let call = |id: u32, extra: &str| {
+        let body = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {
+            "name": "demo__countdown", "arguments": {"steps": 2, "interval_ms": 1},
+            "_meta": {"progressToken": format!("p{id}")}}});
+        let head = format!(
+            "POST /mcp HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n{extra}\r\n{in_session}"
+        );
+        raw_request_waiting(Target::Unix(&socket), &head, body.to_string().as_bytes(), TIMEOUT)
+    };
+    let ours = call(2, "Accept: application/json, text/event-stream");
+    let rmcp = call(3, "Accept: application/json;q=0.9, text/event-stream;q=1");
+    for reply in [&ours, &rmcp] {
+        assert_eq!(reply.status, 200, "{reply:?}");
+        assert_eq!(reply.header("content-type").as_deref(), Some("text/event-stream"), "{reply:?}");
+        assert_eq!(reply.header("cache-control").as_deref(), Some("no-cache"), "{reply:?}");
+    }
+    let (ours_events, mut rmcp_events) = (events_of(&ours.body), events_of(&rmcp.body));
+    // Each stream's progress carries its own token.
+    for (data, _, _) in &mut rmcp_events {
+        if data["params"]["progressToken"] == "p3" {
+            data["params"]["progressToken"] = json!("p2");
+        }
+    }
+    assert_eq!(ours_events, rmcp_events, "mcpsock's reply:\n{}\nrmcp's reply:\n{}", ours.body, rmcp.body);
+    let kinds: Vec<&str> = ours_events
+        .iter()
+        .map(|(data, _, retry)| match (&data["method"], &data["result"], retry) {
+            (Value::Null, Value::Null, Some(_)) => "priming",
+            (method, Value::Null, _) if method == "notifications/progress" => "progress",
+            (_, result, _) if result["content"][0]["text"] == "done" => "answer",
+            _ => "other",
+        })
+        .collect();
+    assert_eq!(kinds, ["priming", "progress", "progress", "answer"], "{}", ours.body);
+    assert!(
+        ours_events.iter().all(|(_, has_id, _)| *has_id),
+        "every event can be resumed from: {}",
+        ours.body
+    );
+    assert!(daemon.stop().success());
+}
