@@ -11,11 +11,11 @@
 //! the session the client names: every check rmcp makes before it hands a
 //! request to the session manager is either made here the same way or, if
 //! it is not trivially met, sends the request on to rmcp unchanged. The
-//! body is parsed as a `tools/call` (rmcp's own types and message-shape
-//! check, without the other kinds), and the request goes to the same
-//! session manager (`BoundSessions::create_stream`) rmcp would call. The
-//! reply is the same event stream ([`crate::sse`]). Anything else, and a
-//! body that is not a well-formed `tools/call`, goes to rmcp.
+//! body is read in one pass into rmcp's own types, with rmcp's
+//! message-shape check, and the request goes to the same session manager
+//! (`BoundSessions::create_stream`) rmcp would call. The reply is the same
+//! event stream ([`crate::sse`]). Anything else, and a body that is not a
+//! well-formed `tools/call`, goes to rmcp.
 
 use axum::body::Body;
 use axum::extract::Request;
@@ -23,11 +23,12 @@ use axum::response::Response;
 use http::header::{ACCEPT, CONTENT_TYPE, HOST, ORIGIN};
 use http::{HeaderMap, Method, StatusCode};
 use rmcp::model::{
-    CallToolRequest, ClientJsonRpcMessage, ClientRequest, GetExtensions, GetMeta, JsonRpcMessage,
-    JsonRpcRequest, ProtocolVersion,
+    CallToolRequest, CallToolRequestMethod, CallToolRequestParams, ClientJsonRpcMessage, ClientRequest,
+    GetExtensions, GetMeta, JsonRpcRequest, JsonRpcVersion2_0, ProtocolVersion, RequestId,
 };
 use rmcp::transport::streamable_http_server::SessionId;
 use rmcp::transport::streamable_http_server::session::SessionManager;
+use serde::Deserialize;
 
 use crate::sessions::{BoundSessions, SESSION_HEADER, VERSION_HEADER};
 
@@ -189,14 +190,50 @@ fn is_session_era(headers: &HeaderMap) -> bool {
     }
 }
 
-/// The body as a `tools/call` request, parsed with rmcp's message-shape
-/// check but as that one request kind; `None` for anything else.
+/// A `tools/call` request as it stands in a body, every field read in one
+/// pass. rmcp reads the same fields through three layers of buffering
+/// (its message-shape check, then the request's fields, then the
+/// parameters' `_meta`).
+#[derive(Deserialize)]
+struct CallBody {
+    jsonrpc: JsonRpcVersion2_0,
+    id: RequestId,
+    /// Only `tools/call` reads as this.
+    #[serde(rename = "method")]
+    _method: CallToolRequestMethod,
+    params: CallToolRequestParams,
+    /// rmcp's message-shape check refuses a request that also carries a
+    /// `result` or an `error`, whatever their value.
+    #[serde(default)]
+    result: Present,
+    #[serde(default)]
+    error: Present,
+}
+
+/// Whether a field is there at all, even as `null`.
+#[derive(Default)]
+struct Present(bool);
+
+impl<'de> Deserialize<'de> for Present {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        serde::de::IgnoredAny::deserialize(deserializer)?;
+        Ok(Self(true))
+    }
+}
+
+/// The body as the `tools/call` request rmcp would make of it; `None` for
+/// anything else.
 fn parse(body: &[u8]) -> Option<ClientJsonRpcMessage> {
-    let JsonRpcMessage::Request(JsonRpcRequest { jsonrpc, id, request }) =
-        serde_json::from_slice::<JsonRpcMessage<CallToolRequest>>(body).ok()?
-    else {
+    let CallBody { jsonrpc, id, mut params, result, error, .. } = serde_json::from_slice(body).ok()?;
+    if result.0 || error.0 {
         return None;
-    };
+    }
+    // rmcp keeps a request's `_meta` beside its parameters, not in them.
+    let meta = params.meta.take();
+    let mut request = CallToolRequest::new(params);
+    if let Some(meta) = meta {
+        request.extensions.insert(meta);
+    }
     let request = ClientRequest::CallToolRequest(request);
     if request.get_meta().keys().any(|key| key.starts_with(ERA_META_PREFIX)) {
         return None;
@@ -224,6 +261,9 @@ mod tests {
                    "params": {"name": "echo", "arguments": {"text": "hi", "n": [1, 2, {"x": null}]}}}),
             json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call",
                    "params": {"name": "slow", "arguments": {}, "_meta": {"progressToken": "p-1", "custom": 5}}}),
+            json!({"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {"name": "echo", "_meta": null}}),
+            json!({"jsonrpc": "2.0", "id": 6, "method": "tools/call",
+                   "params": {"name": "echo", "arguments": null, "requestState": "s", "inputResponses": {}}}),
             json!({"method": "tools/call", "jsonrpc": "2.0", "params": {"name": "echo", "task": {"ttl": 60000}},
                    "id": 4, "extra": true}),
         ];
@@ -252,6 +292,7 @@ mod tests {
             json!({"jsonrpc": "2.0", "id": 1, "result": {}}),
             // A tool call of the wrong shape, or without a tool.
             json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "echo"}, "result": {}}),
+            json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "echo"}, "error": null}),
             json!({"jsonrpc": "2.0", "method": "tools/call", "params": {"name": "echo"}}),
             json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {}}),
             json!({"jsonrpc": "1.0", "id": 1, "method": "tools/call", "params": {"name": "echo"}}),
@@ -264,7 +305,15 @@ mod tests {
         for body in bodies {
             assert!(parse(&serde_json::to_vec(&body).unwrap()).is_none(), "taken: {body}");
         }
-        assert!(parse(b"{\"jsonrpc\": \"2.0\", \"id\": 1, \"method\": \"tools/call\"").is_none());
+        // Cut short, and a field twice (rmcp refuses both).
+        let raw: [&[u8]; 2] = [
+            br#"{"jsonrpc": "2.0", "id": 1, "method": "tools/call""#,
+            br#"{"jsonrpc": "2.0", "id": 1, "id": 2, "method": "tools/call", "params": {"name": "echo"}}"#,
+        ];
+        for body in raw {
+            assert!(rmcp_parse(body).is_none());
+            assert!(parse(body).is_none(), "taken: {}", String::from_utf8_lossy(body));
+        }
     }
 
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
