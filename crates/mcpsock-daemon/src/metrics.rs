@@ -174,14 +174,25 @@ impl Outcome {
         }
     }
 
-    /// Looks at one chunk of the response body.
+    /// Looks at one chunk of the response body: an `"error":{` anywhere
+    /// makes it an error, else an `"isError":true` a tool's error. Only the
+    /// places after a quote are compared, found with `memchr` (a plain
+    /// search at every byte for each pattern cost more than writing the
+    /// chunk).
     pub(crate) fn see(&mut self, chunk: &[u8]) {
         if *self != Self::Ok {
             return;
         }
-        if contains(chunk, b"\"error\":{") || contains(chunk, b"\"error\": {") {
-            *self = Self::Error;
-        } else if contains(chunk, b"\"isError\":true") {
+        let mut tool_error = false;
+        for quote in memchr::memchr_iter(b'"', chunk) {
+            let rest = &chunk[quote..];
+            if rest.starts_with(b"\"error\":{") || rest.starts_with(b"\"error\": {") {
+                *self = Self::Error;
+                return;
+            }
+            tool_error |= rest.starts_with(b"\"isError\":true");
+        }
+        if tool_error {
             *self = Self::ToolError;
         }
     }
@@ -194,10 +205,6 @@ impl Outcome {
             Self::Rejected => "rejected",
         }
     }
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|window| window == needle)
 }
 
 #[cfg(test)]
@@ -257,6 +264,10 @@ mod tests {
         assert_eq!(outcome(&[b"data: {\"result\":{\"content\":[]}}"]), Outcome::Ok);
         assert_eq!(outcome(&[b"data: {\"result\":{\"isError\":true}}"]), Outcome::ToolError);
         assert_eq!(outcome(&[b"x", b"{\"error\":{\"code\":-32602}}"]), Outcome::Error);
+        // An error anywhere in a chunk outweighs a tool's error before it.
+        assert_eq!(outcome(&[b"{\"isError\":true} {\"error\": {\"code\":1}}"]), Outcome::Error);
+        assert_eq!(outcome(&[b"{\"isError\":true}", b"{\"error\":{}}"]), Outcome::ToolError);
+        assert_eq!(outcome(&[b"{\"text\":\"error\"} \"error\":\"x\""]), Outcome::Ok);
         assert_eq!(Outcome::from_status(http::StatusCode::NOT_FOUND), Outcome::Rejected);
     }
 }

@@ -386,9 +386,41 @@ pub fn is_event_id(id: &str) -> bool {
 /// Appends `bytes` to `text` in lower-case hex.
 pub fn push_hex(text: &mut String, bytes: &[u8]) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    text.reserve(bytes.len() * 2);
-    for byte in bytes {
-        text.push(DIGITS[usize::from(byte >> 4)] as char);
-        text.push(DIGITS[usize::from(byte & 0xf)] as char);
+    // Written into a buffer and appended at once: `String::push` checks
+    // capacity and encodes UTF-8 for every character.
+    let mut buffer = [0u8; 64];
+    for chunk in bytes.chunks(buffer.len() / 2) {
+        let digits = &mut buffer[..chunk.len() * 2];
+        for (pair, byte) in digits.chunks_exact_mut(2).zip(chunk) {
+            pair[0] = DIGITS[usize::from(byte >> 4)];
+            pair[1] = DIGITS[usize::from(byte & 0xf)];
+        }
+        text.push_str(std::str::from_utf8(digits).expect("hex digits are ASCII"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_is_lower_case_two_digits_a_byte_at_any_length() {
+        let mut text = String::from("x");
+        push_hex(&mut text, &[0x00, 0x0f, 0xa5, 0xff]);
+        assert_eq!(text, "x000fa5ff");
+        let long: Vec<u8> = (0..=255).collect();
+        let mut text = String::new();
+        push_hex(&mut text, &long);
+        let expected: String = long.iter().map(|byte| format!("{byte:02x}")).collect();
+        assert_eq!(text, expected);
+    }
+
+    #[test]
+    fn an_event_id_reads_back_as_its_sequence_and_tag() {
+        let id = format_event_id(7, 0xdead_beef_0123_4567);
+        assert_eq!(id, "0000000000000007deadbeef01234567");
+        assert!(is_event_id(&id));
+        assert_eq!(parse_event_id(&id), Some((7, 0xdead_beef_0123_4567)));
+        assert_eq!(parse_event_id("0000000000000007DEADBEEF01234567"), None);
     }
 }
