@@ -8,14 +8,13 @@
 //! The answer to a `tools/call` this transport sent is parsed as a tool's
 //! result directly: rmcp's own parse tries fifteen other kinds of result
 //! first, and those failed attempts cost more than the rest of the parse.
-//! The answer to a `tools/call` this transport sent is parsed as a tool's
-//! result directly: rmcp's own parse tries fifteen other kinds of result
-//! first, and those failed attempts cost more than the rest of the parse.
 //!
 //! Writing, messages are serialized as rmcp hands them over and queued; one
 //! writer task drains the queue, so the messages of concurrent requests go
 //! to the child in one write instead of one system call (and one wake-up of
-//! the child) each.
+//! the child) each. A `tools/call` is written straight from its fields
+//! ([`tool_call_line`]): rmcp first turns a request's parameters into a
+//! JSON tree to merge in the `_meta` it keeps beside them.
 
 use std::borrow::Cow;
 use std::collections::HashSet;
@@ -25,11 +24,13 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use rmcp::RoleClient;
 use rmcp::model::{
-    CallToolResult, ClientNotification, ClientRequest, JsonRpcMessage, JsonRpcResponse, RequestId,
-    ServerResult,
+    CallToolRequestMethod, CallToolRequestParams, CallToolResult, ClientNotification, ClientRequest,
+    JsonRpcMessage, JsonRpcRequest, JsonRpcResponse, JsonRpcVersion2_0, MetaObject, RequestId,
+    RequestMetaObject, ServerResult,
 };
 use rmcp::service::{RxJsonRpcMessage, TxJsonRpcMessage};
 use rmcp::transport::Transport;
+use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::sync::Notify;
 
@@ -170,7 +171,11 @@ impl<R: AsyncRead + Unpin + Send> Transport<RoleClient> for StdioTransport<R> {
         // Serialized and queued here, in the order rmcp sends, whatever
         // order the returned futures run in.
         self.note_sent(&item);
-        let queued = match serde_json::to_vec(&item) {
+        let line = match item {
+            JsonRpcMessage::Request(request) => tool_call_line(request),
+            item => serde_json::to_vec(&item),
+        };
+        let queued = match line {
             Ok(mut bytes) => {
                 bytes.push(b'\n');
                 self.outbox.push(&bytes)
@@ -353,6 +358,37 @@ async fn write_queued(outbox: Arc<Outbox>, mut stdin: impl AsyncWrite + Unpin) {
     }
 }
 
+/// A request as one JSON line. A `tools/call` whose `_meta` is only the
+/// request's own (no `_meta` inside its parameters, no legacy metadata to
+/// merge) is written straight from its fields, the `_meta` put back in its
+/// parameters; rmcp writes the same JSON by way of a tree of the
+/// parameters. Anything else is rmcp's to write.
+fn tool_call_line(request: JsonRpcRequest<ClientRequest>) -> serde_json::Result<Vec<u8>> {
+    #[derive(Serialize)]
+    struct Line<'a> {
+        jsonrpc: JsonRpcVersion2_0,
+        id: &'a RequestId,
+        method: CallToolRequestMethod,
+        params: &'a CallToolRequestParams,
+    }
+    match request.request {
+        ClientRequest::CallToolRequest(mut call)
+            if call.params.meta.is_none() && call.extensions.get::<MetaObject>().is_none() =>
+        {
+            call.params.meta = call.extensions.remove::<RequestMetaObject>();
+            serde_json::to_vec(&Line {
+                jsonrpc: request.jsonrpc,
+                id: &request.id,
+                method: call.method,
+                params: &call.params,
+            })
+        }
+        other => {
+            serde_json::to_vec(&JsonRpcRequest { jsonrpc: request.jsonrpc, id: request.id, request: other })
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -402,6 +438,56 @@ mod tests {
             .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap()["id"].as_i64().unwrap())
             .collect();
         assert_eq!(ids, (0..100).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_tool_call_is_written_as_rmcp_writes_it() {
+        let arguments = serde_json::json!({"text": "hi", "n": [1, {"x": null}]}).as_object().cloned();
+        let mut with_meta = rmcp::model::CallToolRequestParams::new("echo");
+        with_meta.arguments = arguments.clone();
+        with_meta.request_state = Some("state".into());
+        with_meta.input_responses = Some([("q".to_string(), serde_json::json!({"a": 1}))].into());
+        let progress = |token: i64| {
+            RequestMetaObject::with_progress_token(rmcp::model::ProgressToken(
+                rmcp::model::NumberOrString::Number(token),
+            ))
+        };
+        let mut requests = Vec::new();
+        // Bare; the request's `_meta` only (as rmcp's peer sends a call);
+        // `_meta` both in the parameters and beside them; legacy metadata.
+        let mut bare = rmcp::model::CallToolRequestParams::new("echo");
+        bare.arguments = arguments;
+        requests.push(rmcp::model::Request::new(bare.clone()));
+        let mut request = rmcp::model::Request::new(with_meta.clone());
+        request.extensions.insert(progress(7));
+        requests.push(request);
+        let mut both = with_meta;
+        both.meta = Some(progress(1));
+        let mut request = rmcp::model::Request::new(both);
+        request.extensions.insert(progress(2));
+        requests.push(request);
+        let mut request = rmcp::model::Request::new(bare);
+        request
+            .extensions
+            .insert(MetaObject(serde_json::json!({"legacy": true}).as_object().cloned().unwrap()));
+        requests.push(request);
+        let mut messages: Vec<JsonRpcRequest<ClientRequest>> = requests
+            .into_iter()
+            .enumerate()
+            .map(|(id, request)| {
+                JsonRpcRequest::new(RequestId::Number(id as i64), ClientRequest::CallToolRequest(request))
+            })
+            .collect();
+        messages.push(JsonRpcRequest::new(
+            RequestId::String("list".into()),
+            ClientRequest::ListToolsRequest(Default::default()),
+        ));
+        for message in messages {
+            let rmcp_line =
+                serde_json::to_value(TxJsonRpcMessage::<RoleClient>::Request(message.clone())).unwrap();
+            let ours: serde_json::Value = serde_json::from_slice(&tool_call_line(message).unwrap()).unwrap();
+            assert_eq!(ours, rmcp_line);
+        }
     }
 
     fn call(id: i64) -> TxJsonRpcMessage<RoleClient> {
