@@ -50,19 +50,23 @@ impl Caller {
 pub(crate) struct Access {
     api_key: Option<Secret>,
     tcp_hosts: Vec<String>,
+    /// The daemon's own user, read once (a system call per request
+    /// otherwise); the daemon never changes its user.
+    own_uid: u32,
 }
 
 impl Access {
     /// `tcp` is the bound TCP address and its key, when TCP is on.
     pub(crate) fn new(tcp: Option<(SocketAddr, Secret)>) -> Self {
+        let own_uid = rustix::process::geteuid().as_raw();
         match tcp {
-            None => Self { api_key: None, tcp_hosts: Vec::new() },
+            None => Self { api_key: None, tcp_hosts: Vec::new(), own_uid },
             Some((address, key)) => {
                 let port = address.port();
                 let mut tcp_hosts =
                     vec![format!("127.0.0.1:{port}"), format!("localhost:{port}"), format!("[::1]:{port}")];
                 tcp_hosts.push(address.to_string());
-                Self { api_key: Some(key), tcp_hosts }
+                Self { api_key: Some(key), tcp_hosts, own_uid }
             }
         }
     }
@@ -86,8 +90,7 @@ impl Access {
 /// `GET /admin/api-key`: the TCP key, for the daemon's own user on the
 /// socket only (other admitted users and TCP clients get 403).
 pub(crate) async fn api_key(State(access): State<Arc<Access>>, request: Request) -> Response {
-    let own_uid = rustix::process::geteuid().as_raw();
-    if !matches!(request.extensions().get::<Peer>(), Some(Peer::Unix { uid, .. }) if *uid == own_uid) {
+    if !matches!(request.extensions().get::<Peer>(), Some(Peer::Unix { uid, .. }) if *uid == access.own_uid) {
         return refuse(
             StatusCode::FORBIDDEN,
             "the API key is given only to the daemon's own user on the socket",
@@ -138,7 +141,7 @@ impl Access {
             ));
         }
         Ok(match request.extensions().get::<Peer>() {
-            Some(Peer::Unix { uid, .. }) if *uid == rustix::process::geteuid().as_raw() => Caller::Owner,
+            Some(Peer::Unix { uid, .. }) if *uid == self.own_uid => Caller::Owner,
             Some(Peer::Unix { .. }) => Caller::OtherUser,
             Some(Peer::Tcp { .. }) => {
                 let host = request.headers().get(header::HOST).and_then(|value| value.to_str().ok());
