@@ -1,5 +1,6 @@
-//! The HTTP surface of the daemon: `/mcp` through rmcp's Streamable HTTP
-//! service, the routes beside it (`/health`, or the whole admin API), and
+//! The HTTP surface of the daemon: `/mcp` (a tool call in an open session
+//! answered by `tool_call`, anything else by rmcp's Streamable HTTP
+//! service), the routes beside it (`/health`, or the whole admin API), and
 //! the in-flight request tracking that shutdown waits on.
 
 use std::sync::Arc;
@@ -211,7 +212,8 @@ pub(crate) fn health_route(health: HealthReporter, stats: Arc<ListenerStats>) ->
     Router::new().route(HEALTH_PATH, health)
 }
 
-/// What stands before rmcp's service on `/mcp`, and the service.
+/// What stands before rmcp's service on `/mcp`, the service, and what the
+/// tool calls answered beside it need.
 struct McpRoute<S> {
     mcp: StreamableHttpService<S, BoundSessions>,
     sessions: Arc<BoundSessions>,
