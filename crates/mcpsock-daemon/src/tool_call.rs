@@ -4,8 +4,9 @@
 //! is rare. rmcp's Streamable HTTP service parses every body as any client
 //! message at all: the message kinds and then the request kinds are tried
 //! in turn, and each failed try builds and drops an error. A `tools/call`
-//! is the sixteenth request kind, so that parse was a fifth of the
-//! instructions of a whole request (see `scripts/instructions.sh`).
+//! is the fourteenth request kind (thirteen errors before it), so that
+//! parse was a fifth of the instructions of a whole request (see
+//! `scripts/instructions.sh`).
 //!
 //! [`take`] takes a POST only when rmcp would accept it and answer it in
 //! the session the client names: every check rmcp makes before it hands a
