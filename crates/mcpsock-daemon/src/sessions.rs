@@ -152,12 +152,12 @@ impl BoundSessions {
         self.owners().retain(|id, _| self.inner.contains(id));
     }
 
-    /// Sessions open now, of every principal.
     /// Whether the session is open in this process (not only in the store).
     pub(crate) fn is_open(&self, id: &SessionId) -> bool {
         self.inner.contains(id)
     }
 
+    /// Sessions open now, of every principal.
     pub(crate) fn open_count(&self) -> usize {
         self.inner.len()
     }
