@@ -100,6 +100,8 @@ pub struct SqliteOptions {
     pub secret: Option<EncryptionSecret>,
     pub retention: Retention,
     pub clock: Clock,
+    /// When the log is copied back and started over; fixed outside tests.
+    pub(crate) checkpoints: CheckpointPolicy,
 }
 
 impl SqliteOptions {
@@ -110,6 +112,7 @@ impl SqliteOptions {
             secret: None,
             retention: Retention::default(),
             clock: Clock::system(),
+            checkpoints: CheckpointPolicy::default(),
         }
     }
 
@@ -154,6 +157,8 @@ impl std::fmt::Debug for Held {
 
 enum Job {
     Run(Box<dyn FnOnce(&Writer) -> Reply + Send>),
+    /// Copy the whole log back, between two batches (see `Checkpointer`).
+    Checkpoint,
     Close(oneshot::Sender<Result<(), StoreError>>),
 }
 
@@ -207,7 +212,7 @@ impl SqliteStore {
     /// when the encryption secret is missing, wrong, or given for a
     /// database created without encryption. Blocks while it checks the file.
     pub fn open(options: SqliteOptions) -> Result<Self, StoreError> {
-        let SqliteOptions { path, durability, secret, retention, clock } = options;
+        let SqliteOptions { path, durability, secret, retention, clock, checkpoints } = options;
         let io = |source| StoreError::Io { path: path.clone(), source };
         if let Some(parent) = path.parent().filter(|parent| !parent.as_os_str().is_empty())
             && !parent.exists()
@@ -240,8 +245,8 @@ impl SqliteStore {
             .connection
             .query_row("SELECT coalesce(max(seq), 0) + 1 FROM events", [], |row| row.get(0))
             .map_err(|error| classify(&path, error))?;
-        let checkpointer = Checkpointer::start(&path)?;
         let (jobs, receiver) = mpsc::unbounded_channel();
+        let checkpointer = Checkpointer::start(&path, checkpoints, jobs.downgrade())?;
         let answers = answer_task();
         std::thread::Builder::new()
             .name("mcpsock-store".into())
@@ -449,6 +454,7 @@ fn configure(connection: &Connection, durability: Durability) -> rusqlite::Resul
     connection.execute_batch(
         "PRAGMA foreign_keys = OFF; PRAGMA temp_store = MEMORY; PRAGMA wal_autocheckpoint = 0; PRAGMA cache_size = -8192;",
     )?;
+    connection.execute_batch(&format!("PRAGMA journal_size_limit = {LOG_SIZE_LIMIT};"))?;
     Ok(())
 }
 
@@ -521,15 +527,41 @@ fn check_keys(
     }
 }
 
-/// How often the checkpointer copies the log back into the database while
-/// commits arrive: the log grows by at most this much traffic.
-const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
+/// When the checkpointer copies the log back into the database, and when
+/// it has the log started over.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct CheckpointPolicy {
+    /// How often the log is copied back while commits arrive.
+    pub(crate) interval: Duration,
+    /// Log frames (pages) past which the writer copies the rest of the log
+    /// back itself, so that the log is written from its start again.
+    pub(crate) restart_frames: i64,
+}
+
+impl Default for CheckpointPolicy {
+    fn default() -> Self {
+        // 4,096 frames of 4 KiB: the log file stays near 16 MiB plus one
+        // interval's traffic, however long the load lasts.
+        Self { interval: Duration::from_millis(100), restart_frames: 4096 }
+    }
+}
+
+/// The most a log file keeps on disk when it starts over (SQLite truncates
+/// a longer one then): room for the restart point and a burst above it.
+const LOG_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
 
 /// A thread with a connection of its own that copies the write-ahead log
 /// back into the database (a passive checkpoint, which never blocks the
-/// writer) every [`CHECKPOINT_INTERVAL`] after a commit. Done by the writer,
-/// as SQLite does by default, each checkpoint's two waits for the disk would
-/// stall every request waiting for a commit.
+/// writer) every [`CheckpointPolicy::interval`] after a commit. Done by the
+/// writer, as SQLite does by default, each checkpoint's two waits for the
+/// disk would stall every request waiting for a commit.
+///
+/// SQLite writes the log from its start again only when a write begins
+/// after a checkpoint copied all of it. Under steady load a commit always
+/// lands while this thread's checkpoint runs, so the log would only grow
+/// (by gigabytes, and every commit would pay for the file growing). Once
+/// the log passes [`CheckpointPolicy::restart_frames`], the writer is asked
+/// to copy the little left between two batches, when nothing can land.
 struct Checkpointer {
     /// Set by the writer after each commit.
     dirty: Arc<std::sync::atomic::AtomicBool>,
@@ -538,7 +570,11 @@ struct Checkpointer {
 }
 
 impl Checkpointer {
-    fn start(path: &Path) -> Result<Self, StoreError> {
+    fn start(
+        path: &Path,
+        policy: CheckpointPolicy,
+        writer: mpsc::WeakUnboundedSender<Job>,
+    ) -> Result<Self, StoreError> {
         let connection = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -551,17 +587,10 @@ impl Checkpointer {
             .name("mcpsock-store-checkpoint".into())
             .spawn(move || {
                 while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
-                    stopped.recv_timeout(CHECKPOINT_INTERVAL)
+                    stopped.recv_timeout(policy.interval)
                 {
-                    if !seen.swap(false, std::sync::atomic::Ordering::AcqRel) {
-                        continue;
-                    }
-                    match connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-                        Ok(()) => {}
-                        // Another checkpoint is running: the next one catches up.
-                        Err(error)
-                            if error.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy) => {}
-                        Err(error) => tracing::warn!(%error, "could not copy the state database's log back"),
+                    if seen.swap(false, std::sync::atomic::Ordering::AcqRel) {
+                        checkpoint_round(&connection, &writer, policy.restart_frames);
                     }
                 }
             })
@@ -585,6 +614,24 @@ impl Checkpointer {
 impl Drop for Checkpointer {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// One round of the checkpointer: a passive checkpoint on its own
+/// connection; then, if the log is long, a checkpoint by the writer.
+fn checkpoint_round(connection: &Connection, writer: &mpsc::WeakUnboundedSender<Job>, restart_frames: i64) {
+    // The pragma's row: whether it was blocked, the frames in the log, the
+    // frames copied back.
+    match connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| row.get::<_, i64>(1)) {
+        Ok(frames) if frames >= restart_frames => {
+            if let Some(jobs) = writer.upgrade() {
+                let _ = jobs.send(Job::Checkpoint);
+            }
+        }
+        Ok(_) => {}
+        // Another checkpoint is running: the next one catches up.
+        Err(error) if error.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy) => {}
+        Err(error) => tracing::warn!(%error, "could not copy the state database's log back"),
     }
 }
 
@@ -626,10 +673,12 @@ fn write_loop(
             }
         }
         let mut close = None;
+        let mut checkpoint = false;
         let begun = writer.connection.execute_batch("BEGIN IMMEDIATE");
         for job in batch.drain(..) {
             match job {
                 Job::Run(work) => replies.push(work(&writer)),
+                Job::Checkpoint => checkpoint = true,
                 Job::Close(reply) => close = Some(reply),
             }
         }
@@ -649,6 +698,14 @@ fn write_loop(
         if let Some((batch_replies, commit_error)) = undelivered {
             for reply in batch_replies {
                 reply(commit_error.as_deref());
+            }
+        }
+        if checkpoint && close.is_none() {
+            // No commit can land while this runs, so it copies the whole log
+            // and the next batch writes the log from its start again.
+            if let Err(error) = writer.connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+            {
+                tracing::warn!(%error, "could not copy the state database's log back");
             }
         }
         if let Some(reply) = close {
@@ -1210,5 +1267,76 @@ impl Store for SqliteStore {
         jobs.send(Job::Close(reply)).map_err(|_| StoreError::Closed)?;
         drop(jobs);
         answer.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The log's checkpoint sequence number, which SQLite bumps each time
+    /// it writes the log from its start again.
+    fn log_generation(path: &Path) -> u32 {
+        let header = std::fs::read(with_suffix(path, "-wal")).expect("the log exists");
+        u32::from_be_bytes(header[12..16].try_into().unwrap())
+    }
+
+    async fn append(store: &SqliteStore, text: &str) {
+        let event = NewEvent { message: Some(text.as_bytes().to_vec()), retry_ms: None, is_response: false };
+        store.append_event("stream", None, event).await.expect("appended");
+    }
+
+    /// The race that kept the log growing under load: commits land while
+    /// the checkpointer copies the log, so its checkpoint never copies all
+    /// of it. Here a reader holding an old snapshot stands in for those
+    /// commits (a checkpoint cannot copy past a reader's snapshot).
+    #[tokio::test]
+    async fn a_long_log_starts_over_although_commits_race_the_checkpointer() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let mut options = SqliteOptions::new(&path);
+        // The checkpointer's own thread stays out of the way; the test runs
+        // its rounds.
+        options.checkpoints = CheckpointPolicy { interval: Duration::from_secs(3600), restart_frames: 8 };
+        let store = Arc::new(SqliteStore::open(options).unwrap());
+        let checkpointer = Connection::open(&path).unwrap();
+        let writer = store.sender().unwrap().downgrade();
+
+        for n in 0..20 {
+            append(&store, &format!("before the reader {n}")).await;
+        }
+        let reader = Connection::open(&path).unwrap();
+        reader.execute_batch("BEGIN; SELECT count(*) FROM events;").unwrap();
+        for n in 0..20 {
+            append(&store, &format!("after the reader {n}")).await;
+        }
+        let generation = log_generation(&path);
+
+        // The writer is kept busy until the reader is gone, so the copy it
+        // is asked for runs when nothing else holds the log.
+        let (started, has_started) = std::sync::mpsc::channel();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let busy = tokio::spawn({
+            let store = store.clone();
+            async move {
+                store
+                    .submit(move |_| {
+                        started.send(()).unwrap();
+                        released.recv().unwrap();
+                        Ok(())
+                    })
+                    .await
+            }
+        });
+        tokio::task::spawn_blocking(move || has_started.recv().unwrap()).await.unwrap();
+
+        checkpoint_round(&checkpointer, &writer, 8);
+        reader.execute_batch("COMMIT").unwrap();
+        release.send(()).unwrap();
+        busy.await.unwrap().unwrap();
+
+        append(&store, "after the round").await;
+        assert_eq!(log_generation(&path), generation + 1, "the log was written from its start again");
+        store.close().await.unwrap();
     }
 }
