@@ -666,6 +666,12 @@ fn write_loop(
     let mut replies: Vec<Reply> = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = jobs.blocking_recv() {
         batch.push(first);
+        // Woken by the first job, let a thread that shares this core (the
+        // runtime's, queueing more) run on first: the batch grows and
+        // commits fewer times. Measured with the server pinned to one core,
+        // as bench.py runs it: 0.27 context switches per request instead of
+        // 0.46. With a core to itself, this returns at once.
+        std::thread::yield_now();
         while batch.len() < MAX_BATCH {
             match jobs.try_recv() {
                 Ok(job) => batch.push(job),
