@@ -1165,8 +1165,11 @@ impl Store for SqliteStore {
     async fn open_streams(&self) -> Result<Vec<OpenStream>, StoreError> {
         self.submit(move |writer| {
             let mut statement = writer.connection.prepare_cached(
+                // A stream left without events lost them, answer and all,
+                // to the retention caps: it was not cut short.
                 "SELECT s.no, s.request_id FROM streams s JOIN sessions x ON x.key = s.session
                  WHERE s.request_id IS NOT NULL AND x.last_seen > ?1
+                   AND EXISTS (SELECT 1 FROM events e WHERE e.stream = s.no)
                    AND NOT EXISTS (SELECT 1 FROM events e WHERE e.stream = s.no AND e.response)
                  ORDER BY s.no",
             )?;

@@ -180,6 +180,24 @@ pub(crate) async fn open_streams_are_those_without_a_response(backend: Backend) 
     assert!(store.open_streams().await.unwrap().is_empty());
 }
 
+/// A busy session's old answered requests lose all their events to the
+/// cap; with their answers gone they must not look cut short (a restart
+/// would append an error to each of them).
+pub(crate) async fn streams_emptied_by_the_cap_are_not_open(backend: Backend) {
+    let opened = backend.open(Clock::manual(START), retention().max_events_per_session(2));
+    let store = &opened.store;
+    store.put_session(session("busy", "uid:1")).await.unwrap();
+    for request in 1..=3 {
+        let stream = format!("request-{request}");
+        let priming_id = store.append_event(&stream, None, priming()).await.unwrap();
+        store.bind_stream(&priming_id, "busy", request.to_string().as_bytes()).await.unwrap();
+        store.append_event(&stream, None, response("answer")).await.unwrap();
+    }
+    store.purge().await.unwrap();
+    let open = store.open_streams().await.unwrap();
+    assert!(open.is_empty(), "{open:?}");
+}
+
 pub(crate) async fn binding_is_first_come(backend: Backend) {
     let opened = backend.open(Clock::manual(START), retention());
     let store = &opened.store;
@@ -328,6 +346,7 @@ suite!(
     event_ids_are_random_and_unique,
     standalone_streams_bind_on_first_event,
     open_streams_are_those_without_a_response,
+    streams_emptied_by_the_cap_are_not_open,
     binding_is_first_come,
     state_round_trip,
     retention_bounds_events,
