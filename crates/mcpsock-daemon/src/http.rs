@@ -3,6 +3,7 @@
 //! service), the routes beside it (`/health`, or the whole admin API), and
 //! the in-flight request tracking that shutdown waits on.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
@@ -74,7 +75,7 @@ const MAX_REQUEST_BODY: usize = 4 * 1024 * 1024;
 /// body ends (or is dropped).
 struct Observation {
     metrics: Arc<Metrics>,
-    method: String,
+    method: Cow<'static, str>,
     started: Instant,
     outcome: Outcome,
 }
@@ -121,7 +122,8 @@ async fn track_requests(
     }
     in_flight.active.fetch_add(1, Ordering::AcqRel);
     let guard = InFlightGuard(in_flight.clone());
-    let mut observation = None;
+    let mut read = None;
+    let started = Instant::now();
     let request = if request.uri().path() == MCP_PATH {
         // The method is in the body; the body is bounded here as rmcp
         // bounds it, and handed on whole.
@@ -136,20 +138,23 @@ async fn track_requests(
                     .into_response();
             }
         };
-        observation = Some(Observation {
-            metrics: metrics.clone(),
-            method: metrics::method_of(&bytes),
-            started: Instant::now(),
-            outcome: Outcome::Ok,
-        });
+        read = Some(bytes.clone());
         Request::from_parts(parts, axum::body::Body::from(bytes))
     } else {
         request
     };
     let response = next.run(request).await;
-    if let Some(observation) = &mut observation {
-        observation.outcome = Outcome::from_status(response.status());
-    }
+    let mut observation = read.map(|bytes| Observation {
+        metrics: metrics.clone(),
+        // A route that parsed the body says what it found; otherwise it is
+        // parsed here.
+        method: match response.extensions().get::<metrics::Parsed>() {
+            Some(metrics::Parsed(method)) => Cow::Borrowed(method),
+            None => Cow::Owned(metrics::method_of(&bytes)),
+        },
+        started,
+        outcome: Outcome::from_status(response.status()),
+    });
     response.map(|body| {
         axum::body::Body::new(body.map_frame(move |frame| {
             // The closure owns the guard and the observation, so they live
@@ -239,7 +244,10 @@ impl<S: ServerHandler + Send + 'static> McpRoute<S> {
         let response = guard_sessions(&self.sessions, request, |request| async move {
             match tool_call::take(request, &self.sessions, MAX_REQUEST_BODY).await {
                 Taken::Call(call) => {
-                    Box::pin(call.answer(&self.sessions, self.keep_alive, &self.streams)).await
+                    let mut response =
+                        Box::pin(call.answer(&self.sessions, self.keep_alive, &self.streams)).await;
+                    response.extensions_mut().insert(metrics::Parsed("tools/call"));
+                    response
                 }
                 Taken::TooLarge(response) => response,
                 // Boxed: rmcp's future is large, and every move of the

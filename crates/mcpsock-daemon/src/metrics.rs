@@ -138,6 +138,11 @@ pub(crate) fn escape(value: &str) -> Cow<'_, str> {
     Cow::Owned(value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n"))
 }
 
+/// Set on a response by a route that parsed its request's body: the
+/// request's method, which the metrics then need not parse out again.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Parsed(pub(crate) &'static str);
+
 /// The JSON-RPC method of a request body: the `method` of a single
 /// message, `batch` for an array, `invalid` for anything else.
 pub(crate) fn method_of(body: &[u8]) -> String {
