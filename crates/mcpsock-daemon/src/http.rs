@@ -86,6 +86,41 @@ impl Drop for Observation {
     }
 }
 
+/// A `/mcp` request before its reply: counted as `cancelled` if its client
+/// leaves first (the request's future is dropped).
+struct Unanswered {
+    metrics: Arc<Metrics>,
+    body: bytes::Bytes,
+    started: Instant,
+    answered: bool,
+}
+
+impl Unanswered {
+    /// The observation of the request `response` answers: labelled by the
+    /// method its route parsed, or by parsing the body here.
+    fn answered(mut self, response: &Response) -> Observation {
+        self.answered = true;
+        Observation {
+            metrics: self.metrics.clone(),
+            method: match response.extensions().get::<metrics::Parsed>() {
+                Some(metrics::Parsed(method)) => Cow::Borrowed(method),
+                None => Cow::Owned(metrics::method_of(&self.body)),
+            },
+            started: self.started,
+            outcome: Outcome::from_status(response.status()),
+        }
+    }
+}
+
+impl Drop for Unanswered {
+    fn drop(&mut self) {
+        if !self.answered {
+            let method = metrics::method_of(&self.body);
+            self.metrics.observe(&method, Outcome::Cancelled.label(), self.started.elapsed().as_secs_f64());
+        }
+    }
+}
+
 /// What stands before every route.
 struct RequestGuards {
     access: Arc<Access>,
@@ -122,7 +157,7 @@ async fn track_requests(
     }
     in_flight.active.fetch_add(1, Ordering::AcqRel);
     let guard = InFlightGuard(in_flight.clone());
-    let mut read = None;
+    let mut unanswered = None;
     let started = Instant::now();
     let request = if request.uri().path() == MCP_PATH {
         // The method is in the body; the body is bounded here as rmcp
@@ -138,23 +173,14 @@ async fn track_requests(
                     .into_response();
             }
         };
-        read = Some(bytes.clone());
+        unanswered =
+            Some(Unanswered { metrics: metrics.clone(), body: bytes.clone(), started, answered: false });
         Request::from_parts(parts, axum::body::Body::from(bytes))
     } else {
         request
     };
     let response = next.run(request).await;
-    let mut observation = read.map(|bytes| Observation {
-        metrics: metrics.clone(),
-        // A route that parsed the body says what it found; otherwise it is
-        // parsed here.
-        method: match response.extensions().get::<metrics::Parsed>() {
-            Some(metrics::Parsed(method)) => Cow::Borrowed(method),
-            None => Cow::Owned(metrics::method_of(&bytes)),
-        },
-        started,
-        outcome: Outcome::from_status(response.status()),
-    });
+    let mut observation = unanswered.map(|unanswered| unanswered.answered(&response));
     response.map(|body| {
         axum::body::Body::new(body.map_frame(move |frame| {
             // The closure owns the guard and the observation, so they live
@@ -306,4 +332,89 @@ where
         // rather than on every request (axum converts a handler of a router
         // that was never given its state at each call).
         .with_state(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use tower::ServiceExt as _;
+
+    /// `/mcp` behind the request tracker, answered by `handler`.
+    fn tracked<H, T>(handler: H, in_flight: Arc<InFlight>, metrics: Arc<Metrics>) -> Router
+    where
+        H: axum::handler::Handler<T, ()>,
+        T: 'static,
+    {
+        Router::new().route(MCP_PATH, axum::routing::post(handler)).layer(axum::middleware::from_fn(
+            move |request: Request, next: Next| {
+                let (in_flight, metrics) = (in_flight.clone(), metrics.clone());
+                async move { track_requests(&in_flight, &metrics, request, next).await }
+            },
+        ))
+    }
+
+    fn tool_call() -> Request {
+        Request::post(MCP_PATH)
+            .body(axum::body::Body::from(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{}}"#))
+            .unwrap()
+    }
+
+    fn requests_total(metrics: &Metrics) -> Vec<String> {
+        let mut text = String::new();
+        metrics.render_requests(&mut text);
+        text.lines().filter(|line| line.starts_with("mcpsock_requests_total{")).map(str::to_string).collect()
+    }
+
+    #[tokio::test]
+    async fn a_request_whose_client_leaves_before_the_reply_is_counted_as_cancelled() {
+        let (in_flight, metrics) = (Arc::new(InFlight::default()), Arc::new(Metrics::default()));
+        let (started, has_started) = tokio::sync::oneshot::channel::<()>();
+        let started = Arc::new(std::sync::Mutex::new(Some(started)));
+        let app = tracked(
+            move || {
+                let started = started.lock().unwrap().take();
+                async move {
+                    let _ = started.map(|started| started.send(()));
+                    std::future::pending::<()>().await;
+                }
+            },
+            in_flight.clone(),
+            metrics.clone(),
+        );
+        let call = tokio::spawn(app.oneshot(tool_call()));
+        has_started.await.unwrap();
+        call.abort();
+        assert!(call.await.unwrap_err().is_cancelled());
+        assert_eq!(
+            requests_total(&metrics),
+            ["mcpsock_requests_total{method=\"tools/call\",outcome=\"cancelled\"} 1"]
+        );
+        assert_eq!(in_flight.active(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_route_that_parsed_the_body_labels_the_request() {
+        let (in_flight, metrics) = (Arc::new(InFlight::default()), Arc::new(Metrics::default()));
+        // The label comes from the route, not from the body (which names
+        // another method), so it shows which one was used.
+        let app = tracked(
+            || async {
+                let mut response = Response::new(axum::body::Body::empty());
+                response.extensions_mut().insert(metrics::Parsed("tools/call"));
+                response
+            },
+            in_flight.clone(),
+            metrics.clone(),
+        );
+        let request = Request::post(MCP_PATH)
+            .body(axum::body::Body::from(r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#))
+            .unwrap();
+        let response = app.oneshot(request).await.unwrap();
+        response.into_body().collect().await.unwrap();
+        assert_eq!(
+            requests_total(&metrics),
+            ["mcpsock_requests_total{method=\"tools/call\",outcome=\"ok\"} 1"]
+        );
+    }
 }

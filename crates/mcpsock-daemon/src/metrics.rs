@@ -168,6 +168,8 @@ pub(crate) enum Outcome {
     ToolError,
     Error,
     Rejected,
+    /// The client left before the reply began.
+    Cancelled,
 }
 
 impl Outcome {
@@ -208,6 +210,7 @@ impl Outcome {
             Self::ToolError => "tool_error",
             Self::Error => "error",
             Self::Rejected => "rejected",
+            Self::Cancelled => "cancelled",
         }
     }
 }
