@@ -281,35 +281,46 @@ impl SqliteStore {
     /// stream's first event and its binding, which always follows, cost one
     /// commit, not two). Too much of it is sent on at once.
     fn hold(&self, work: HeldWork) {
-        let overflow = {
-            let mut held = self.held.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            held.push(work);
-            (held.len() >= MAX_HELD).then(|| std::mem::take(&mut *held))
-        };
-        if let Some(held) = overflow {
-            self.send_held(held);
+        let mut held = self.held();
+        held.push(work);
+        if held.len() >= MAX_HELD {
+            self.send_with(&mut held, |_| Box::new(|_: Option<&str>| {}));
         }
     }
 
-    fn take_held(&self) -> Vec<HeldWork> {
-        std::mem::take(&mut *self.held.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+    /// Sends the held work on by itself, if there is any.
+    fn send_held(&self) {
+        let mut held = self.held();
+        if !held.is_empty() {
+            self.send_with(&mut held, |_| Box::new(|_: Option<&str>| {}));
+        }
     }
 
-    fn send_held(&self, held: Vec<HeldWork>) {
-        if held.is_empty() {
-            return;
-        }
+    fn held(&self) -> std::sync::MutexGuard<'_, Vec<HeldWork>> {
+        self.held.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Sends one job: the held work, then `work`. Called with the held
+    /// work's lock held, so jobs reach the writer in the order their held
+    /// work was taken: a stream's binding never overtakes its first event
+    /// (taken by another request's job on another thread).
+    fn send_with(
+        &self,
+        held: &mut Vec<HeldWork>,
+        work: impl FnOnce(&Writer) -> Reply + Send + 'static,
+    ) -> bool {
+        let earlier = std::mem::take(held);
         let job = Job::Run(Box::new(move |writer: &Writer| {
-            let replies: Vec<Reply> = held.into_iter().map(|work| work(writer)).collect();
+            let replies: Vec<Reply> = earlier.into_iter().map(|work| work(writer)).collect();
+            let last = work(writer);
             Box::new(move |commit_error: Option<&str>| {
                 for reply in replies {
                     reply(commit_error);
                 }
+                last(commit_error);
             })
         }));
-        if let Some(jobs) = self.sender() {
-            let _ = jobs.send(job);
-        }
+        self.sender().is_some_and(|jobs| jobs.send(job).is_ok())
     }
 
     fn sender(&self) -> Option<mpsc::UnboundedSender<Job>> {
@@ -323,22 +334,19 @@ impl SqliteStore {
         work: impl FnOnce(&Writer) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let (reply, answer) = oneshot::channel();
-        let held = self.take_held();
-        let job = Job::Run(Box::new(move |writer| {
-            let earlier: Vec<Reply> = held.into_iter().map(|work| work(writer)).collect();
+        let sent = self.send_with(&mut self.held(), move |writer| {
             let result = work(writer);
             Box::new(move |commit_error: Option<&str>| {
-                for reply in earlier {
-                    reply(commit_error);
-                }
                 let result = match commit_error {
                     Some(error) => Err(StoreError::Commit(error.to_string())),
                     None => result,
                 };
                 let _ = reply.send(result);
             })
-        }));
-        self.sender().ok_or(StoreError::Closed)?.send(job).map_err(|_| StoreError::Closed)?;
+        });
+        if !sent {
+            return Err(StoreError::Closed);
+        }
         answer.await.map_err(|_| StoreError::Closed)?
     }
 }
@@ -1118,7 +1126,7 @@ impl Store for SqliteStore {
         if let Ok(answered) = tokio::time::timeout(HOLD_AT_MOST, &mut answer).await {
             return answered.map_err(|_| StoreError::Closed)?;
         }
-        self.send_held(self.take_held());
+        self.send_held();
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -1268,7 +1276,7 @@ impl Store for SqliteStore {
     }
 
     async fn close(&self) -> Result<(), StoreError> {
-        self.send_held(self.take_held());
+        self.send_held();
         let Some(jobs) = self.jobs.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() else {
             return Err(StoreError::Closed);
         };

@@ -236,3 +236,53 @@ fn sec43_a_million_encryptions_never_repeat_a_nonce() {
         assert!(nonces.insert(nonce), "nonce repeated after {index} encryptions");
     }
 }
+
+/// Requests on several runtime threads at once, as in the daemon: each
+/// stream's first event is held, its binding is held after it, and another
+/// request's awaited job may take the first event while this one's answer
+/// takes the binding. However the threads interleave, the binding must
+/// reach the writer after the event it binds, or the stream stays unbound
+/// and its ids, already sent to the client, resume nothing.
+#[test]
+fn bindings_never_overtake_their_first_events_across_threads() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build().unwrap();
+    runtime.block_on(async {
+        // Room for every event: none may go to the session's cap.
+        let retention = mcpsock_store::Retention::default().max_events_per_session(10_000);
+        let store = std::sync::Arc::new(SqliteStore::open(options(&path).retention(retention)).unwrap());
+        store.put_session(session("busy", "{}")).await.unwrap();
+        let tasks: Vec<_> = (0..8)
+            .map(|task| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let mut ids = Vec::new();
+                    for request in 0..150 {
+                        let stream = format!("stream-{task}-{request}");
+                        let first = store.append_event_deferred(&stream, event(""));
+                        store
+                            .bind_stream(&first, "busy", format!("{task}{request}").as_bytes())
+                            .await
+                            .unwrap();
+                        let mut answer = event("answer");
+                        answer.is_response = true;
+                        store.append_event(&stream, None, answer).await.unwrap();
+                        ids.push(first);
+                    }
+                    ids
+                })
+            })
+            .collect();
+        let mut unbound = 0;
+        for task in tasks {
+            for id in task.await.unwrap() {
+                if store.replay_after("busy", &id).await.unwrap().is_none() {
+                    unbound += 1;
+                }
+            }
+        }
+        assert_eq!(unbound, 0, "streams whose binding was lost");
+        store.close().await.unwrap();
+    });
+}
