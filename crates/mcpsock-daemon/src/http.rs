@@ -89,19 +89,18 @@ impl Drop for Observation {
 /// A `/mcp` request before its reply: counted as `cancelled` if its client
 /// leaves first (the request's future is dropped).
 struct Unanswered {
-    metrics: Arc<Metrics>,
+    /// Taken when the reply comes.
+    metrics: Option<Arc<Metrics>>,
     body: bytes::Bytes,
     started: Instant,
-    answered: bool,
 }
 
 impl Unanswered {
     /// The observation of the request `response` answers: labelled by the
     /// method its route parsed, or by parsing the body here.
     fn answered(mut self, response: &Response) -> Observation {
-        self.answered = true;
         Observation {
-            metrics: self.metrics.clone(),
+            metrics: self.metrics.take().expect("answered once"),
             method: match response.extensions().get::<metrics::Parsed>() {
                 Some(metrics::Parsed(method)) => Cow::Borrowed(method),
                 None => Cow::Owned(metrics::method_of(&self.body)),
@@ -114,9 +113,9 @@ impl Unanswered {
 
 impl Drop for Unanswered {
     fn drop(&mut self) {
-        if !self.answered {
+        if let Some(metrics) = self.metrics.take() {
             let method = metrics::method_of(&self.body);
-            self.metrics.observe(&method, Outcome::Cancelled.label(), self.started.elapsed().as_secs_f64());
+            metrics.observe(&method, Outcome::Cancelled.label(), self.started.elapsed().as_secs_f64());
         }
     }
 }
@@ -173,8 +172,7 @@ async fn track_requests(
                     .into_response();
             }
         };
-        unanswered =
-            Some(Unanswered { metrics: metrics.clone(), body: bytes.clone(), started, answered: false });
+        unanswered = Some(Unanswered { metrics: Some(metrics.clone()), body: bytes.clone(), started });
         Request::from_parts(parts, axum::body::Body::from(bytes))
     } else {
         request

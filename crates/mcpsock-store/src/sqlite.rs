@@ -284,15 +284,19 @@ impl SqliteStore {
         let mut held = self.held();
         held.push(work);
         if held.len() >= MAX_HELD {
-            self.send_with(&mut held, |_| Box::new(|_: Option<&str>| {}));
+            self.send_alone(&mut held);
         }
     }
 
     /// Sends the held work on by itself, if there is any.
     fn send_held(&self) {
-        let mut held = self.held();
+        self.send_alone(&mut self.held());
+    }
+
+    /// Sends `held` (under its lock) as a job of its own, if there is any.
+    fn send_alone(&self, held: &mut Vec<HeldWork>) {
         if !held.is_empty() {
-            self.send_with(&mut held, |_| Box::new(|_: Option<&str>| {}));
+            self.send_with(held, |_| Box::new(|_: Option<&str>| {}));
         }
     }
 
@@ -628,18 +632,26 @@ impl Drop for Checkpointer {
 /// One round of the checkpointer: a passive checkpoint on its own
 /// connection; then, if the log is long, a checkpoint by the writer.
 fn checkpoint_round(connection: &Connection, writer: &mpsc::WeakUnboundedSender<Job>, restart_frames: i64) {
+    if copy_log_back(connection).is_some_and(|frames| frames >= restart_frames)
+        && let Some(jobs) = writer.upgrade()
+    {
+        let _ = jobs.send(Job::Checkpoint);
+    }
+}
+
+/// A passive checkpoint on `connection`: the frames in the log, or `None`
+/// when it could not run (another checkpoint running is not worth a word:
+/// the next one catches up).
+fn copy_log_back(connection: &Connection) -> Option<i64> {
     // The pragma's row: whether it was blocked, the frames in the log, the
     // frames copied back.
     match connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| row.get::<_, i64>(1)) {
-        Ok(frames) if frames >= restart_frames => {
-            if let Some(jobs) = writer.upgrade() {
-                let _ = jobs.send(Job::Checkpoint);
-            }
+        Ok(frames) => Some(frames),
+        Err(error) if error.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy) => None,
+        Err(error) => {
+            tracing::warn!(%error, "could not copy the state database's log back");
+            None
         }
-        Ok(_) => {}
-        // Another checkpoint is running: the next one catches up.
-        Err(error) if error.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy) => {}
-        Err(error) => tracing::warn!(%error, "could not copy the state database's log back"),
     }
 }
 
@@ -717,10 +729,7 @@ fn write_loop(
         if checkpoint && close.is_none() {
             // No commit can land while this runs, so it copies the whole log
             // and the next batch writes the log from its start again.
-            if let Err(error) = writer.connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
-            {
-                tracing::warn!(%error, "could not copy the state database's log back");
-            }
+            copy_log_back(&writer.connection);
         }
         if let Some(reply) = close {
             // The last checkpoint empties the log; nothing may hold it then.
