@@ -8,15 +8,17 @@
 //! Many concurrent requests share one commit, so persistence costs little
 //! throughput.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::fs::{DirBuilder, File, OpenOptions};
 use std::io::{Read, Seek, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rusqlite::types::Value;
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
 
@@ -74,6 +76,15 @@ const MIGRATIONS: &[&str] = &[
         value BLOB NOT NULL,
         PRIMARY KEY (session, name)
     ) WITHOUT ROWID;",
+    // 2: no index of streams by session. Sessions' keys are random, so each
+    // commit of a busy daemon rewrote one page of that index per session it
+    // served: over half of the pages written per request, and 60% of the
+    // time spent in SQLite. The writer keeps each session's streams in
+    // memory instead (`Writer::members`, read back at start). A session's
+    // standalone streams (one per name, looked up on first use) keep a
+    // small index of their own; request streams never enter it.
+    "DROP INDEX streams_by_session;
+    CREATE INDEX standalone_streams ON streams (session, name) WHERE request_id IS NULL;",
 ];
 
 /// The schema version this build writes.
@@ -197,11 +208,27 @@ struct Writer {
     /// rmcp's stream names → (stream number, standalone) for the streams
     /// this process writes to.
     streams: RefCell<HashMap<String, (i64, bool)>>,
-    /// The first event of each request stream opened here and not yet
-    /// bound to its session: sequence number → (tag, stream number), so
-    /// that binding, which follows at once, needs no lookup.
-    unbound: RefCell<HashMap<i64, (i64, i64)>>,
+    /// The request streams opened here and not yet bound to their session,
+    /// by the sequence number of their first event. Such a stream has a
+    /// number but no row yet: binding, which follows at once, writes its
+    /// row whole, so a stream costs one insert, not an insert and an update.
+    unbound: RefCell<HashMap<i64, Unbound>>,
+    /// The streams of each session (request streams once bound, and
+    /// standalone streams), by session key; read from the database at
+    /// start. The database has no index of streams by session (see
+    /// migration 2): deleting or trimming a session finds its streams here.
+    members: RefCell<HashMap<Vec<u8>, Vec<i64>>>,
+    /// The number of the next stream opened.
+    next_stream: Cell<i64>,
     _lock: File,
+}
+
+/// A request stream opened but not yet bound (see `Writer::unbound`).
+struct Unbound {
+    tag: i64,
+    stream: i64,
+    name: String,
+    created_at: i64,
 }
 
 impl SqliteStore {
@@ -226,6 +253,7 @@ impl SqliteStore {
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(|error| classify(&path, error))?;
+        rusqlite::vtab::array::load_module(&connection).map_err(|error| classify(&path, error))?;
         check_integrity(&connection, &path)?;
         configure(&connection, durability).map_err(|error| classify(&path, error))?;
         migrate(&connection, &path)?;
@@ -239,12 +267,11 @@ impl SqliteStore {
             streams: RefCell::default(),
             unbound: RefCell::default(),
             joined: RefCell::default(),
+            members: RefCell::default(),
+            next_stream: Cell::new(1),
             _lock: lock,
         };
-        let next_seq: i64 = writer
-            .connection
-            .query_row("SELECT coalesce(max(seq), 0) + 1 FROM events", [], |row| row.get(0))
-            .map_err(|error| classify(&path, error))?;
+        let next_seq = writer.recall().map_err(|error| classify(&path, error))?;
         let (jobs, receiver) = mpsc::unbounded_channel();
         let checkpointer = Checkpointer::start(&path, checkpoints, jobs.downgrade())?;
         let answers = answer_task();
@@ -767,38 +794,120 @@ impl Writer {
         self.clock.now().saturating_sub(millis(self.retention.session_idle_ttl))
     }
 
+    /// Reads back what the writer keeps in memory about the database: each
+    /// session's streams, and the next stream number. Returns the next
+    /// event's sequence number.
+    fn recall(&self) -> rusqlite::Result<i64> {
+        self.load_members()?;
+        // Past every number an event still names, not only the streams
+        // that have rows: a stream's row is written when it is bound.
+        let next_stream: i64 = self.connection.query_row(
+            "SELECT max(coalesce((SELECT max(no) FROM streams), 0),
+                        coalesce((SELECT max(stream) FROM events), 0)) + 1",
+            [],
+            |row| row.get(0),
+        )?;
+        self.next_stream.set(next_stream);
+        self.connection.query_row("SELECT coalesce(max(seq), 0) + 1 FROM events", [], |row| row.get(0))
+    }
+
+    /// Reads each session's streams from the database.
+    fn load_members(&self) -> rusqlite::Result<()> {
+        let mut members: HashMap<Vec<u8>, Vec<i64>> = HashMap::new();
+        let mut statement =
+            self.connection.prepare_cached("SELECT session, no FROM streams WHERE session IS NOT NULL")?;
+        let mut rows = statement.query([])?;
+        while let Some(row) = rows.next()? {
+            members.entry(row.get(0)?).or_default().push(row.get(1)?);
+        }
+        *self.members.borrow_mut() = members;
+        Ok(())
+    }
+
+    /// The streams of `session`, as a parameter for `rarray(?)`.
+    fn members_of(&self, session: &[u8]) -> Rc<Vec<Value>> {
+        let members = self.members.borrow();
+        let streams = members.get(session).map_or(&[][..], Vec::as_slice);
+        Rc::new(streams.iter().copied().map(Value::Integer).collect())
+    }
+
+    /// Records that `stream` now belongs to `session`.
+    fn join(&self, session: &[u8], stream: i64) -> Result<(), StoreError> {
+        self.members.borrow_mut().entry(session.to_vec()).or_default().push(stream);
+        self.note_session_events(session)
+    }
+
+    fn new_stream_no(&self) -> i64 {
+        let no = self.next_stream.get();
+        self.next_stream.set(no + 1);
+        no
+    }
+
     /// The number of the stream rmcp calls `name` (or, for `no:<n>`, of
-    /// stream `n` itself), creating the stream on first use. A stream of
-    /// this process is found in the cache; a session's standalone stream
-    /// from an earlier process by its session.
-    fn stream_no(&self, name: &str, session: Option<&[u8]>) -> Result<i64, StoreError> {
+    /// stream `n` itself), creating the stream on first use: a session's
+    /// standalone stream is found by its name, or written at once; a
+    /// request stream (`session` is `None`) gets a number, and its row
+    /// when it is bound (see `Writer::unbound`). A stream of this process
+    /// is found in the cache.
+    fn stream_no(&self, name: &str, session: Option<&[u8]>, first: (i64, i64)) -> Result<i64, StoreError> {
         if let Some(no) = name.strip_prefix("no:").and_then(|no| no.parse().ok()) {
             return Ok(no);
         }
         if let Some(entry) = self.streams.borrow().get(name) {
             return Ok(entry.0);
         }
-        let found: Option<i64> = match session {
-            Some(session) => self
-                .connection
-                .prepare_cached(
-                    "SELECT no FROM streams WHERE session = ?1 AND request_id IS NULL AND name = ?2",
-                )?
-                .query_row(params![session, name], |row| row.get(0))
-                .optional()?,
-            None => None,
-        };
-        let no = match found {
-            Some(no) => no,
+        let no = match session {
+            Some(session) => self.standalone_stream(name, session)?,
             None => {
-                self.connection
-                    .prepare_cached("INSERT INTO streams (name, session, created_at) VALUES (?1, ?2, ?3)")?
-                    .execute(params![name, session, self.clock.now()])?;
-                self.connection.last_insert_rowid()
+                let no = self.new_stream_no();
+                self.hold_unbound(
+                    first,
+                    Unbound { tag: first.1, stream: no, name: name.into(), created_at: self.clock.now() },
+                )?;
+                no
             }
         };
         self.streams.borrow_mut().insert(name.to_string(), (no, session.is_some()));
         Ok(no)
+    }
+
+    /// The standalone stream `name` of `session`: one an earlier process
+    /// wrote, or a new one.
+    fn standalone_stream(&self, name: &str, session: &[u8]) -> Result<i64, StoreError> {
+        let found: Option<i64> = self
+            .connection
+            .prepare_cached("SELECT no FROM streams WHERE session = ?1 AND request_id IS NULL AND name = ?2")?
+            .query_row(params![session, name], |row| row.get(0))
+            .optional()?;
+        if let Some(no) = found {
+            return Ok(no);
+        }
+        let no = self.new_stream_no();
+        self.connection
+            .prepare_cached("INSERT INTO streams (no, name, session, created_at) VALUES (?1, ?2, ?3, ?4)")?
+            .execute(params![no, name, session, self.clock.now()])?;
+        self.join(session, no)?;
+        Ok(no)
+    }
+
+    /// Remembers a request stream until it is bound. Streams that are never
+    /// bound (their binding failed, or went to an earlier stream) must not
+    /// pile up here: past [`MAX_UNBOUND`], the rows of those waiting are
+    /// written unbound, and a late binding updates its row.
+    fn hold_unbound(&self, (seq, _): (i64, i64), stream: Unbound) -> Result<(), StoreError> {
+        let waiting = {
+            let mut unbound = self.unbound.borrow_mut();
+            let waiting =
+                if unbound.len() >= MAX_UNBOUND { std::mem::take(&mut *unbound) } else { HashMap::new() };
+            unbound.insert(seq, stream);
+            waiting
+        };
+        for stream in waiting.into_values() {
+            self.connection
+                .prepare_cached("INSERT INTO streams (no, name, created_at) VALUES (?1, ?2, ?3)")?
+                .execute(params![stream.stream, stream.name, stream.created_at])?;
+        }
+        Ok(())
     }
 
     fn append(
@@ -810,17 +919,7 @@ impl Writer {
         session: Option<&[u8]>,
         event: NewEvent,
     ) -> Result<(), StoreError> {
-        let opening = session.is_none() && !self.streams.borrow().contains_key(stream);
-        let stream_no = self.stream_no(stream, session)?;
-        if opening {
-            let mut unbound = self.unbound.borrow_mut();
-            // Streams that are never bound (no request behind them) must not
-            // pile up here; a forgotten entry only costs a lookup later.
-            if unbound.len() >= MAX_UNBOUND {
-                unbound.clear();
-            }
-            unbound.insert(seq, (tag, stream_no));
-        }
+        let stream_no = self.stream_no(stream, session, (seq, tag))?;
         if let Some(session) = session {
             self.note_session_events(session)?;
         }
@@ -844,15 +943,36 @@ impl Writer {
         Ok(())
     }
 
-    /// The stream whose first event is `id`, if that event exists.
-    fn stream_of_first_event(&self, id: &str) -> Result<Option<i64>, StoreError> {
-        if let Some((seq, tag)) = crate::parse_event_id(id)
-            && let Some((known_tag, stream)) = self.unbound.borrow_mut().remove(&(seq as i64))
-            && known_tag == tag as i64
-        {
-            return Ok(Some(stream));
+    /// Binds the stream whose first event is `event_id` to `session` and
+    /// the request `request_id`; the first binding of a stream wins.
+    fn bind(&self, event_id: &str, session: &[u8], request_id: &[u8]) -> Result<(), StoreError> {
+        if let Some((seq, tag)) = crate::parse_event_id(event_id) {
+            let mut unbound = self.unbound.borrow_mut();
+            if unbound.get(&(seq as i64)).is_some_and(|stream| stream.tag == tag as i64) {
+                let stream = unbound.remove(&(seq as i64)).expect("just found");
+                drop(unbound);
+                let request_id = self.seal(Purpose::Events, &stream_aad(stream.stream), request_id);
+                self.connection
+                    .prepare_cached(
+                        "INSERT INTO streams (no, name, session, request_id, created_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5)",
+                    )?
+                    .execute(params![stream.stream, stream.name, session, request_id, stream.created_at])?;
+                return self.join(session, stream.stream);
+            }
         }
-        Ok(self.find_event(id)?.map(|(_, stream)| stream))
+        let Some((_, stream)) = self.find_event(event_id)? else { return Ok(()) };
+        let request_id = self.seal(Purpose::Events, &stream_aad(stream), request_id);
+        let bound = self
+            .connection
+            .prepare_cached(
+                "UPDATE streams SET session = ?2, request_id = ?3 WHERE no = ?1 AND session IS NULL",
+            )?
+            .execute(params![stream, session, request_id])?;
+        if bound > 0 {
+            self.join(session, stream)?;
+        }
+        Ok(())
     }
 
     /// The event `id` as (sequence number, stream number), if it exists.
@@ -933,17 +1053,51 @@ impl Writer {
         Ok(())
     }
 
-    /// Keeps the newest `max_events_per_session` events of `session`.
+    /// Keeps the newest `max_events_per_session` events of `session`, and
+    /// forgets the request streams left without events.
     fn trim_session(&self, session: &[u8]) -> Result<usize, StoreError> {
         let cap = i64::try_from(self.retention.max_events_per_session).unwrap_or(i64::MAX);
-        Ok(self
+        let streams = self.members_of(session);
+        let trimmed = self
             .connection
             .prepare_cached(
                 "DELETE FROM events WHERE seq IN (
-                    SELECT e.seq FROM streams s JOIN events e ON e.stream = s.no
-                    WHERE s.session = ?1 ORDER BY e.seq DESC LIMIT -1 OFFSET ?2)",
+                    SELECT seq FROM events WHERE stream IN rarray(?1) ORDER BY seq DESC LIMIT -1 OFFSET ?2)",
             )?
-            .execute(params![session, cap])?)
+            .execute(params![&streams, cap])?;
+        if trimmed > 0 {
+            self.forget_emptied(session, streams)?;
+        }
+        Ok(trimmed)
+    }
+
+    /// Deletes the request streams among `streams` (of `session`) that the
+    /// caps left without events: their answers went with the rest, so no
+    /// client can resume them (`open_streams` skips them too). A request
+    /// still running here keeps its stream for its answer; a standalone
+    /// stream stays while its session does.
+    fn forget_emptied(&self, session: &[u8], streams: Rc<Vec<Value>>) -> Result<(), StoreError> {
+        let running: std::collections::HashSet<i64> =
+            self.streams.borrow().values().filter(|(_, standalone)| !standalone).map(|(no, _)| *no).collect();
+        let emptied: Vec<i64> = {
+            let mut statement = self.connection.prepare_cached(
+                "SELECT no FROM streams WHERE no IN rarray(?1) AND request_id IS NOT NULL
+                 AND NOT EXISTS (SELECT 1 FROM events e WHERE e.stream = streams.no)",
+            )?;
+            let rows = statement.query_map([streams], |row| row.get(0))?;
+            rows.filter(|no| no.as_ref().map_or(true, |no| !running.contains(no)))
+                .collect::<Result<_, _>>()?
+        };
+        if emptied.is_empty() {
+            return Ok(());
+        }
+        let gone: std::collections::HashSet<i64> = emptied.iter().copied().collect();
+        let emptied = Rc::new(emptied.into_iter().map(Value::Integer).collect::<Vec<_>>());
+        self.connection.prepare_cached("DELETE FROM streams WHERE no IN rarray(?1)")?.execute([emptied])?;
+        if let Some(members) = self.members.borrow_mut().get_mut(session) {
+            members.retain(|no| !gone.contains(no));
+        }
+        Ok(())
     }
 
     /// Per session, keeps the newest `max_events_per_session` events;
@@ -960,24 +1114,20 @@ impl Writer {
         };
         let mut trimmed = 0;
         for session in crowded {
-            trimmed += self
-                .connection
-                .prepare_cached(
-                    "DELETE FROM events WHERE seq IN (
-                        SELECT e.seq FROM events e JOIN streams s ON s.no = e.stream
-                        WHERE s.session = ?1 ORDER BY e.seq DESC LIMIT -1 OFFSET ?2)",
-                )?
-                .execute(params![session, cap])?;
+            trimmed += self.trim_session(&session)?;
         }
         Ok(trimmed)
     }
 
     fn delete_session(&self, key: &[u8]) -> Result<usize, StoreError> {
+        let streams = self.members_of(key);
+        self.members.borrow_mut().remove(key);
+        self.joined.borrow_mut().remove(key);
         let events = self
             .connection
-            .prepare_cached("DELETE FROM events WHERE stream IN (SELECT no FROM streams WHERE session = ?1)")?
-            .execute([key])?;
-        self.connection.prepare_cached("DELETE FROM streams WHERE session = ?1")?.execute([key])?;
+            .prepare_cached("DELETE FROM events WHERE stream IN rarray(?1)")?
+            .execute([&streams])?;
+        self.connection.prepare_cached("DELETE FROM streams WHERE no IN rarray(?1)")?.execute([&streams])?;
         self.connection.prepare_cached("DELETE FROM state WHERE session = ?1")?.execute([key])?;
         self.connection.prepare_cached("DELETE FROM sessions WHERE key = ?1")?.execute([key])?;
         Ok(events)
@@ -1103,21 +1253,7 @@ impl Store for SqliteStore {
         let event_id = event_id.to_string();
         let session = session_key(session);
         let request_id = request_id.to_vec();
-        let bind = move |writer: &Writer| -> Result<(), StoreError> {
-            let Some(stream) = writer.stream_of_first_event(&event_id)? else { return Ok(()) };
-            let request_id = writer.seal(Purpose::Events, &stream_aad(stream), &request_id);
-            // First come: a stream already bound stays with its session.
-            let bound = writer
-                .connection
-                .prepare_cached(
-                    "UPDATE streams SET session = ?2, request_id = ?3 WHERE no = ?1 AND session IS NULL",
-                )?
-                .execute(params![stream, session, request_id])?;
-            if bound > 0 {
-                writer.note_session_events(&session)?;
-            }
-            Ok(())
-        };
+        let bind = move |writer: &Writer| writer.bind(&event_id, &session, &request_id);
         // The request runs meanwhile; its answer, stored soon after, takes
         // this binding (and the stream's first event) into its own commit.
         // A slower request's binding is sent alone after a moment.
@@ -1269,6 +1405,7 @@ impl Store for SqliteStore {
                      AND NOT EXISTS (SELECT 1 FROM events e WHERE e.stream = streams.no)",
                 )?
                 .execute([oldest_kept])?;
+            writer.load_members()?;
             purged.events += writer.trim_sessions()?;
             writer.appended.borrow_mut().clear();
             writer.joined.borrow_mut().clear();
@@ -1367,5 +1504,170 @@ mod tests {
         append(&store, "after the copy").await;
         assert_eq!(log_generation(&path), generation + 1, "the log was written from its start again");
         store.close().await.unwrap();
+    }
+
+    fn session(id: &str) -> SessionRecord {
+        SessionRecord {
+            id: id.into(),
+            owner: "uid:1".into(),
+            init_params: b"{}".to_vec(),
+            created_at: 1,
+            last_seen: i64::MAX / 2,
+        }
+    }
+
+    fn priming() -> NewEvent {
+        NewEvent { message: None, retry_ms: None, is_response: false }
+    }
+
+    fn count(path: &Path, table: &str) -> i64 {
+        Connection::open(path)
+            .unwrap()
+            .query_row(&format!("SELECT count(*) FROM {table}"), [], |row| row.get(0))
+            .unwrap()
+    }
+
+    /// A database written by the first schema: its index of streams by
+    /// session goes, and its sessions are still deleted whole, with the
+    /// streams an earlier process bound (read back at start).
+    #[tokio::test]
+    async fn a_first_schema_database_is_upgraded_and_its_sessions_still_delete_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        {
+            let old = Connection::open(&path).unwrap();
+            old.execute_batch(&format!("BEGIN; {}; PRAGMA user_version = 1; COMMIT;", MIGRATIONS[0]))
+                .unwrap();
+        }
+        let store = SqliteStore::open(SqliteOptions::new(&path)).unwrap();
+        store.put_session(session("s1")).await.unwrap();
+        store.put_session(session("s2")).await.unwrap();
+        for (session, stream) in [("s1", "a"), ("s1", "b"), ("s2", "c")] {
+            let first = store.append_event(stream, None, priming()).await.unwrap();
+            store.bind_stream(&first, session, b"1").await.unwrap();
+        }
+        store.append_event("standalone", Some("s1"), priming()).await.unwrap();
+        store.close().await.unwrap();
+
+        let raw = Connection::open(&path).unwrap();
+        let version: i64 = raw.query_row("PRAGMA user_version", [], |row| row.get(0)).unwrap();
+        assert_eq!(version, 2);
+        let indexes: Vec<String> = raw
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'streams'")
+            .unwrap()
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(indexes, ["standalone_streams"]);
+        drop(raw);
+
+        let store = SqliteStore::open(SqliteOptions::new(&path)).unwrap();
+        store.delete_session("s1").await.unwrap();
+        store.close().await.unwrap();
+        assert_eq!(count(&path, "streams"), 1, "only s2's stream is left");
+        assert_eq!(count(&path, "events"), 1, "only s2's event is left");
+    }
+
+    /// Deleting and trimming a session, and starting, find streams by
+    /// their numbers: no statement of theirs reads a whole table.
+    #[test]
+    fn session_work_reads_no_whole_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let store = SqliteStore::open(SqliteOptions::new(&path)).unwrap();
+        drop(store);
+        let connection = Connection::open(&path).unwrap();
+        rusqlite::vtab::array::load_module(&connection).unwrap();
+        for sql in [
+            "DELETE FROM events WHERE stream IN rarray(?1)",
+            "DELETE FROM streams WHERE no IN rarray(?1)",
+            "DELETE FROM events WHERE seq IN (
+                SELECT seq FROM events WHERE stream IN rarray(?1) ORDER BY seq DESC LIMIT -1 OFFSET ?2)",
+            "SELECT no FROM streams WHERE no IN rarray(?1) AND request_id IS NOT NULL
+             AND NOT EXISTS (SELECT 1 FROM events e WHERE e.stream = streams.no)",
+            "SELECT no FROM streams WHERE session = ?1 AND request_id IS NULL AND name = ?2",
+            "SELECT max(coalesce((SELECT max(no) FROM streams), 0),
+                        coalesce((SELECT max(stream) FROM events), 0)) + 1",
+        ] {
+            let mut statement = connection.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+            let mut rows = statement.raw_query();
+            let mut plan: Vec<String> = Vec::new();
+            while let Some(row) = rows.next().unwrap() {
+                plan.push(row.get(3).unwrap());
+            }
+            for step in &plan {
+                assert!(
+                    !(step.starts_with("SCAN events") || step.starts_with("SCAN streams")),
+                    "{sql}: {plan:?}"
+                );
+            }
+        }
+    }
+
+    /// Past `MAX_UNBOUND` request streams waiting for their binding, their
+    /// rows are written unbound; a late binding still binds its stream.
+    #[tokio::test]
+    async fn a_binding_later_than_many_other_streams_still_binds() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let store = SqliteStore::open(SqliteOptions::new(&path)).unwrap();
+        store.put_session(session("s1")).await.unwrap();
+        let late = store.append_event("late", None, priming()).await.unwrap();
+        for n in 0..MAX_UNBOUND {
+            store.append_event(&format!("other-{n}"), None, priming()).await.unwrap();
+        }
+        store.bind_stream(&late, "s1", b"7").await.unwrap();
+        store
+            .append_event(
+                "late",
+                None,
+                NewEvent { message: Some(b"answer".to_vec()), retry_ms: None, is_response: true },
+            )
+            .await
+            .unwrap();
+        let replay = store.replay_after("s1", &late).await.unwrap().expect("the late stream is bound");
+        assert_eq!(replay.events.len(), 1);
+        assert_eq!(replay.events[0].message.as_deref(), Some(&b"answer"[..]));
+        store.close().await.unwrap();
+    }
+
+    /// The request streams a session's cap emptied go with their events;
+    /// one whose request is still running stays for its answer.
+    #[tokio::test]
+    async fn streams_the_cap_emptied_are_deleted_but_a_running_one_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let store = SqliteStore::open(
+            SqliteOptions::new(&path).retention(Retention::default().max_events_per_session(10)),
+        )
+        .unwrap();
+        store.put_session(session("s1")).await.unwrap();
+        let running = store.append_event("running", None, priming()).await.unwrap();
+        store.bind_stream(&running, "s1", b"0").await.unwrap();
+        for n in 0..100 {
+            let stream = format!("done-{n}");
+            let first = store.append_event(&stream, None, priming()).await.unwrap();
+            store.bind_stream(&first, "s1", b"1").await.unwrap();
+            let answer = NewEvent { message: Some(b"{}".to_vec()), retry_ms: None, is_response: true };
+            store.append_event(&stream, None, answer).await.unwrap();
+        }
+        let answer = NewEvent { message: Some(b"late".to_vec()), retry_ms: None, is_response: true };
+        let answered = store.append_event("running", None, answer).await.unwrap();
+        store.close().await.unwrap();
+        // Trimmed after every 11 bindings to the newest 10 events (5
+        // streams); at most 11 more streams joined since.
+        let streams = count(&path, "streams");
+        assert!(streams <= 5 + 11 + 1, "{streams} stream rows left of 101");
+        let raw = Connection::open(&path).unwrap();
+        let (no, session): (i64, Vec<u8>) = raw
+            .query_row(
+                "SELECT s.no, s.session FROM events e JOIN streams s ON s.no = e.stream WHERE e.seq = ?1",
+                [crate::parse_event_id(&answered).unwrap().0 as i64],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .expect("the running request's stream is still there for its answer");
+        assert_eq!(session, session_key("s1"));
+        assert!(no > 0);
     }
 }
