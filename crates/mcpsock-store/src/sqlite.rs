@@ -1047,8 +1047,27 @@ impl Writer {
             *count > cap
         };
         if due {
-            self.joined.borrow_mut().remove(session);
-            self.trim_session(session)?;
+            // Sessions at least halfway to their next trim are trimmed with
+            // this one. Busy sessions' events lie interleaved, so each trim
+            // rewrites pages all over the span it deletes from; trims in one
+            // commit write each such page once. Busy sessions soon trim
+            // together, and a session is still trimmed at most every half
+            // cap.
+            let together: Vec<Vec<u8>> = {
+                let mut joined = self.joined.borrow_mut();
+                let together = joined
+                    .iter()
+                    .filter(|(other, count)| other.as_slice() == session || **count > cap / 2)
+                    .map(|(other, _)| other.clone())
+                    .collect::<Vec<_>>();
+                for other in &together {
+                    joined.remove(other);
+                }
+                together
+            };
+            for session in together {
+                self.trim_session(&session)?;
+            }
         }
         Ok(())
     }
@@ -1669,5 +1688,38 @@ mod tests {
             .expect("the running request's stream is still there for its answer");
         assert_eq!(session, session_key("s1"));
         assert!(no > 0);
+    }
+
+    /// A session due for a trim takes those at least halfway to theirs
+    /// with it, into the same commit.
+    #[tokio::test]
+    async fn sessions_halfway_to_a_trim_are_trimmed_with_the_one_due() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let store = SqliteStore::open(
+            SqliteOptions::new(&path).retention(Retention::default().max_events_per_session(10)),
+        )
+        .unwrap();
+        let mut ids = HashMap::<&str, Vec<String>>::new();
+        for (name, streams) in [("a", 11 + 6), ("b", 11)] {
+            store.put_session(session(name)).await.unwrap();
+            for n in 0..streams {
+                let first = store.append_event(&format!("{name}-{n}"), None, priming()).await.unwrap();
+                store.bind_stream(&first, name, b"1").await.unwrap();
+                ids.entry(name).or_default().push(first);
+            }
+        }
+        let mut kept = HashMap::new();
+        for (session, ids) in &ids {
+            for id in ids {
+                *kept.entry(*session).or_insert(0) +=
+                    usize::from(store.replay_after(session, id).await.unwrap().is_some());
+            }
+        }
+        // "a" was trimmed to 10 at its 11th stream and held 16 when "b"
+        // came due; "b" was trimmed at its 11th.
+        assert_eq!(kept["a"], 10, "{kept:?}");
+        assert_eq!(kept["b"], 10, "{kept:?}");
+        store.close().await.unwrap();
     }
 }
