@@ -500,6 +500,11 @@ def render(results: list[dict], memory: dict, args) -> str:
         "every request with a fixed body (the physical limit of HTTP on this box), **rmcp** is a plain rmcp "
         "`StreamableHttpService` serving the same echo tool in session mode.",
         "",
+        "Allocators: the `mcpsock` binary (the daemon of the gateway rows, and the load generator) allocates "
+        "with mimalloc; the benchmark servers (the baselines, and the in-process rows, which serve through the "
+        "mcpsock library inside `bench-rmcp-echo`) use the C library's malloc, as a program using the library "
+        "does unless it chooses otherwise.",
+        "",
     ]
     names = []
     for report in results:
