@@ -397,6 +397,9 @@ impl Gateway {
             }
         }
         let options = PeerRequestOptions::no_options().with_meta(meta);
+        // The upstream may ask or report about this request before its
+        // route below exists; what it sends meanwhile waits for it.
+        let announced = upstream.routes.announce();
         let handle = peer
             .send_request_with_option(request, options)
             .await
@@ -407,6 +410,7 @@ impl Gateway {
             handle.progress_token.clone(),
             Route { session: self.session.id, progress_token: context.meta.get_progress_token(), relay },
         );
+        drop(announced);
         let cancel = CancelOnDrop { peer: Some(peer), id: handle.id.clone() };
         let timeout = self.inner.options.request_timeout;
         let exchange = Exchange {

@@ -11,7 +11,9 @@
 //! stream.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use rmcp::ErrorData;
 use rmcp::model::{ClientResult, ProgressToken, RequestId, ServerNotification, ServerRequest};
@@ -50,10 +52,37 @@ struct Table {
     order: Vec<RequestId>,
 }
 
+/// How long a message from the upstream waits for routes still being
+/// registered (see [`Routes::settle`]). Registration follows the send at
+/// once; the bound only keeps a steady stream of new requests from holding
+/// a message back for ever.
+const SETTLE_AT_MOST: Duration = Duration::from_secs(1);
+
 /// The routes of one upstream.
 #[derive(Debug, Default)]
 pub(crate) struct Routes {
     table: Mutex<Table>,
+    /// Requests sent (or being sent) upstream whose routes are not
+    /// registered yet: a route is keyed by the request's upstream id, which
+    /// rmcp gives it as it sends it, so a fast upstream can answer with a
+    /// question or progress before the route exists.
+    announced: AtomicUsize,
+    settled: tokio::sync::Notify,
+}
+
+/// A request on its way upstream whose route is not registered yet; drop
+/// it once the route is (or the send failed).
+#[derive(Debug)]
+pub(crate) struct Announced {
+    routes: Arc<Routes>,
+}
+
+impl Drop for Announced {
+    fn drop(&mut self) {
+        if self.routes.announced.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.routes.settled.notify_waiters();
+        }
+    }
 }
 
 /// Removes its route when the downstream request ends, however it ends.
@@ -86,6 +115,60 @@ pub(crate) enum Target {
 }
 
 impl Routes {
+    /// Marks a request as on its way upstream, before it is sent.
+    pub(crate) fn announce(self: &Arc<Self>) -> Announced {
+        self.announced.fetch_add(1, Ordering::AcqRel);
+        Announced { routes: self.clone() }
+    }
+
+    /// Waits until no announced request is still without its route (at
+    /// most [`SETTLE_AT_MOST`]).
+    async fn settle(&self) {
+        if self.announced.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let settled = async {
+            loop {
+                let notified = self.settled.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if self.announced.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        let _ = tokio::time::timeout(SETTLE_AT_MOST, settled).await;
+    }
+
+    /// [`Routes::by_request`], waiting for routes still being registered
+    /// when there is none yet.
+    pub(crate) async fn by_request_settled(&self, id: &RequestId) -> Option<Arc<Route>> {
+        if let Some(route) = self.by_request(id) {
+            return Some(route);
+        }
+        self.settle().await;
+        self.by_request(id)
+    }
+
+    /// [`Routes::by_progress`], waiting for routes still being registered
+    /// when there is none yet.
+    pub(crate) async fn by_progress_settled(&self, token: &ProgressToken) -> Option<Arc<Route>> {
+        if let Some(route) = self.by_progress(token) {
+            return Some(route);
+        }
+        self.settle().await;
+        self.by_progress(token)
+    }
+
+    /// [`Routes::unassociated`] once every request already sent has its
+    /// route: a request still being registered could be the one the message
+    /// belongs to, or make the choice ambiguous.
+    pub(crate) async fn unassociated_settled(&self) -> Target {
+        self.settle().await;
+        self.unassociated()
+    }
+
     pub(crate) fn register(
         self: &Arc<Self>,
         id: RequestId,
@@ -147,6 +230,32 @@ mod tests {
 
     fn token(n: i64) -> ProgressToken {
         ProgressToken(NumberOrString::Number(n))
+    }
+
+    /// A fast upstream can send a question (or progress) for a request
+    /// before the gateway has registered that request's route.
+    #[tokio::test]
+    async fn a_message_ahead_of_its_route_waits_for_it() {
+        let routes = Arc::new(Routes::default());
+        let announced = routes.announce();
+        let lookup = tokio::spawn({
+            let routes = routes.clone();
+            async move { routes.unassociated_settled().await }
+        });
+        let progress = tokio::spawn({
+            let routes = routes.clone();
+            async move { routes.by_progress_settled(&token(7)).await.map(|route| route.session) }
+        });
+        tokio::task::yield_now().await;
+        assert!(
+            !lookup.is_finished() && !progress.is_finished(),
+            "nothing is routed while a route is pending"
+        );
+        let (pending, _relay) = route(3);
+        let _guard = routes.register(RequestId::Number(7), token(7), pending);
+        drop(announced);
+        assert!(matches!(lookup.await.unwrap(), Target::Route(route) if route.session == 3));
+        assert_eq!(progress.await.unwrap(), Some(3));
     }
 
     #[test]

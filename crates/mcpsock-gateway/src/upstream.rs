@@ -439,10 +439,14 @@ impl UpstreamClient {
     ) -> Result<ClientResult, ErrorData> {
         let method = method_of(&request);
         let associated = match context.extensions.get::<InboundStreamOrigin>() {
-            Some(InboundStreamOrigin::OutboundRequest(id)) => self.links.routes.by_request(id),
+            Some(InboundStreamOrigin::OutboundRequest(id)) => self.links.routes.by_request_settled(id).await,
             _ => None,
         };
-        let route = match associated.map(Target::Route).unwrap_or_else(|| self.links.routes.unassociated()) {
+        let target = match associated {
+            Some(route) => Target::Route(route),
+            None => self.links.routes.unassociated_settled().await,
+        };
+        let route = match target {
             Target::Route(route) => route,
             Target::Ambiguous(sessions) => {
                 tracing::warn!(upstream = %self.name, method, ?sessions, "a server request could belong to several sessions; refused");
@@ -550,7 +554,7 @@ impl ClientHandler for UpstreamClient {
         let _handled = Handled(&self.links.ledger);
         // rmcp gives every upstream request a progress token of its own; the
         // client's token (if it asked for progress at all) goes back on.
-        let Some(route) = self.links.routes.by_progress(&params.progress_token) else { return };
+        let Some(route) = self.links.routes.by_progress_settled(&params.progress_token).await else { return };
         let Some(token) = route.progress_token.clone() else { return };
         params.progress_token = token;
         let notification = ServerNotification::ProgressNotification(Notification::new(params));
@@ -566,7 +570,7 @@ impl ClientHandler for UpstreamClient {
         let _handled = Handled(&self.links.ledger);
         let level = params.level;
         let notification = ServerNotification::LoggingMessageNotification(Notification::new(params));
-        match self.links.routes.unassociated() {
+        match self.links.routes.unassociated_settled().await {
             Target::Route(route) => {
                 if self.links.sessions.get(route.session).is_some_and(|session| session.wants_log(level)) {
                     let _ = route.relay.try_send(Box::new(Relay::Notification(notification)));
