@@ -398,19 +398,18 @@ impl Gateway {
         }
         let options = PeerRequestOptions::no_options().with_meta(meta);
         // The upstream may ask or report about this request before its
-        // route below exists; what it sends meanwhile waits for it.
+        // route is registered below; what it sends meanwhile waits for it.
         let announced = upstream.routes.announce();
         let handle = peer
             .send_request_with_option(request, options)
             .await
             .map_err(|error| upstream_error(upstream, error))?;
         let (relay, relayed) = mpsc::channel(RELAY_BUFFER);
-        let route = upstream.routes.register(
+        let route = announced.register(
             handle.id.clone(),
             handle.progress_token.clone(),
             Route { session: self.session.id, progress_token: context.meta.get_progress_token(), relay },
         );
-        drop(announced);
         let cancel = CancelOnDrop { peer: Some(peer), id: handle.id.clone() };
         let timeout = self.inner.options.request_timeout;
         let exchange = Exchange {

@@ -70,11 +70,25 @@ pub(crate) struct Routes {
     settled: tokio::sync::Notify,
 }
 
-/// A request on its way upstream whose route is not registered yet; drop
-/// it once the route is (or the send failed).
+/// A request on its way upstream whose route is not registered yet:
+/// [`Announced::register`] registers it; dropped unregistered (the send
+/// failed), it stops holding messages back.
 #[derive(Debug)]
 pub(crate) struct Announced {
     routes: Arc<Routes>,
+}
+
+impl Announced {
+    /// Registers the announced request's route, under the id and progress
+    /// token rmcp gave it as it sent it.
+    pub(crate) fn register(
+        self,
+        id: RequestId,
+        upstream_progress_token: ProgressToken,
+        route: Route,
+    ) -> RouteGuard {
+        self.routes.register(id, upstream_progress_token, route)
+    }
 }
 
 impl Drop for Announced {
@@ -141,24 +155,26 @@ impl Routes {
         let _ = tokio::time::timeout(SETTLE_AT_MOST, settled).await;
     }
 
-    /// [`Routes::by_request`], waiting for routes still being registered
-    /// when there is none yet.
-    pub(crate) async fn by_request_settled(&self, id: &RequestId) -> Option<Arc<Route>> {
-        if let Some(route) = self.by_request(id) {
+    /// `lookup`, once more after routes still being registered are, when
+    /// it finds none at first.
+    async fn settled(&self, lookup: impl Fn(&Self) -> Option<Arc<Route>>) -> Option<Arc<Route>> {
+        if let Some(route) = lookup(self) {
             return Some(route);
         }
         self.settle().await;
-        self.by_request(id)
+        lookup(self)
+    }
+
+    /// [`Routes::by_request`], waiting for routes still being registered
+    /// when there is none yet.
+    pub(crate) async fn by_request_settled(&self, id: &RequestId) -> Option<Arc<Route>> {
+        self.settled(|routes| routes.by_request(id)).await
     }
 
     /// [`Routes::by_progress`], waiting for routes still being registered
     /// when there is none yet.
     pub(crate) async fn by_progress_settled(&self, token: &ProgressToken) -> Option<Arc<Route>> {
-        if let Some(route) = self.by_progress(token) {
-            return Some(route);
-        }
-        self.settle().await;
-        self.by_progress(token)
+        self.settled(|routes| routes.by_progress(token)).await
     }
 
     /// [`Routes::unassociated`] once every request already sent has its
@@ -169,7 +185,7 @@ impl Routes {
         self.unassociated()
     }
 
-    pub(crate) fn register(
+    fn register(
         self: &Arc<Self>,
         id: RequestId,
         upstream_progress_token: ProgressToken,
@@ -252,8 +268,7 @@ mod tests {
             "nothing is routed while a route is pending"
         );
         let (pending, _relay) = route(3);
-        let _guard = routes.register(RequestId::Number(7), token(7), pending);
-        drop(announced);
+        let _guard = announced.register(RequestId::Number(7), token(7), pending);
         assert!(matches!(lookup.await.unwrap(), Target::Route(route) if route.session == 3));
         assert_eq!(progress.await.unwrap(), Some(3));
     }

@@ -10,6 +10,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::fs::{DirBuilder, File, OpenOptions};
 use std::io::{Read, Seek, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
@@ -826,9 +827,7 @@ impl Writer {
 
     /// The streams of `session`, as a parameter for `rarray(?)`.
     fn members_of(&self, session: &[u8]) -> Rc<Vec<Value>> {
-        let members = self.members.borrow();
-        let streams = members.get(session).map_or(&[][..], Vec::as_slice);
-        Rc::new(streams.iter().copied().map(Value::Integer).collect())
+        array(self.members.borrow().get(session).into_iter().flatten().copied())
     }
 
     /// Records that `stream` now belongs to `session`.
@@ -849,7 +848,7 @@ impl Writer {
     /// request stream (`session` is `None`) gets a number, and its row
     /// when it is bound (see `Writer::unbound`). A stream of this process
     /// is found in the cache.
-    fn stream_no(&self, name: &str, session: Option<&[u8]>, first: (i64, i64)) -> Result<i64, StoreError> {
+    fn stream_no(&self, name: &str, session: Option<&[u8]>, seq: i64, tag: i64) -> Result<i64, StoreError> {
         if let Some(no) = name.strip_prefix("no:").and_then(|no| no.parse().ok()) {
             return Ok(no);
         }
@@ -861,8 +860,8 @@ impl Writer {
             None => {
                 let no = self.new_stream_no();
                 self.hold_unbound(
-                    first,
-                    Unbound { tag: first.1, stream: no, name: name.into(), created_at: self.clock.now() },
+                    seq,
+                    Unbound { tag, stream: no, name: name.into(), created_at: self.clock.now() },
                 )?;
                 no
             }
@@ -894,7 +893,7 @@ impl Writer {
     /// bound (their binding failed, or went to an earlier stream) must not
     /// pile up here: past [`MAX_UNBOUND`], the rows of those waiting are
     /// written unbound, and a late binding updates its row.
-    fn hold_unbound(&self, (seq, _): (i64, i64), stream: Unbound) -> Result<(), StoreError> {
+    fn hold_unbound(&self, seq: i64, stream: Unbound) -> Result<(), StoreError> {
         let waiting = {
             let mut unbound = self.unbound.borrow_mut();
             let waiting =
@@ -919,7 +918,7 @@ impl Writer {
         session: Option<&[u8]>,
         event: NewEvent,
     ) -> Result<(), StoreError> {
-        let stream_no = self.stream_no(stream, session, (seq, tag))?;
+        let stream_no = self.stream_no(stream, session, seq, tag)?;
         if let Some(session) = session {
             self.note_session_events(session)?;
         }
@@ -946,20 +945,21 @@ impl Writer {
     /// Binds the stream whose first event is `event_id` to `session` and
     /// the request `request_id`; the first binding of a stream wins.
     fn bind(&self, event_id: &str, session: &[u8], request_id: &[u8]) -> Result<(), StoreError> {
-        if let Some((seq, tag)) = crate::parse_event_id(event_id) {
-            let mut unbound = self.unbound.borrow_mut();
-            if unbound.get(&(seq as i64)).is_some_and(|stream| stream.tag == tag as i64) {
-                let stream = unbound.remove(&(seq as i64)).expect("just found");
-                drop(unbound);
-                let request_id = self.seal(Purpose::Events, &stream_aad(stream.stream), request_id);
-                self.connection
-                    .prepare_cached(
-                        "INSERT INTO streams (no, name, session, request_id, created_at)
-                         VALUES (?1, ?2, ?3, ?4, ?5)",
-                    )?
-                    .execute(params![stream.stream, stream.name, session, request_id, stream.created_at])?;
-                return self.join(session, stream.stream);
+        let waiting = crate::parse_event_id(event_id).and_then(|(seq, tag)| {
+            match self.unbound.borrow_mut().entry(seq as i64) {
+                Entry::Occupied(entry) if entry.get().tag == tag as i64 => Some(entry.remove()),
+                _ => None,
             }
+        });
+        if let Some(stream) = waiting {
+            let request_id = self.seal(Purpose::Events, &stream_aad(stream.stream), request_id);
+            self.connection
+                .prepare_cached(
+                    "INSERT INTO streams (no, name, session, request_id, created_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )?
+                .execute(params![stream.stream, stream.name, session, request_id, stream.created_at])?;
+            return self.join(session, stream.stream);
         }
         let Some((_, stream)) = self.find_event(event_id)? else { return Ok(()) };
         let request_id = self.seal(Purpose::Events, &stream_aad(stream), request_id);
@@ -1111,8 +1111,9 @@ impl Writer {
             return Ok(());
         }
         let gone: std::collections::HashSet<i64> = emptied.iter().copied().collect();
-        let emptied = Rc::new(emptied.into_iter().map(Value::Integer).collect::<Vec<_>>());
-        self.connection.prepare_cached("DELETE FROM streams WHERE no IN rarray(?1)")?.execute([emptied])?;
+        self.connection
+            .prepare_cached("DELETE FROM streams WHERE no IN rarray(?1)")?
+            .execute([array(emptied)])?;
         if let Some(members) = self.members.borrow_mut().get_mut(session) {
             members.retain(|no| !gone.contains(no));
         }
@@ -1139,8 +1140,7 @@ impl Writer {
     }
 
     fn delete_session(&self, key: &[u8]) -> Result<usize, StoreError> {
-        let streams = self.members_of(key);
-        self.members.borrow_mut().remove(key);
+        let streams = array(self.members.borrow_mut().remove(key).into_iter().flatten());
         self.joined.borrow_mut().remove(key);
         let events = self
             .connection
@@ -1151,6 +1151,11 @@ impl Writer {
         self.connection.prepare_cached("DELETE FROM sessions WHERE key = ?1")?.execute([key])?;
         Ok(events)
     }
+}
+
+/// Stream numbers as a parameter for `rarray(?)`.
+fn array(streams: impl IntoIterator<Item = i64>) -> Rc<Vec<Value>> {
+    Rc::new(streams.into_iter().map(Value::Integer).collect())
 }
 
 fn session_aad(key: &[u8]) -> Vec<u8> {
