@@ -245,6 +245,9 @@ pub(crate) fn health_route(health: HealthReporter, stats: Arc<ListenerStats>) ->
 /// tool calls answered beside it need.
 struct McpRoute<S> {
     mcp: StreamableHttpService<S, BoundSessions>,
+    /// The handler of each new session, for the sessions opened here (see
+    /// `opening`); rmcp's service calls the same factory.
+    factory: Arc<dyn Fn() -> S + Send + Sync>,
     sessions: Arc<BoundSessions>,
     /// rmcp's keep-alive interval and stop token for event streams, for the
     /// streams of the tool calls answered here.
@@ -271,6 +274,14 @@ impl<S: ServerHandler + Send + 'static> McpRoute<S> {
                     let mut response =
                         Box::pin(call.answer(&self.sessions, self.keep_alive, &self.streams)).await;
                     response.extensions_mut().insert(metrics::Parsed("tools/call"));
+                    response
+                }
+                Taken::Open(opening) => {
+                    let handler = (self.factory)();
+                    let mut response =
+                        Box::pin(opening.answer(handler, &self.sessions, self.keep_alive, &self.streams))
+                            .await;
+                    response.extensions_mut().insert(metrics::Parsed("initialize"));
                     response
                 }
                 Taken::TooLarge(response) => response,
@@ -310,8 +321,17 @@ where
     // Shared, not cloned: axum clones a route's handler for every request,
     // and a clone of rmcp's service copies its whole config (five
     // allocations each time).
+    let factory: Arc<dyn Fn() -> S + Send + Sync> = Arc::new(factory);
     let mcp = Arc::new(McpRoute {
-        mcp: StreamableHttpService::new(move || Ok(factory()), sessions.clone(), config),
+        mcp: StreamableHttpService::new(
+            {
+                let factory = factory.clone();
+                move || Ok(factory())
+            },
+            sessions.clone(),
+            config,
+        ),
+        factory,
         sessions,
         keep_alive,
         streams: streams_token,

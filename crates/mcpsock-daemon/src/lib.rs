@@ -14,6 +14,7 @@ mod events;
 mod http;
 mod live;
 mod metrics;
+mod opening;
 mod persist;
 mod reload;
 mod server;

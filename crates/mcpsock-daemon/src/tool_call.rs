@@ -31,6 +31,7 @@ use rmcp::transport::streamable_http_server::SessionId;
 use rmcp::transport::streamable_http_server::session::SessionManager;
 use serde::Deserialize;
 
+use crate::opening::{self, Opening};
 use crate::sessions::{BoundSessions, SESSION_HEADER, VERSION_HEADER};
 
 /// The hosts rmcp's service accepts by default (its DNS-rebinding check);
@@ -50,6 +51,8 @@ pub(crate) struct ToolCall {
 pub(crate) enum Taken {
     /// A tool call in an open session, for [`ToolCall::answer`].
     Call(ToolCall),
+    /// An `initialize` that opens a session, for [`Opening::answer`].
+    Open(Box<Opening>),
     /// Anything else, unchanged (its body may have been read; it is put back
     /// whole), for rmcp's service.
     Rmcp(Request),
@@ -58,10 +61,18 @@ pub(crate) enum Taken {
 }
 
 /// Takes `request` if it is a `tools/call` in a session open in this
-/// process that rmcp would accept; gives it back otherwise.
+/// process, or an `initialize` that opens a session, and rmcp would accept
+/// it; gives it back otherwise.
 pub(crate) async fn take(request: Request, sessions: &BoundSessions, body_limit: usize) -> Taken {
-    let Some(session) = open_session(&request, sessions) else {
+    if !is_plain_post(&request) {
         return Taken::Rmcp(request);
+    }
+    let session = match request.headers().get(SESSION_HEADER) {
+        None => None,
+        Some(value) => match value.to_str().map(SessionId::from) {
+            Ok(id) if sessions.is_open(&id) => Some(id),
+            _ => return Taken::Rmcp(request),
+        },
     };
     let (parts, body) = request.into_parts();
     // The metrics layer has already read the body into one piece within
@@ -75,6 +86,12 @@ pub(crate) async fn take(request: Request, sessions: &BoundSessions, body_limit:
             *response.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
             return Taken::TooLarge(response);
         }
+    };
+    let Some(session) = session else {
+        return match opening::parse(&bytes, &parts.headers) {
+            Some(message) => Taken::Open(Box::new(Opening::new(message, parts))),
+            None => Taken::Rmcp(Request::from_parts(parts, Body::from(bytes))),
+        };
     };
     match parse(&bytes) {
         Some(mut message) => {
@@ -112,23 +129,16 @@ impl ToolCall {
     }
 }
 
-/// The session a request names, if every check on its method and headers
-/// that rmcp makes before reading the body passes plainly, and the session
-/// is open in this process (one that must first be restored from the store
-/// is rmcp's to restore).
-fn open_session(request: &Request, sessions: &BoundSessions) -> Option<SessionId> {
-    if request.method() != Method::POST {
-        return None;
-    }
+/// Whether every check on a request's method and headers that rmcp makes
+/// before reading the body passes plainly.
+fn is_plain_post(request: &Request) -> bool {
     let headers = request.headers();
-    if !host_is_local(headers) || headers.contains_key(ORIGIN) {
-        return None;
-    }
-    if !accepts_json_and_events(headers) || !is_json(headers) || !is_session_era(headers) {
-        return None;
-    }
-    let session: SessionId = headers.get(SESSION_HEADER)?.to_str().ok()?.into();
-    sessions.is_open(&session).then_some(session)
+    request.method() == Method::POST
+        && host_is_local(headers)
+        && !headers.contains_key(ORIGIN)
+        && accepts_json_and_events(headers)
+        && is_json(headers)
+        && is_session_era(headers)
 }
 
 /// rmcp's DNS-rebinding check with its default hosts, for a `Host` header

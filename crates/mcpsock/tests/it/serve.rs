@@ -427,6 +427,67 @@ fn events_of(body: &str) -> Vec<(Value, bool, Option<String>)> {
 }
 
 #[test]
+fn a_session_opens_alike_through_mcpsock_s_path_and_rmcp_s() {
+    // mcpsock answers a plain `initialize` itself; with weights in Accept
+    // the same request is rmcp's. The replies must match (the priming
+    // event, then the answer), and each session must work and close alike.
+    let sandbox = Sandbox::new();
+    let daemon = Daemon::start(&sandbox, &sandbox.demo_config());
+    let socket = sandbox.socket();
+    let open = |accept: &str| {
+        let head = format!(
+            "POST /mcp HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nAccept: {accept}"
+        );
+        raw_request_waiting(Target::Unix(&socket), &head, INITIALIZE.as_bytes(), TIMEOUT)
+    };
+    let ours = open("application/json, text/event-stream");
+    let rmcp = open("application/json;q=0.9, text/event-stream;q=1");
+    let mut sessions = Vec::new();
+    for reply in [&ours, &rmcp] {
+        assert_eq!(reply.status, 200, "{reply:?}");
+        assert_eq!(reply.header("content-type").as_deref(), Some("text/event-stream"), "{reply:?}");
+        assert_eq!(reply.header("cache-control").as_deref(), Some("no-cache"), "{reply:?}");
+        let id = reply.header("mcp-session-id").expect("a session id");
+        assert_eq!(id.len(), 64, "{id}");
+        sessions.push(id);
+    }
+    assert_ne!(sessions[0], sessions[1]);
+    let (ours_events, rmcp_events) = (events_of(&ours.body), events_of(&rmcp.body));
+    assert_eq!(ours_events, rmcp_events, "mcpsock's reply:\n{}\nrmcp's reply:\n{}", ours.body, rmcp.body);
+    assert_eq!(ours_events.len(), 2, "{}", ours.body);
+    assert_eq!(ours_events[0], (Value::Null, true, Some("3000".to_string())), "{}", ours.body);
+    assert_eq!(ours_events[1].0["result"]["serverInfo"]["name"], "mcpsock", "{}", ours.body);
+    assert!(ours.body.contains("id: 0\n"), "{}", ours.body);
+
+    for session in &sessions {
+        let in_session = format!("Mcp-Session-Id: {session}\r\nMcp-Protocol-Version: 2025-06-18");
+        let initialized = post(
+            Target::Unix(&socket),
+            "localhost",
+            &in_session,
+            r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+        );
+        assert_eq!(initialized.status, 202, "{initialized:?}");
+        let head = format!("POST /mcp HTTP/1.1\r\nHost: localhost\r\n{MCP_HEADERS}\r\n{in_session}");
+        let call = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+                          "params": {"name": "demo__echo", "arguments": {"text": "hi"}}});
+        let reply = raw_request_waiting(Target::Unix(&socket), &head, call.to_string().as_bytes(), TIMEOUT);
+        assert_eq!(reply.status, 200, "{reply:?}");
+        assert!(reply.body.contains(r#""text":"hi""#), "{reply:?}");
+
+        let delete = raw_request(
+            Target::Unix(&socket),
+            &format!("DELETE /mcp HTTP/1.1\r\nHost: localhost\r\nMcp-Session-Id: {session}"),
+            b"",
+        );
+        assert_eq!(delete.status / 100, 2, "{delete:?}");
+        let after = raw_request_waiting(Target::Unix(&socket), &head, call.to_string().as_bytes(), TIMEOUT);
+        assert_eq!(after.status, 404, "{after:?}");
+    }
+    assert!(daemon.stop().success());
+}
+
+#[test]
 fn a_tool_call_gets_the_same_reply_from_mcpsock_s_path_and_rmcp_s() {
     // mcpsock answers a plain tool call in an open session itself; with
     // weights in Accept the same call is rmcp's. The replies must match:

@@ -1,0 +1,207 @@
+//! `initialize` without a session, answered without rmcp's HTTP layer.
+//!
+//! rmcp's service opens a session by spawning a task that runs the
+//! handshake and then waits, for the session's whole life, for its service
+//! loop to end. That task's state is sized for the handshake: 7.4 KB held
+//! by every idle session (measured with valgrind's DHAT, see the
+//! benchmark notes). Here the handshake runs in a task that ends with it,
+//! and a task of a few hundred bytes waits for the loop.
+//!
+//! [`crate::tool_call::take`] makes the checks on the method and headers;
+//! an `initialize` is taken only when rmcp would open a session for it with
+//! no further question (a protocol-version header, when there is one, must
+//! name the version the body asks for). The body is parsed by rmcp's own
+//! message parser (an `initialize` is rare; speed does not matter here).
+//! The rest is what rmcp's service does: a fresh handler from the factory,
+//! `BoundSessions::create_session`, the handshake, the session's record in
+//! the store, and the same event stream back (a priming event, then the
+//! answer), with the session's id in its header.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::response::Response;
+use http::request::Parts;
+use http::{HeaderMap, StatusCode};
+use rmcp::ServerHandler;
+use rmcp::model::{ClientJsonRpcMessage, ClientRequest, GetExtensions, InitializeRequestParams};
+use rmcp::service::serve_server_with_ct;
+use rmcp::transport::streamable_http_server::SessionId;
+use rmcp::transport::streamable_http_server::session::{
+    ServerSseMessage, SessionManager, SessionState, SessionStore,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::live::SessionTransport;
+use crate::persist::SessionStoreAdapter;
+use crate::sessions::{BoundSessions, SESSION_HEADER, VERSION_HEADER};
+
+/// The reconnection delay the priming event of a handshake's reply
+/// announces (rmcp's default `sse_retry`), and the id it carries.
+const PRIMING_RETRY: Duration = Duration::from_secs(3);
+const PRIMING_ID: &str = "0";
+
+/// An `initialize` this module answers.
+pub(crate) struct Opening {
+    message: ClientJsonRpcMessage,
+    params: InitializeRequestParams,
+}
+
+/// The body as the `initialize` request rmcp would open a session for;
+/// `None` for anything else, or when a protocol-version header names
+/// another version than the body (rmcp refuses that).
+pub(crate) fn parse(body: &[u8], headers: &HeaderMap) -> Option<ClientJsonRpcMessage> {
+    let message: ClientJsonRpcMessage = serde_json::from_slice(body).ok()?;
+    let ClientJsonRpcMessage::Request(request) = &message else { return None };
+    let ClientRequest::InitializeRequest(initialize) = &request.request else { return None };
+    match headers.get(VERSION_HEADER) {
+        None => Some(message),
+        Some(version) => {
+            (version.as_bytes() == initialize.params.protocol_version.as_str().as_bytes()).then_some(message)
+        }
+    }
+}
+
+impl Opening {
+    /// `message` is an `initialize` request (see [`parse`]); `parts` is the
+    /// HTTP request it came in, which its handler may read.
+    pub(crate) fn new(mut message: ClientJsonRpcMessage, parts: Parts) -> Self {
+        let ClientJsonRpcMessage::Request(request) = &mut message else {
+            unreachable!("parse takes requests only");
+        };
+        let ClientRequest::InitializeRequest(initialize) = &mut request.request else {
+            unreachable!("parse takes initialize requests only");
+        };
+        let params = initialize.params.clone();
+        request.request.extensions_mut().insert(parts);
+        Self { message, params }
+    }
+
+    /// Opens the session and answers the handshake as rmcp's service does.
+    /// `streams` is the token that stops the daemon's event streams (and,
+    /// through a child, its sessions' service loops).
+    pub(crate) async fn answer<S: ServerHandler + Send + 'static>(
+        self,
+        handler: S,
+        sessions: &Arc<BoundSessions>,
+        keep_alive: Option<Duration>,
+        streams: &CancellationToken,
+    ) -> Response {
+        let (id, transport) = match sessions.create_session().await {
+            Ok(opened) => opened,
+            Err(error) => return internal_error("create session", error),
+        };
+        serve(sessions.clone(), id.clone(), handler, transport, streams.child_token());
+        let answer = match sessions.initialize_session(&id, self.message).await {
+            Ok(answer) => answer,
+            Err(error) => return internal_error("create stream", error),
+        };
+        let state = SessionState::new(self.params);
+        if let Err(error) = SessionStoreAdapter(sessions.store()).store(&id, &state).await {
+            tracing::warn!("Failed to persist session {id} to store: {error}");
+        }
+        let events =
+            [ServerSseMessage::priming(PRIMING_ID, PRIMING_RETRY), ServerSseMessage::from_message(answer)];
+        let mut response =
+            crate::sse::reply(futures::stream::iter(events), keep_alive, streams.child_token());
+        match http::HeaderValue::from_str(&id) {
+            Ok(value) => {
+                response.headers_mut().insert(SESSION_HEADER, value);
+                response
+            }
+            Err(error) => internal_error("create session id header", error),
+        }
+    }
+}
+
+/// Runs the session's handshake and then its service loop. The handshake's
+/// task ends when the client's `initialized` arrives; a small task then
+/// waits for the loop to end and closes the session, as rmcp's worker does.
+fn serve<S: ServerHandler + Send + 'static>(
+    sessions: Arc<BoundSessions>,
+    id: SessionId,
+    handler: S,
+    transport: SessionTransport,
+    stop: CancellationToken,
+) {
+    tokio::spawn(async move {
+        match serve_server_with_ct(handler, transport, stop).await {
+            Ok(running) => {
+                tokio::spawn(async move {
+                    let _ = running.waiting().await;
+                    close(&sessions, &id).await;
+                });
+            }
+            Err(error) => {
+                tracing::error!("Failed to serve session: {error}");
+                close(&sessions, &id).await;
+            }
+        }
+    });
+}
+
+async fn close(sessions: &BoundSessions, id: &SessionId) {
+    if let Err(error) = sessions.close_session(id).await {
+        tracing::error!("Failed to close session {id}: {error}");
+    }
+}
+
+/// rmcp's answer to a failure inside its service, in its words.
+fn internal_error(context: &str, error: impl std::fmt::Display) -> Response {
+    tracing::error!("Internal server error when {context}: {error}");
+    let mut response = Response::new(Body::from(format!("Encounter an error when {context}: {error}")));
+    *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use http::HeaderValue;
+    use serde_json::json;
+
+    fn initialize(version: &str) -> Vec<u8> {
+        serde_json::to_vec(&json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": version, "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}))
+        .unwrap()
+    }
+
+    fn version_header(version: &'static str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(VERSION_HEADER, HeaderValue::from_static(version));
+        headers
+    }
+
+    #[test]
+    fn an_initialize_is_taken_unless_its_version_header_disagrees() {
+        let body = initialize("2025-06-18");
+        let taken = parse(&body, &HeaderMap::new()).expect("taken without a version header");
+        assert_eq!(
+            serde_json::to_value(&taken).unwrap(),
+            serde_json::from_slice::<serde_json::Value>(&body).unwrap()
+        );
+        assert!(parse(&body, &version_header("2025-06-18")).is_some());
+        // rmcp answers a disagreeing header with an error of its own.
+        assert!(parse(&body, &version_header("2025-03-26")).is_none());
+    }
+
+    #[test]
+    fn anything_but_an_initialize_is_left_to_rmcp() {
+        let bodies = [
+            json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}),
+            json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+            json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {}}),
+            json!([{"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+                "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}]),
+        ];
+        for body in bodies {
+            assert!(parse(&serde_json::to_vec(&body).unwrap(), &HeaderMap::new()).is_none(), "taken: {body}");
+        }
+        assert!(
+            parse(b"{\"jsonrpc\": \"2.0\", \"id\": 1, \"method\": \"initialize\"", &HeaderMap::new())
+                .is_none()
+        );
+    }
+}
