@@ -785,6 +785,11 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// rmcp runs each request in a task sized for the largest of these
+/// methods' futures, and moves that whole future a few times per request.
+/// The rare methods with large state (`listen`, `set_level`, `subscribe`,
+/// `unsubscribe`, `complete`, and the notification `on_roots_list_changed`)
+/// run boxed, so a tool call's task is sized for a tool call.
 impl ServerHandler for Gateway {
     fn get_info(&self) -> ServerConfig {
         let capabilities = ServerCapabilities::builder()
@@ -952,14 +957,17 @@ impl ServerHandler for Gateway {
         request: SubscribeRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<(), ErrorData> {
-        self.session.remember_peer(&context.peer);
-        let uri = request.uri.clone();
-        let upstream = self.resource_owner(&uri).ok_or_else(|| not_offered(&uri))?;
-        let upstream = self.dedicated(upstream, &context).await?;
-        self.forward_empty(&upstream, ClientRequest::SubscribeRequest(Request::new(request)), &context)
-            .await?;
-        self.session.subscribe(&uri);
-        Ok(())
+        Box::pin(async move {
+            self.session.remember_peer(&context.peer);
+            let uri = request.uri.clone();
+            let upstream = self.resource_owner(&uri).ok_or_else(|| not_offered(&uri))?;
+            let upstream = self.dedicated(upstream, &context).await?;
+            self.forward_empty(&upstream, ClientRequest::SubscribeRequest(Request::new(request)), &context)
+                .await?;
+            self.session.subscribe(&uri);
+            Ok(())
+        })
+        .await
     }
 
     async fn unsubscribe(
@@ -967,19 +975,22 @@ impl ServerHandler for Gateway {
         request: UnsubscribeRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<(), ErrorData> {
-        self.session.remember_peer(&context.peer);
-        let uri = request.uri.clone();
-        self.session.unsubscribe(&uri);
-        let upstream = self.resource_owner(&uri).ok_or_else(|| not_offered(&uri))?;
-        // A shared upstream subscription ends with its last subscriber; a
-        // per-session connection has only this one.
-        let shared = upstream.spec.isolation == Isolation::Shared;
-        if shared && self.inner.sessions.anyone_subscribed(&uri) {
-            return Ok(());
-        }
-        let upstream = self.dedicated(upstream, &context).await?;
-        self.forward_empty(&upstream, ClientRequest::UnsubscribeRequest(Request::new(request)), &context)
-            .await
+        Box::pin(async move {
+            self.session.remember_peer(&context.peer);
+            let uri = request.uri.clone();
+            self.session.unsubscribe(&uri);
+            let upstream = self.resource_owner(&uri).ok_or_else(|| not_offered(&uri))?;
+            // A shared upstream subscription ends with its last subscriber; a
+            // per-session connection has only this one.
+            let shared = upstream.spec.isolation == Isolation::Shared;
+            if shared && self.inner.sessions.anyone_subscribed(&uri) {
+                return Ok(());
+            }
+            let upstream = self.dedicated(upstream, &context).await?;
+            self.forward_empty(&upstream, ClientRequest::UnsubscribeRequest(Request::new(request)), &context)
+                .await
+        })
+        .await
     }
 
     async fn set_level(
@@ -987,26 +998,32 @@ impl ServerHandler for Gateway {
         request: SetLevelRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<(), ErrorData> {
-        self.session.remember_peer(&context.peer);
-        self.session.set_log_level(request.level);
-        // One upstream stream serves every session: it runs at the most
-        // verbose level any session asked for, and each session gets only
-        // the messages at or above its own level.
-        let level = self.inner.sessions.most_verbose_level().unwrap_or(LoggingLevel::Debug);
-        let shared = running(&self.upstreams()).map(|(_, upstream)| upstream.clone()).collect::<Vec<_>>();
-        for upstream in shared.iter().chain(&self.session.dedicated.running()) {
-            if read(&upstream.catalog).capabilities.logging.is_none() {
-                continue;
+        Box::pin(async move {
+            self.session.remember_peer(&context.peer);
+            self.session.set_log_level(request.level);
+            // One upstream stream serves every session: it runs at the most
+            // verbose level any session asked for, and each session gets only
+            // the messages at or above its own level.
+            let level = self.inner.sessions.most_verbose_level().unwrap_or(LoggingLevel::Debug);
+            let shared = running(&self.upstreams()).map(|(_, upstream)| upstream.clone()).collect::<Vec<_>>();
+            for upstream in shared.iter().chain(&self.session.dedicated.running()) {
+                if read(&upstream.catalog).capabilities.logging.is_none() {
+                    continue;
+                }
+                let upstream = upstream.lease();
+                let mut upstream_request = request.clone();
+                upstream_request.level = level;
+                let forwarded = ClientRequest::SetLevelRequest(Request::new(upstream_request));
+                if let Err(error) = self.forward_empty(&upstream, forwarded, &context).await {
+                    tracing::warn!(upstream = %upstream.name, %error.message, "could not set the upstream's log level");
+                }
             }
-            let upstream = upstream.lease();
-            let mut upstream_request = request.clone();
-            upstream_request.level = level;
-            let forwarded = ClientRequest::SetLevelRequest(Request::new(upstream_request));
-            if let Err(error) = self.forward_empty(&upstream, forwarded, &context).await {
-                tracing::warn!(upstream = %upstream.name, %error.message, "could not set the upstream's log level");
-            }
-        }
-        Ok(())
+            Ok(())
+
+
+        })
+
+        .await
     }
 
     async fn complete(
@@ -1014,30 +1031,33 @@ impl ServerHandler for Gateway {
         request: CompleteRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CompleteResult, ErrorData> {
-        self.session.remember_peer(&context.peer);
-        let mut upstream_request = request;
-        let upstream = match &mut upstream_request.r#ref {
-            Reference::Prompt(prompt) => {
-                let (upstream, original) = self.route(&prompt.name, "prompt")?;
-                prompt.name = original;
-                upstream
+        Box::pin(async move {
+            self.session.remember_peer(&context.peer);
+            let mut upstream_request = request;
+            let upstream = match &mut upstream_request.r#ref {
+                Reference::Prompt(prompt) => {
+                    let (upstream, original) = self.route(&prompt.name, "prompt")?;
+                    prompt.name = original;
+                    upstream
+                }
+                Reference::Resource(resource) => {
+                    self.resource_owner(&resource.uri).ok_or_else(|| not_offered(&resource.uri))?
+                }
+                _ => return Err(ErrorData::invalid_params("unknown completion reference type", None)),
+            };
+            if read(&upstream.catalog).capabilities.completions.is_none() {
+                return Ok(CompleteResult::default());
             }
-            Reference::Resource(resource) => {
-                self.resource_owner(&resource.uri).ok_or_else(|| not_offered(&resource.uri))?
+            let upstream = self.dedicated(upstream, &context).await?;
+            match self
+                .forward(&upstream, ClientRequest::CompleteRequest(Request::new(upstream_request)), &context)
+                .await?
+            {
+                ServerResult::CompleteResult(result) => Ok(result),
+                other => Err(unexpected(&other)),
             }
-            _ => return Err(ErrorData::invalid_params("unknown completion reference type", None)),
-        };
-        if read(&upstream.catalog).capabilities.completions.is_none() {
-            return Ok(CompleteResult::default());
-        }
-        let upstream = self.dedicated(upstream, &context).await?;
-        match self
-            .forward(&upstream, ClientRequest::CompleteRequest(Request::new(upstream_request)), &context)
-            .await?
-        {
-            ServerResult::CompleteResult(result) => Ok(result),
-            other => Err(unexpected(&other)),
-        }
+        })
+        .await
     }
 
     async fn list_prompts(
@@ -1100,40 +1120,49 @@ impl ServerHandler for Gateway {
     }
 
     async fn listen(&self, context: SubscriptionContext) -> Result<(), ErrorData> {
-        let uris = context.accepted().resource_subscriptions.clone().unwrap_or_default();
-        let request = context.request_context();
-        // Upstream subscriptions are of the earlier revisions' kind; the
-        // gateway holds one per resource for every listener together.
-        for uri in &uris {
-            let Some(upstream) = self.resource_owner(uri) else { continue };
-            let subscribe =
-                ClientRequest::SubscribeRequest(Request::new(SubscribeRequestParams::new(uri.clone())));
-            if let Err(error) = self.forward_upstream_only(&upstream, subscribe).await {
-                tracing::debug!(upstream = %upstream.name, %error.message, "resource subscription refused upstream");
+        Box::pin(async move {
+            let uris = context.accepted().resource_subscriptions.clone().unwrap_or_default();
+            let request = context.request_context();
+            // Upstream subscriptions are of the earlier revisions' kind; the
+            // gateway holds one per resource for every listener together.
+            for uri in &uris {
+                let Some(upstream) = self.resource_owner(uri) else { continue };
+                let subscribe =
+                    ClientRequest::SubscribeRequest(Request::new(SubscribeRequestParams::new(uri.clone())));
+                if let Err(error) = self.forward_upstream_only(&upstream, subscribe).await {
+                    tracing::debug!(upstream = %upstream.name, %error.message, "resource subscription refused upstream");
+                }
             }
-        }
-        let id = request.id.clone();
-        self.inner.sessions.add_listener(context.sink().clone());
-        context.cancelled().await;
-        self.inner.sessions.remove_listener(&id);
-        for uri in &uris {
-            if self.inner.sessions.anyone_subscribed(uri) {
-                continue;
+            let id = request.id.clone();
+            self.inner.sessions.add_listener(context.sink().clone());
+            context.cancelled().await;
+            self.inner.sessions.remove_listener(&id);
+            for uri in &uris {
+                if self.inner.sessions.anyone_subscribed(uri) {
+                    continue;
+                }
+                let Some(upstream) = self.resource_owner(uri) else { continue };
+                let unsubscribe =
+                    ClientRequest::UnsubscribeRequest(Request::new(UnsubscribeRequestParams::new(uri.clone())));
+                let _ = self.forward_upstream_only(&upstream, unsubscribe).await;
             }
-            let Some(upstream) = self.resource_owner(uri) else { continue };
-            let unsubscribe =
-                ClientRequest::UnsubscribeRequest(Request::new(UnsubscribeRequestParams::new(uri.clone())));
-            let _ = self.forward_upstream_only(&upstream, unsubscribe).await;
-        }
-        Ok(())
+            Ok(())
+
+
+        })
+
+        .await
     }
 
     async fn on_roots_list_changed(&self, _context: NotificationContext<RoleServer>) {
-        for (_, upstream) in running(&self.upstreams()) {
-            if let Ok(peer) = upstream.peer() {
-                let _ = peer.notify_roots_list_changed().await;
+        Box::pin(async move {
+            for (_, upstream) in running(&self.upstreams()) {
+                if let Ok(peer) = upstream.peer() {
+                    let _ = peer.notify_roots_list_changed().await;
+                }
             }
-        }
+        })
+        .await
     }
 }
 

@@ -500,6 +500,10 @@ fn unexpected(result: ClientResult) -> ErrorData {
     ErrorData::internal_error("the client answered with an unexpected result type", None)
 }
 
+/// rmcp runs each notification in a task sized for the largest of the
+/// notification methods' futures: the list refreshes, resource updates and
+/// log messages run boxed, so that a progress notification's task is sized
+/// for progress.
 impl ClientHandler for UpstreamClient {
     fn get_info(&self) -> ClientConfig {
         ClientConfig::new(relayed_capabilities(), Implementation::new("mcpsock", env!("CARGO_PKG_VERSION")))
@@ -567,25 +571,29 @@ impl ClientHandler for UpstreamClient {
         params: LoggingMessageNotificationParam,
         _context: NotificationContext<RoleClient>,
     ) {
-        let _handled = Handled(&self.links.ledger);
-        let level = params.level;
-        let notification = ServerNotification::LoggingMessageNotification(Notification::new(params));
-        match self.links.routes.unassociated_settled().await {
-            Target::Route(route) => {
-                if self.links.sessions.get(route.session).is_some_and(|session| session.wants_log(level)) {
-                    let _ = route.relay.try_send(Box::new(Relay::Notification(notification)));
+        Box::pin(async move {
+            let _handled = Handled(&self.links.ledger);
+            let level = params.level;
+            let notification = ServerNotification::LoggingMessageNotification(Notification::new(params));
+            match self.links.routes.unassociated_settled().await {
+                Target::Route(route) => {
+                    if self.links.sessions.get(route.session).is_some_and(|session| session.wants_log(level))
+                    {
+                        let _ = route.relay.try_send(Box::new(Relay::Notification(notification)));
+                    }
                 }
-            }
-            // Not tied to one session's request: every session that asked
-            // for log messages at this level gets it.
-            Target::Ambiguous(_) | Target::Idle => {
-                for session in self.links.sessions.live() {
-                    if session.log_level().is_some() && session.wants_log(level) {
-                        session.notify(notification.clone()).await;
+                // Not tied to one session's request: every session that asked
+                // for log messages at this level gets it.
+                Target::Ambiguous(_) | Target::Idle => {
+                    for session in self.links.sessions.live() {
+                        if session.log_level().is_some() && session.wants_log(level) {
+                            session.notify(notification.clone()).await;
+                        }
                     }
                 }
             }
-        }
+        })
+        .await
     }
 
     async fn on_resource_updated(
@@ -593,50 +601,62 @@ impl ClientHandler for UpstreamClient {
         params: ResourceUpdatedNotificationParam,
         _context: NotificationContext<RoleClient>,
     ) {
-        self.broadcast(ServerNotification::ResourceUpdatedNotification(Notification::new(params))).await;
+        Box::pin(async move {
+            self.broadcast(ServerNotification::ResourceUpdatedNotification(Notification::new(params))).await;
+        })
+        .await
     }
 
     async fn on_tool_list_changed(&self, context: NotificationContext<RoleClient>) {
-        match context.peer.list_all_tools().await {
-            Ok(tools) => {
-                let count = tools.len();
-                write(&self.catalog).tools = tools;
-                emit(&self.events, UpstreamEvent::ToolsChanged { name: self.name.clone(), tools: count });
+        Box::pin(async move {
+            match context.peer.list_all_tools().await {
+                Ok(tools) => {
+                    let count = tools.len();
+                    write(&self.catalog).tools = tools;
+                    emit(&self.events, UpstreamEvent::ToolsChanged { name: self.name.clone(), tools: count });
+                }
+                Err(error) => {
+                    tracing::warn!(upstream = %self.name, %error, "could not refresh the tool list")
+                }
             }
-            Err(error) => {
-                tracing::warn!(upstream = %self.name, %error, "could not refresh the tool list")
-            }
-        }
-        self.broadcast(ServerNotification::ToolListChangedNotification(Default::default())).await;
+            self.broadcast(ServerNotification::ToolListChangedNotification(Default::default())).await;
+        })
+        .await
     }
 
     async fn on_resource_list_changed(&self, context: NotificationContext<RoleClient>) {
-        let refreshed = async {
-            let resources = context.peer.list_all_resources().await?;
-            let templates = context.peer.list_all_resource_templates().await?;
-            Ok::<_, rmcp::ServiceError>((resources, templates))
-        };
-        match refreshed.await {
-            Ok((resources, templates)) => {
-                let mut catalog = write(&self.catalog);
-                catalog.resources = resources;
-                catalog.resource_templates = templates;
+        Box::pin(async move {
+            let refreshed = async {
+                let resources = context.peer.list_all_resources().await?;
+                let templates = context.peer.list_all_resource_templates().await?;
+                Ok::<_, rmcp::ServiceError>((resources, templates))
+            };
+            match refreshed.await {
+                Ok((resources, templates)) => {
+                    let mut catalog = write(&self.catalog);
+                    catalog.resources = resources;
+                    catalog.resource_templates = templates;
+                }
+                Err(error) => {
+                    tracing::warn!(upstream = %self.name, %error, "could not refresh the resource list")
+                }
             }
-            Err(error) => {
-                tracing::warn!(upstream = %self.name, %error, "could not refresh the resource list")
-            }
-        }
-        self.broadcast(ServerNotification::ResourceListChangedNotification(Default::default())).await;
+            self.broadcast(ServerNotification::ResourceListChangedNotification(Default::default())).await;
+        })
+        .await
     }
 
     async fn on_prompt_list_changed(&self, context: NotificationContext<RoleClient>) {
-        match context.peer.list_all_prompts().await {
-            Ok(prompts) => write(&self.catalog).prompts = prompts,
-            Err(error) => {
-                tracing::warn!(upstream = %self.name, %error, "could not refresh the prompt list")
+        Box::pin(async move {
+            match context.peer.list_all_prompts().await {
+                Ok(prompts) => write(&self.catalog).prompts = prompts,
+                Err(error) => {
+                    tracing::warn!(upstream = %self.name, %error, "could not refresh the prompt list")
+                }
             }
-        }
-        self.broadcast(ServerNotification::PromptListChangedNotification(Default::default())).await;
+            self.broadcast(ServerNotification::PromptListChangedNotification(Default::default())).await;
+        })
+        .await
     }
 }
 
