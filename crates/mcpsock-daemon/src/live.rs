@@ -306,10 +306,12 @@ struct Routes {
     inbox: Option<mpsc::Sender<Box<ClientJsonRpcMessage>>>,
     /// The `initialize` request in flight and who waits for its answer.
     initializing: Option<(RequestId, oneshot::Sender<ServerJsonRpcMessage>)>,
-    /// The stream of each request in flight.
-    requests: HashMap<RequestId, RequestStream>,
+    /// The stream of each request in flight. The keys are the client's,
+    /// hashed fast with a per-process random seed no client sees; the table
+    /// holds one session's requests only.
+    requests: HashMap<RequestId, RequestStream, foldhash::fast::RandomState>,
     /// Which request gave each progress token.
-    progress: HashMap<ProgressToken, RequestId>,
+    progress: HashMap<ProgressToken, RequestId, foldhash::fast::RandomState>,
     standalone: Option<mpsc::Sender<ServerSseMessage>>,
     shadows: Vec<mpsc::Sender<ServerSseMessage>>,
 }

@@ -43,10 +43,12 @@ pub(crate) struct Route {
     pub(crate) relay: mpsc::Sender<Box<Relay>>,
 }
 
+/// Keyed by the ids and progress tokens rmcp gives requests it sends
+/// upstream, which no client chooses: hashed fast.
 #[derive(Debug, Default)]
 struct Table {
-    by_request: HashMap<RequestId, Arc<Route>>,
-    by_progress: HashMap<ProgressToken, RequestId>,
+    by_request: HashMap<RequestId, Arc<Route>, foldhash::fast::RandomState>,
+    by_progress: HashMap<ProgressToken, RequestId, foldhash::fast::RandomState>,
     /// Registration order, to prefer the newest request when several of one
     /// session are in flight.
     order: Vec<RequestId>,

@@ -534,7 +534,9 @@ fn sec27_slowloris_connections_are_closed_at_the_header_timeout() {
 fn sec28_idle_connections_are_capped_and_new_clients_still_get_in() {
     raise_descriptor_limit();
     let sandbox = Sandbox::new();
-    let config = sandbox.write_config(&json!({"mcpServers": {}, "max_connections": 64}));
+    // Sessions in memory: the state database opens its log file a moment
+    // after the socket is ready, which would move the baseline.
+    let config = sandbox.write_config(&json!({"mcpServers": {}, "max_connections": 64, "storage": "memory"}));
     let daemon = Daemon::start(&sandbox, &config);
     let socket = sandbox.socket();
     let baseline = open_descriptors(daemon.pid());
