@@ -34,7 +34,8 @@ where
         events: Box::pin(events),
         keep_alive,
         quiet: None,
-        stop: Box::pin(stop.cancelled_owned()),
+        stopped: Box::pin(stop.clone().cancelled_owned()),
+        stop,
     };
     let mut response = Response::new(Body::new(body));
     let headers = response.headers_mut();
@@ -73,7 +74,11 @@ struct EventBody {
     /// Set when the stream first has nothing to send (most replies never
     /// do), then pushed back by every event.
     quiet: Option<Pin<Box<Sleep>>>,
-    stop: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// Checked at every poll; `stopped` is polled (and so wakes the body
+    /// when the daemon stops its streams) only when the stream waits, since
+    /// each poll of it takes a lock.
+    stop: CancellationToken,
+    stopped: Pin<Box<WaitForCancellationFutureOwned>>,
 }
 
 impl http_body::Body for EventBody {
@@ -85,7 +90,7 @@ impl http_body::Body for EventBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
-        if this.stop.as_mut().poll(cx).is_ready() {
+        if this.stop.is_cancelled() {
             return Poll::Ready(None);
         }
         match this.events.as_mut().poll_next(cx) {
@@ -97,6 +102,9 @@ impl http_body::Body for EventBody {
             }
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => {
+                if this.stopped.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(None);
+                }
                 let Some(interval) = this.keep_alive else {
                     return Poll::Pending;
                 };
@@ -177,5 +185,20 @@ mod tests {
         let mut body = reply(futures::stream::pending(), None, stop.child_token()).into_body();
         stop.cancel();
         assert_eq!(next_frame(&mut body).await, None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiting_stream_wakes_and_ends_when_the_daemon_stops_its_streams() {
+        let stop = CancellationToken::new();
+        let mut body = reply(futures::stream::pending(), None, stop.child_token()).into_body();
+        // Polled again only when woken.
+        let reader = tokio::spawn(async move { next_frame(&mut body).await });
+        tokio::task::yield_now().await;
+        assert!(!reader.is_finished());
+        stop.cancel();
+        // The clock is paused: if nothing wakes the reader, the timeout
+        // fires as soon as the runtime is idle.
+        let read = tokio::time::timeout(Duration::from_secs(60), reader).await;
+        assert_eq!(read.expect("the stop wakes a waiting stream").unwrap(), None);
     }
 }

@@ -9,7 +9,6 @@
 //! throughput.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::fs::{DirBuilder, File, OpenOptions};
 use std::io::{Read, Seek, Write};
@@ -28,6 +27,10 @@ use crate::{
     Clock, NewEvent, OpenStream, Purged, Replay, Retention, SessionRecord, Store, StoreError, StoredEvent,
     millis, session_key,
 };
+
+/// The tables here are keyed by numbers, stream names and session
+/// keys mcpsock makes itself: hashed fast.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Most jobs committed in one transaction.
 const MAX_BATCH: usize = 512;
@@ -776,10 +779,12 @@ fn write_loop(
 }
 
 impl Writer {
-    fn seal(&self, purpose: Purpose, aad: &[u8], value: &[u8]) -> Vec<u8> {
+    /// `value` sealed when the database is encrypted, as it is otherwise.
+    /// `aad` is made only when it is needed.
+    fn seal(&self, purpose: Purpose, aad: impl FnOnce() -> Vec<u8>, value: Vec<u8>) -> Vec<u8> {
         match &self.cipher {
-            Some(cipher) => cipher.seal(purpose, aad, value),
-            None => value.to_vec(),
+            Some(cipher) => cipher.seal(purpose, &aad(), &value),
+            None => value,
         }
     }
 
@@ -814,7 +819,7 @@ impl Writer {
 
     /// Reads each session's streams from the database.
     fn load_members(&self) -> rusqlite::Result<()> {
-        let mut members: HashMap<Vec<u8>, Vec<i64>> = HashMap::new();
+        let mut members: HashMap<Vec<u8>, Vec<i64>> = HashMap::default();
         let mut statement =
             self.connection.prepare_cached("SELECT session, no FROM streams WHERE session IS NOT NULL")?;
         let mut rows = statement.query([])?;
@@ -897,7 +902,7 @@ impl Writer {
         let waiting = {
             let mut unbound = self.unbound.borrow_mut();
             let waiting =
-                if unbound.len() >= MAX_UNBOUND { std::mem::take(&mut *unbound) } else { HashMap::new() };
+                if unbound.len() >= MAX_UNBOUND { std::mem::take(&mut *unbound) } else { HashMap::default() };
             unbound.insert(seq, stream);
             waiting
         };
@@ -923,7 +928,7 @@ impl Writer {
             self.note_session_events(session)?;
         }
         let message =
-            event.message.map(|message| self.seal(Purpose::Events, &event_aad(id, stream_no), &message));
+            event.message.map(|message| self.seal(Purpose::Events, || event_aad(id, stream_no), message));
         let size = message.as_ref().map_or(0, Vec::len);
         let retry_ms = event.retry_ms.map(|ms| i64::try_from(ms).unwrap_or(i64::MAX));
         self.connection
@@ -952,7 +957,7 @@ impl Writer {
             }
         });
         if let Some(stream) = waiting {
-            let request_id = self.seal(Purpose::Events, &stream_aad(stream.stream), request_id);
+            let request_id = self.seal(Purpose::Events, || stream_aad(stream.stream), request_id.to_vec());
             self.connection
                 .prepare_cached(
                     "INSERT INTO streams (no, name, session, request_id, created_at)
@@ -962,7 +967,7 @@ impl Writer {
             return self.join(session, stream.stream);
         }
         let Some((_, stream)) = self.find_event(event_id)? else { return Ok(()) };
-        let request_id = self.seal(Purpose::Events, &stream_aad(stream), request_id);
+        let request_id = self.seal(Purpose::Events, || stream_aad(stream), request_id.to_vec());
         let bound = self
             .connection
             .prepare_cached(
@@ -1179,7 +1184,7 @@ impl Store for SqliteStore {
     async fn put_session(&self, session: SessionRecord) -> Result<(), StoreError> {
         self.submit(move |writer| {
             let key = session_key(&session.id);
-            let init_params = writer.seal(Purpose::Sessions, &session_aad(&key), &session.init_params);
+            let init_params = writer.seal(Purpose::Sessions, || session_aad(&key), session.init_params);
             writer
                 .connection
                 .prepare_cached(
@@ -1368,7 +1373,7 @@ impl Store for SqliteStore {
         let session = session_key(session);
         let name = key.to_string();
         self.submit(move |writer| {
-            let value = writer.seal(Purpose::State, &state_aad(&session, &name), &value);
+            let value = writer.seal(Purpose::State, || state_aad(&session, &name), value);
             writer
                 .connection
                 .prepare_cached("INSERT OR REPLACE INTO state (session, name, value) VALUES (?1, ?2, ?3)")?
@@ -1703,7 +1708,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.db");
         let store = open_with_cap(&path, 10);
-        let mut ids = HashMap::<&str, Vec<String>>::new();
+        let mut ids = HashMap::<&str, Vec<String>>::default();
         for (name, streams) in [("a", 11 + 6), ("b", 11)] {
             store.put_session(session(name)).await.unwrap();
             for n in 0..streams {
@@ -1712,7 +1717,7 @@ mod tests {
                 ids.entry(name).or_default().push(first);
             }
         }
-        let mut kept = HashMap::new();
+        let mut kept = HashMap::default();
         for (session, ids) in &ids {
             for id in ids {
                 *kept.entry(*session).or_insert(0) +=
