@@ -426,6 +426,20 @@ fn events_of(body: &str) -> Vec<(Value, bool, Option<String>)> {
         .collect()
 }
 
+/// Sends `notifications/initialized` in `session` and returns the headers
+/// of a request in it.
+fn initialized(socket: &std::path::Path, session: &str) -> String {
+    let in_session = format!("Mcp-Session-Id: {session}\r\nMcp-Protocol-Version: 2025-06-18");
+    let initialized = post(
+        Target::Unix(socket),
+        "localhost",
+        &in_session,
+        r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+    );
+    assert_eq!(initialized.status, 202, "{initialized:?}");
+    in_session
+}
+
 #[test]
 fn a_session_opens_alike_through_mcpsock_s_path_and_rmcp_s() {
     // mcpsock answers a plain `initialize` itself; with weights in Accept
@@ -460,14 +474,7 @@ fn a_session_opens_alike_through_mcpsock_s_path_and_rmcp_s() {
     assert!(ours.body.contains("id: 0\n"), "{}", ours.body);
 
     for session in &sessions {
-        let in_session = format!("Mcp-Session-Id: {session}\r\nMcp-Protocol-Version: 2025-06-18");
-        let initialized = post(
-            Target::Unix(&socket),
-            "localhost",
-            &in_session,
-            r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
-        );
-        assert_eq!(initialized.status, 202, "{initialized:?}");
+        let in_session = initialized(&socket, session);
         let head = format!("POST /mcp HTTP/1.1\r\nHost: localhost\r\n{MCP_HEADERS}\r\n{in_session}");
         let call = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
                           "params": {"name": "demo__echo", "arguments": {"text": "hi"}}});
@@ -496,14 +503,7 @@ fn a_tool_call_gets_the_same_reply_from_mcpsock_s_path_and_rmcp_s() {
     let daemon = Daemon::start(&sandbox, &sandbox.demo_config());
     let socket = sandbox.socket();
     let session = open_session(Target::Unix(&socket), "localhost", "");
-    let in_session = format!("Mcp-Session-Id: {session}\r\nMcp-Protocol-Version: 2025-06-18");
-    let initialized = post(
-        Target::Unix(&socket),
-        "localhost",
-        &in_session,
-        r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
-    );
-    assert_eq!(initialized.status, 202, "{initialized:?}");
+    let in_session = initialized(&socket, &session);
 
     let call = |id: u32, extra: &str| {
         let body = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {
