@@ -12,6 +12,9 @@
 #               baseline of the line above
 #   gateway     `mcpsock serve --memory` fronting bench-stdio-echo; counts
 #               the daemon only, not the stdio server
+#   sqlite      in-process with sessions and events in SQLite
+#               (bench-rmcp-echo --mcpsock --db); also counts the store's
+#               writer thread on its own
 # The server runs under callgrind, is warmed up with 1,000 calls, then its
 # instructions are counted over REQUESTS calls (default 3,000) from
 # `mcpsock bench` on CONNECTIONS connections (default 4). Needs valgrind and
@@ -29,10 +32,11 @@ work="$(mktemp -d)"
 chmod 700 "$work"
 tool=echo
 case "$path" in
-    in-process | rmcp)
+    in-process | rmcp | sqlite)
         server=target/release/bench-rmcp-echo
         argv=("$server" --unix "$work/echo.sock")
-        [ "$path" = in-process ] && argv+=(--mcpsock)
+        [ "$path" != rmcp ] && argv+=(--mcpsock)
+        [ "$path" = sqlite ] && argv+=(--db "$work/state.db")
         endpoint=(--endpoint "unix://$work/echo.sock")
         ready() { [ -S "$work/echo.sock" ]; }
         ;;
@@ -45,7 +49,7 @@ case "$path" in
         ready() { "$client" tools --socket "$work/run/mcpsock.sock" >/dev/null 2>&1; }
         ;;
     *)
-        echo "instructions.sh: unknown path '$path'; use in-process, rmcp or gateway" >&2
+        echo "instructions.sh: unknown path '$path'; use in-process, rmcp, gateway or sqlite" >&2
         rm -rf "$work"
         exit 2
         ;;
@@ -63,7 +67,14 @@ if ! command -v valgrind >/dev/null 2>&1; then
     exit 1
 fi
 
-valgrind --tool=callgrind --callgrind-out-file="$work/callgrind.out" "${argv[@]}" >"$work/server.log" 2>&1 &
+# SQLite's writer runs on a thread of its own: count each thread apart.
+threads=()
+dump="$work/callgrind.out.1"
+if [ "$path" = sqlite ]; then
+    threads=(--separate-threads=yes)
+    dump="$work/callgrind.out.1-01"
+fi
+valgrind --tool=callgrind "${threads[@]}" --callgrind-out-file="$work/callgrind.out" "${argv[@]}" >"$work/server.log" 2>&1 &
 valgrind_pid=$!
 trap 'kill "$valgrind_pid" 2>/dev/null || true; wait "$valgrind_pid" 2>/dev/null || true; rm -rf "$work"' EXIT
 
@@ -82,9 +93,20 @@ callgrind_control --zero "$valgrind_pid" >/dev/null 2>&1
 calls "$requests"
 callgrind_control --dump "$valgrind_pid" >/dev/null 2>&1
 for _ in $(seq 100); do
-    [ -s "$work/callgrind.out.1" ] && break
+    [ -s "$dump" ] && break
     sleep 0.1
 done
-total="$(sed -n 's/^\(summary\|totals\): *\([0-9]*\).*/\2/p' "$work/callgrind.out.1" | head -n 1)"
-[ -n "$total" ] || { echo "instructions.sh: callgrind wrote no totals" >&2; exit 1; }
-echo "$path: $((total / requests)) instructions per request ($requests requests, $connections connections)"
+total=0
+writer=0
+for file in "$work"/callgrind.out.1*; do
+    count="$(sed -n 's/^\(summary\|totals\): *\([0-9]*\).*/\2/p' "$file" | head -n 1)"
+    [ -n "$count" ] || continue
+    total=$((total + count))
+    if grep -q 'mcpsock_store::sqlite::Writer' "$file"; then
+        writer=$((writer + count))
+    fi
+done
+[ "$total" -gt 0 ] || { echo "instructions.sh: callgrind wrote no totals" >&2; exit 1; }
+summary="$path: $((total / requests)) instructions per request"
+[ "$path" = sqlite ] && summary+=", of which $((writer / requests)) on the store's writer thread"
+echo "$summary ($requests requests, $connections connections)"
