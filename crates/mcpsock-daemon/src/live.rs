@@ -51,7 +51,7 @@ const INBOX_CAPACITY: usize = 16;
 const MAX_SHADOW_STREAMS: usize = 32;
 /// The reconnection delay the priming event of each request stream
 /// announces (rmcp's default).
-const PRIMING_RETRY: Duration = Duration::from_secs(3);
+pub(crate) const PRIMING_RETRY: Duration = Duration::from_secs(3);
 
 /// Why a session could not take a message.
 #[derive(Debug, thiserror::Error)]

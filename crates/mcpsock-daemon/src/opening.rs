@@ -20,10 +20,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Body;
 use axum::response::Response;
 use http::request::Parts;
-use http::{HeaderMap, StatusCode};
 use rmcp::ServerHandler;
 use rmcp::model::{ClientJsonRpcMessage, ClientRequest, GetExtensions, InitializeRequestParams};
 use rmcp::service::serve_server_with_ct;
@@ -33,13 +31,12 @@ use rmcp::transport::streamable_http_server::session::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::live::SessionTransport;
+use crate::live::{PRIMING_RETRY, SessionTransport};
 use crate::persist::SessionStoreAdapter;
 use crate::sessions::{BoundSessions, SESSION_HEADER, VERSION_HEADER};
+use crate::tool_call::internal_error;
 
-/// The reconnection delay the priming event of a handshake's reply
-/// announces (rmcp's default `sse_retry`), and the id it carries.
-const PRIMING_RETRY: Duration = Duration::from_secs(3);
+/// The id of the priming event of a handshake's reply (rmcp's).
 const PRIMING_ID: &str = "0";
 
 /// An `initialize` this module answers.
@@ -48,34 +45,25 @@ pub(crate) struct Opening {
     params: InitializeRequestParams,
 }
 
-/// The body as the `initialize` request rmcp would open a session for;
-/// `None` for anything else, or when a protocol-version header names
-/// another version than the body (rmcp refuses that).
-pub(crate) fn parse(body: &[u8], headers: &HeaderMap) -> Option<ClientJsonRpcMessage> {
-    let message: ClientJsonRpcMessage = serde_json::from_slice(body).ok()?;
-    let ClientJsonRpcMessage::Request(request) = &message else { return None };
-    let ClientRequest::InitializeRequest(initialize) = &request.request else { return None };
-    match headers.get(VERSION_HEADER) {
-        None => Some(message),
-        Some(version) => {
-            (version.as_bytes() == initialize.params.protocol_version.as_str().as_bytes()).then_some(message)
-        }
-    }
-}
-
 impl Opening {
-    /// `message` is an `initialize` request (see [`parse`]); `parts` is the
-    /// HTTP request it came in, which its handler may read.
-    pub(crate) fn new(mut message: ClientJsonRpcMessage, parts: Parts) -> Self {
-        let ClientJsonRpcMessage::Request(request) = &mut message else {
-            unreachable!("parse takes requests only");
-        };
-        let ClientRequest::InitializeRequest(initialize) = &mut request.request else {
-            unreachable!("parse takes initialize requests only");
-        };
+    /// The body as the `initialize` request rmcp would open a session for,
+    /// with `parts` (the HTTP request it came in, which its handler may
+    /// read); `parts` back for anything else, or when a protocol-version
+    /// header names another version than the body (rmcp refuses that).
+    // The request's parts go back whole, as `tool_call::take` gives them to
+    // rmcp; an `initialize` is rare.
+    #[allow(clippy::result_large_err)]
+    pub(crate) fn parse(body: &[u8], parts: Parts) -> Result<Self, Parts> {
+        let Ok(mut message) = serde_json::from_slice::<ClientJsonRpcMessage>(body) else { return Err(parts) };
+        let ClientJsonRpcMessage::Request(request) = &mut message else { return Err(parts) };
+        let ClientRequest::InitializeRequest(initialize) = &request.request else { return Err(parts) };
+        let version = initialize.params.protocol_version.as_str().as_bytes();
+        if parts.headers.get(VERSION_HEADER).is_some_and(|header| header.as_bytes() != version) {
+            return Err(parts);
+        }
         let params = initialize.params.clone();
         request.request.extensions_mut().insert(parts);
-        Self { message, params }
+        Ok(Self { message, params })
     }
 
     /// Opens the session and answers the handshake as rmcp's service does.
@@ -147,17 +135,11 @@ async fn close(sessions: &BoundSessions, id: &SessionId) {
     }
 }
 
-/// rmcp's answer to a failure inside its service, in its words.
-fn internal_error(context: &str, error: impl std::fmt::Display) -> Response {
-    tracing::error!("Internal server error when {context}: {error}");
-    let mut response = Response::new(Body::from(format!("Encounter an error when {context}: {error}")));
-    *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
-    response
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use http::HeaderMap;
 
     use http::HeaderValue;
     use serde_json::json;
@@ -168,23 +150,30 @@ mod tests {
         .unwrap()
     }
 
-    fn version_header(version: &'static str) -> HeaderMap {
+    /// The parts of a request with these headers.
+    fn parts(headers: HeaderMap) -> Parts {
+        let (mut parts, ()) = http::Request::new(()).into_parts();
+        parts.headers = headers;
+        parts
+    }
+
+    fn version_header(version: &'static str) -> Parts {
         let mut headers = HeaderMap::new();
         headers.insert(VERSION_HEADER, HeaderValue::from_static(version));
-        headers
+        parts(headers)
     }
 
     #[test]
     fn an_initialize_is_taken_unless_its_version_header_disagrees() {
         let body = initialize("2025-06-18");
-        let taken = parse(&body, &HeaderMap::new()).expect("taken without a version header");
+        let taken = Opening::parse(&body, parts(HeaderMap::new())).expect("taken without a version header");
         assert_eq!(
-            serde_json::to_value(&taken).unwrap(),
+            serde_json::to_value(&taken.message).unwrap(),
             serde_json::from_slice::<serde_json::Value>(&body).unwrap()
         );
-        assert!(parse(&body, &version_header("2025-06-18")).is_some());
+        assert!(Opening::parse(&body, version_header("2025-06-18")).is_ok());
         // rmcp answers a disagreeing header with an error of its own.
-        assert!(parse(&body, &version_header("2025-03-26")).is_none());
+        assert!(Opening::parse(&body, version_header("2025-03-26")).is_err());
     }
 
     #[test]
@@ -197,11 +186,17 @@ mod tests {
                 "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}]),
         ];
         for body in bodies {
-            assert!(parse(&serde_json::to_vec(&body).unwrap(), &HeaderMap::new()).is_none(), "taken: {body}");
+            assert!(
+                Opening::parse(&serde_json::to_vec(&body).unwrap(), parts(HeaderMap::new())).is_err(),
+                "taken: {body}"
+            );
         }
         assert!(
-            parse(b"{\"jsonrpc\": \"2.0\", \"id\": 1, \"method\": \"initialize\"", &HeaderMap::new())
-                .is_none()
+            Opening::parse(
+                b"{\"jsonrpc\": \"2.0\", \"id\": 1, \"method\": \"initialize\"",
+                parts(HeaderMap::new())
+            )
+            .is_err()
         );
     }
 }

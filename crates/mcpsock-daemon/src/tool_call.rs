@@ -31,7 +31,7 @@ use rmcp::transport::streamable_http_server::SessionId;
 use rmcp::transport::streamable_http_server::session::SessionManager;
 use serde::Deserialize;
 
-use crate::opening::{self, Opening};
+use crate::opening::Opening;
 use crate::sessions::{BoundSessions, SESSION_HEADER, VERSION_HEADER};
 
 /// The hosts rmcp's service accepts by default (its DNS-rebinding check);
@@ -88,9 +88,9 @@ pub(crate) async fn take(request: Request, sessions: &BoundSessions, body_limit:
         }
     };
     let Some(session) = session else {
-        return match opening::parse(&bytes, &parts.headers) {
-            Some(message) => Taken::Open(Box::new(Opening::new(message, parts))),
-            None => Taken::Rmcp(Request::from_parts(parts, Body::from(bytes))),
+        return match Opening::parse(&bytes, parts) {
+            Ok(opening) => Taken::Open(Box::new(opening)),
+            Err(parts) => Taken::Rmcp(Request::from_parts(parts, Body::from(bytes))),
         };
     };
     match parse(&bytes) {
@@ -116,17 +116,19 @@ impl ToolCall {
     ) -> Response {
         match sessions.create_stream(&self.session, self.message).await {
             Ok(events) => crate::sse::reply(events, keep_alive, streams.child_token()),
-            Err(error) => {
-                // rmcp's words for the same failure; `guard_sessions` turns
-                // it into a 404 when the session has just ended.
-                tracing::error!("Internal server error when get session: {error}");
-                let mut response =
-                    Response::new(Body::from(format!("Encounter an error when get session: {error}")));
-                *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
-                response
-            }
+            // `guard_sessions` turns this into a 404 when the session has
+            // just ended.
+            Err(error) => internal_error("get session", error),
         }
     }
+}
+
+/// rmcp's answer to a failure inside its service, in its words.
+pub(crate) fn internal_error(context: &str, error: impl std::fmt::Display) -> Response {
+    tracing::error!("Internal server error when {context}: {error}");
+    let mut response = Response::new(Body::from(format!("Encounter an error when {context}: {error}")));
+    *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+    response
 }
 
 /// Whether every check on a request's method and headers that rmcp makes
