@@ -17,27 +17,49 @@
 //! server request a handler makes while serving a request rides that
 //! request's stream (SEP-2260); everything else goes to the standalone
 //! (GET) stream, stored even while no client listens so a resume finds it.
+//!
+//! A session opened by mcpsock's own handshake (`opening`) whose client
+//! takes no server requests (it declared neither sampling, elicitation nor
+//! roots) is also served directly: a request calls the handler from the
+//! task that serves its HTTP request, in the body of the reply, and its
+//! answer is stored and written from there. Through rmcp's service loop
+//! the same request passed four tasks (the loop, a task spawned for the
+//! handler, the loop again, a task spawned to send the answer) and back.
+//! rmcp ties a server request a handler makes to the request it serves
+//! through a task-local it keeps to itself; a handler called directly
+//! cannot be tied so, and that is why a client that takes server requests
+//! keeps the service loop. Progress and cancellation work alike on both
+//! ways: a progress notification goes through the service loop to the
+//! request's stream by its token, and a cancellation (or the end of the
+//! session) cancels the call's token. A reply whose client leaves before
+//! the answer moves its call into a task of its own, so the answer is still
+//! stored for a resume.
 
 use std::collections::HashMap;
 use std::fmt;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use futures::{Stream, StreamExt};
+use futures::future::BoxFuture;
+use futures::{FutureExt, Stream};
 use mcpsock_store::{Store, StoreError};
 use rmcp::RoleServer;
 use rmcp::model::{
-    ClientJsonRpcMessage, ClientNotification, GetExtensions, GetMeta, JsonRpcError, JsonRpcMessage,
-    JsonRpcResponse, ProgressToken, RequestId, ServerJsonRpcMessage, ServerNotification,
+    ClientJsonRpcMessage, ClientNotification, ClientRequest, ErrorData, GetExtensions, GetMeta, JsonRpcError,
+    JsonRpcMessage, JsonRpcRequest, JsonRpcResponse, ProgressToken, RequestId, ServerJsonRpcMessage,
+    ServerNotification, ServerResult,
 };
-use rmcp::service::OriginatingRequestId;
+use rmcp::service::{OriginatingRequestId, Peer, RequestContext};
 use rmcp::transport::Transport;
 use rmcp::transport::common::server_side_http::ServerSseMessage;
 use rmcp::transport::streamable_http_server::SessionId;
+use sync_wrapper::SyncWrapper;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, Sleep};
+use tokio_util::sync::CancellationToken;
 
 use crate::persist;
 
@@ -152,6 +174,8 @@ impl LiveSessions {
             inbox,
             idle_ttl: self.idle_ttl,
             idle: Box::pin(tokio::time::sleep_until(later(opened, self.idle_ttl))),
+            handover: None,
+            initialized: false,
         })
     }
 
@@ -199,22 +223,23 @@ impl LiveSessions {
     /// Passes a request to the session and returns the stream of what
     /// answers it: first a stored priming event (its id names the stream,
     /// for a resume), then whatever the session sends for the request, up
-    /// to and including its response.
+    /// to and including its response. In a session served directly, the
+    /// stream calls the handler itself once its priming event is read.
     pub(crate) async fn request(
         &self,
         id: &SessionId,
         message: ClientJsonRpcMessage,
-    ) -> Result<impl Stream<Item = ServerSseMessage> + Send + Sync + 'static, LiveError> {
+    ) -> Result<RequestEvents, LiveError> {
         let session = self.get(id)?;
-        let ClientJsonRpcMessage::Request(request) = &message else { return Err(LiveError::NotARequest) };
+        let ClientJsonRpcMessage::Request(request) = message else { return Err(LiveError::NotARequest) };
         let mut key = String::with_capacity(32);
         mcpsock_store::push_hex(&mut key, &self.stream_nonce.to_be_bytes());
         mcpsock_store::push_hex(&mut key, &self.next_stream.fetch_add(1, Ordering::Relaxed).to_be_bytes());
         let key: Arc<str> = key.into();
         let mut priming = ServerSseMessage::retry(PRIMING_RETRY);
         priming.event_id = Some(persist::store_event(&*self.store, &key, None, &priming).await?);
-        let (tx, mut rx) = mpsc::channel(STREAM_CAPACITY);
-        let inbox = {
+        let (tx, rx) = mpsc::channel(STREAM_CAPACITY);
+        let (inbox, direct) = {
             let mut routes = session.routes();
             let inbox = routes.inbox.clone().ok_or(LiveError::Ended)?;
             // A client reusing the id of a request in flight: the earlier
@@ -224,12 +249,53 @@ impl LiveSessions {
             if let Some(token) = &progress {
                 routes.progress.insert(token.clone(), request.id.clone());
             }
-            routes.requests.insert(request.id.clone(), RequestStream { key, tx, progress });
-            inbox
+            // An `initialize` inside a session is rmcp's to refuse.
+            let direct = routes
+                .direct
+                .clone()
+                .filter(|_| !matches!(request.request, ClientRequest::InitializeRequest(_)))
+                .map(|direct| {
+                    let cancel = direct.calls.child_token();
+                    (direct, cancel)
+                });
+            let cancel = direct.as_ref().map(|(_, cancel)| cancel.clone());
+            routes
+                .requests
+                .insert(request.id.clone(), RequestStream { key: key.clone(), tx, progress, cancel });
+            (inbox, direct)
         };
         session.touch();
-        inbox.send(Box::new(message)).await.map_err(|_| LiveError::Ended)?;
-        Ok(futures::stream::iter(Some(priming)).chain(futures::stream::poll_fn(move |cx| rx.poll_recv(cx))))
+        let call = match direct {
+            Some((direct, cancel)) => {
+                let finish = Finish { session, store: self.store.clone(), key };
+                Some(SyncWrapper::new(direct.call(request, cancel, finish)))
+            }
+            None => {
+                inbox
+                    .send(Box::new(ClientJsonRpcMessage::Request(request)))
+                    .await
+                    .map_err(|_| LiveError::Ended)?;
+                None
+            }
+        };
+        Ok(RequestEvents { priming: Some(priming), call, answer: None, rx })
+    }
+
+    /// Serves session `id`'s requests from here on by calling `handler`
+    /// directly with `peer` (its service loop's), until the session ends.
+    /// `stop` is the token that stops the session's service loop.
+    pub(crate) fn serve_directly(
+        &self,
+        id: &SessionId,
+        handler: Box<dyn Handler>,
+        peer: Peer<RoleServer>,
+        stop: &CancellationToken,
+    ) {
+        let Ok(session) = self.get(id) else { return };
+        let mut routes = session.routes();
+        if routes.inbox.is_some() {
+            routes.direct = Some(Arc::new(Direct { handler, peer, calls: stop.child_token() }));
+        }
     }
 
     /// Passes a notification, response or error from the client to the
@@ -314,6 +380,8 @@ struct Routes {
     progress: HashMap<ProgressToken, RequestId, foldhash::fast::RandomState>,
     standalone: Option<mpsc::Sender<ServerSseMessage>>,
     shadows: Vec<mpsc::Sender<ServerSseMessage>>,
+    /// The handler requests are served by directly, if they are.
+    direct: Option<Arc<Direct>>,
 }
 
 struct RequestStream {
@@ -321,6 +389,8 @@ struct RequestStream {
     key: Arc<str>,
     tx: mpsc::Sender<ServerSseMessage>,
     progress: Option<ProgressToken>,
+    /// The token of a call served directly.
+    cancel: Option<CancellationToken>,
 }
 
 /// The stream a server message goes to.
@@ -366,9 +436,14 @@ impl Routes {
         }
     }
 
-    /// Forgets a request's stream; the stream ends once nothing sends on it.
+    /// Forgets a request's stream; the stream ends once nothing sends on it,
+    /// and a call served directly is cancelled (as rmcp's service loop
+    /// cancels a request once it is answered or cancelled).
     fn end_request(&mut self, id: &RequestId) -> Option<RequestStream> {
         let stream = self.requests.remove(id)?;
+        if let Some(cancel) = &stream.cancel {
+            cancel.cancel();
+        }
         if let Some(token) = &stream.progress
             && self.progress.get(token) == Some(id)
         {
@@ -404,7 +479,48 @@ impl Session {
     /// and every open stream ends.
     fn end(&self) {
         let mut routes = self.routes();
+        if let Some(direct) = &routes.direct {
+            direct.calls.cancel();
+        }
         *routes = Routes::default();
+    }
+
+    /// Stores the answer to a call served directly, ends the call's stream
+    /// and returns the answer's event; `None` when the request's stream
+    /// ended before (a cancellation, a client reusing its id, the end of
+    /// the session): its answer is dropped, as rmcp drops it. The stream
+    /// ends only once the answer is stored, since its reader ends with it.
+    async fn answer(
+        &self,
+        store: &dyn Store,
+        key: &Arc<str>,
+        message: ServerJsonRpcMessage,
+    ) -> Option<ServerSseMessage> {
+        self.touch();
+        let (JsonRpcMessage::Response(JsonRpcResponse { id, .. })
+        | JsonRpcMessage::Error(JsonRpcError { id: Some(id), .. })) = &message
+        else {
+            return None;
+        };
+        let id = id.clone();
+        let ours =
+            |routes: &Routes| routes.requests.get(&id).is_some_and(|stream| Arc::ptr_eq(&stream.key, key));
+        let _order = self.sending.lock().await;
+        if !ours(&self.routes()) {
+            return None;
+        }
+        let mut event = ServerSseMessage::from_message(message);
+        match persist::store_event(store, key, None, &event).await {
+            Ok(id) => event.event_id = Some(id),
+            // The client still gets its answer, without an id to resume
+            // from.
+            Err(error) => tracing::warn!(%error, "an answer was not stored; its stream cannot be resumed"),
+        }
+        let mut routes = self.routes();
+        if ours(&routes) {
+            routes.end_request(&id);
+        }
+        Some(event)
     }
 
     /// Stores a message of the service loop and hands it to its stream.
@@ -449,6 +565,137 @@ impl Session {
     }
 }
 
+/// A session's handler, as a request served directly calls it.
+pub(crate) trait Handler: Send + Sync + 'static {
+    /// Handles `request` as rmcp's service loop would, and passes the
+    /// answer to `finish`.
+    fn call(
+        &self,
+        request: ClientRequest,
+        context: RequestContext<RoleServer>,
+        finish: Finish,
+    ) -> BoxFuture<'static, Option<ServerSseMessage>>;
+}
+
+/// What a session served directly holds.
+struct Direct {
+    handler: Box<dyn Handler>,
+    /// The session's peer (its service loop's): what a handler sends
+    /// through it, a progress notification say, takes the way any message
+    /// of the handler takes.
+    peer: Peer<RoleServer>,
+    /// The parent of every call's token, cancelled when the session ends.
+    calls: CancellationToken,
+}
+
+impl Direct {
+    /// The call of `request`, as rmcp's service loop makes it: the request's
+    /// `_meta` and extensions (the HTTP request's parts among them) move to
+    /// its context.
+    fn call(
+        &self,
+        request: JsonRpcRequest<ClientRequest>,
+        cancel: CancellationToken,
+        finish: Finish,
+    ) -> BoxFuture<'static, Option<ServerSseMessage>> {
+        let JsonRpcRequest { id, mut request, .. } = request;
+        let meta = std::mem::take(request.get_meta_mut());
+        let extensions = std::mem::take(request.extensions_mut());
+        let mut context = RequestContext::new(id, self.peer.clone());
+        context.ct = cancel;
+        context.meta = meta;
+        context.extensions = extensions;
+        self.handler.call(request, context, finish)
+    }
+}
+
+/// Where the answer of a call served directly goes.
+pub(crate) struct Finish {
+    session: Arc<Session>,
+    store: Arc<dyn Store>,
+    key: Arc<str>,
+}
+
+impl Finish {
+    /// Answers request `id` with what its handler returned (a panic of the
+    /// handler is an internal error, where rmcp's service loop would leave
+    /// the request unanswered).
+    pub(crate) async fn answer(
+        self,
+        id: RequestId,
+        handled: impl Future<Output = Result<ServerResult, ErrorData>>,
+    ) -> Option<ServerSseMessage> {
+        let message = match AssertUnwindSafe(handled).catch_unwind().await {
+            Ok(Ok(result)) => JsonRpcMessage::response(result, id),
+            Ok(Err(error)) => JsonRpcMessage::error(error, Some(id)),
+            Err(_) => JsonRpcMessage::error(
+                ErrorData::internal_error("the request's handler panicked", None),
+                Some(id),
+            ),
+        };
+        self.session.answer(&*self.store, &self.key, message).await
+    }
+}
+
+/// The events that answer one request: its priming event, then what the
+/// session sends for it; in a session served directly, the call itself,
+/// run as the stream is read.
+pub(crate) struct RequestEvents {
+    priming: Option<ServerSseMessage>,
+    /// The call served directly, until it has answered.
+    call: Option<SyncWrapper<BoxFuture<'static, Option<ServerSseMessage>>>>,
+    /// Its answer, held while events sent before it are read.
+    answer: Option<ServerSseMessage>,
+    rx: mpsc::Receiver<ServerSseMessage>,
+}
+
+impl Stream for RequestEvents {
+    type Item = ServerSseMessage;
+
+    fn poll_next(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        let this = self.get_mut();
+        if let Some(priming) = this.priming.take() {
+            return Poll::Ready(Some(priming));
+        }
+        if let Some(call) = &mut this.call {
+            match call.get_mut().as_mut().poll(cx) {
+                Poll::Ready(answer) => {
+                    this.call = None;
+                    this.answer = answer;
+                }
+                // Its stream ended first (a cancellation): the call goes on
+                // in a task of its own (see `Drop`).
+                Poll::Pending => return this.rx.poll_recv(cx),
+            }
+        }
+        if this.answer.is_some() {
+            // What the handler sent before it answered (it waited for each
+            // send) is queued already and comes first.
+            if let Ok(event) = this.rx.try_recv() {
+                return Poll::Ready(Some(event));
+            }
+            return Poll::Ready(this.answer.take());
+        }
+        this.rx.poll_recv(cx)
+    }
+}
+
+impl Drop for RequestEvents {
+    /// A call whose reader left finishes in a task of its own, so its
+    /// answer is stored for a resume.
+    fn drop(&mut self) {
+        if let Some(call) = self.call.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(call.into_inner());
+        }
+    }
+}
+
 /// `at + by`, or about thirty years on when that is past what `Instant`
 /// holds (a `session_idle_ttl` of "never", in effect).
 fn later(at: Instant, by: Duration) -> Instant {
@@ -462,6 +709,23 @@ pub(crate) struct SessionTransport {
     inbox: mpsc::Receiver<Box<ClientJsonRpcMessage>>,
     idle_ttl: Duration,
     idle: Pin<Box<Sleep>>,
+    /// Held by the handshake task of a session mcpsock opened (see
+    /// [`Self::hold_after_handshake`]).
+    handover: Option<oneshot::Receiver<()>>,
+    /// Whether the client's `initialized` has been read.
+    initialized: bool,
+}
+
+impl SessionTransport {
+    /// Holds the service loop, once the handshake is read, until the
+    /// returned sender is dropped: the way the session is served (directly
+    /// or not) is then settled before the loop answers any later request,
+    /// so a client holding its first answer finds it settled.
+    pub(crate) fn hold_after_handshake(&mut self) -> oneshot::Sender<()> {
+        let (tx, rx) = oneshot::channel();
+        self.handover = Some(rx);
+        tx
+    }
 }
 
 impl Transport<RoleServer> for SessionTransport {
@@ -477,10 +741,24 @@ impl Transport<RoleServer> for SessionTransport {
     }
 
     async fn receive(&mut self) -> Option<ClientJsonRpcMessage> {
+        if self.initialized
+            && let Some(handover) = &mut self.handover
+        {
+            let _ = handover.await;
+            self.handover = None;
+        }
         loop {
             tokio::select! {
                 biased;
-                message = self.inbox.recv() => return message.map(|message| *message),
+                message = self.inbox.recv() => {
+                    let message = message.map(|message| *message);
+                    if let Some(JsonRpcMessage::Notification(notification)) = &message
+                        && matches!(notification.notification, ClientNotification::InitializedNotification(_))
+                    {
+                        self.initialized = true;
+                    }
+                    return message;
+                }
                 () = &mut self.idle => {
                     match self.session.expiry(self.idle_ttl) {
                         Some(at) if at <= Instant::now() => {
@@ -513,8 +791,9 @@ impl Drop for SessionTransport {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures::StreamExt;
     use mcpsock_store::MemoryStore;
-    use rmcp::model::{CallToolResult, ServerRequest, ServerResult};
+    use rmcp::model::{CallToolResult, ServerRequest};
     use serde_json::json;
 
     fn sessions(idle_ttl: Duration) -> (LiveSessions, SessionId, SessionTransport) {

@@ -15,23 +15,26 @@
 //! The rest is what rmcp's service does: a fresh handler from the factory,
 //! `BoundSessions::create_session`, the handshake, the session's record in
 //! the store, and the same event stream back (a priming event, then the
-//! answer), with the session's id in its header.
+//! answer), with the session's id in its header. Once the handshake is
+//! done, a session whose client takes no server requests is served by
+//! calling its handler directly (see `live`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::response::Response;
+use futures::future::BoxFuture;
 use http::request::Parts;
-use rmcp::ServerHandler;
 use rmcp::model::{ClientJsonRpcMessage, ClientRequest, GetExtensions, InitializeRequestParams};
-use rmcp::service::serve_server_with_ct;
+use rmcp::service::{Peer, RequestContext, Service, serve_server_with_ct};
 use rmcp::transport::streamable_http_server::SessionId;
 use rmcp::transport::streamable_http_server::session::{
     ServerSseMessage, SessionManager, SessionState, SessionStore,
 };
+use rmcp::{RoleServer, ServerHandler};
 use tokio_util::sync::CancellationToken;
 
-use crate::live::{PRIMING_RETRY, SessionTransport};
+use crate::live::{self, Finish, PRIMING_RETRY, SessionTransport};
 use crate::persist::SessionStoreAdapter;
 use crate::sessions::{BoundSessions, SESSION_HEADER, VERSION_HEADER};
 use crate::tool_call::internal_error;
@@ -106,16 +109,23 @@ impl Opening {
 /// Runs the session's handshake and then its service loop. The handshake's
 /// task ends when the client's `initialized` arrives; a small task then
 /// waits for the loop to end and closes the session, as rmcp's worker does.
+/// The service loop and the direct calls share one handler.
 fn serve<S: ServerHandler + Send + 'static>(
     sessions: Arc<BoundSessions>,
     id: SessionId,
     handler: S,
-    transport: SessionTransport,
+    mut transport: SessionTransport,
     stop: CancellationToken,
 ) {
+    let handler = Arc::new(handler);
+    let handover = transport.hold_after_handshake();
     tokio::spawn(async move {
-        match serve_server_with_ct(handler, transport, stop).await {
+        match serve_server_with_ct(handler.clone(), transport, stop.clone()).await {
             Ok(running) => {
+                if takes_no_server_requests(running.peer()) {
+                    sessions.serve_directly(&id, Box::new(Shared(handler)), running.peer().clone(), &stop);
+                }
+                drop(handover);
                 tokio::spawn(async move {
                     let _ = running.waiting().await;
                     close(&sessions, &id).await;
@@ -127,6 +137,35 @@ fn serve<S: ServerHandler + Send + 'static>(
             }
         }
     });
+}
+
+/// Whether the client declared none of the capabilities a server request
+/// needs (sampling, elicitation, roots). Only then may a request's handler
+/// be called directly: a server request it made would not be tied to the
+/// request it serves (see `live`).
+fn takes_no_server_requests(peer: &Peer<RoleServer>) -> bool {
+    peer.peer_info().is_some_and(|info| {
+        let capabilities = &info.capabilities;
+        capabilities.sampling.is_none() && capabilities.elicitation.is_none() && capabilities.roots.is_none()
+    })
+}
+
+/// A handler the service loop shares with the direct calls.
+struct Shared<S>(Arc<S>);
+
+impl<S: ServerHandler> live::Handler for Shared<S> {
+    fn call(
+        &self,
+        request: ClientRequest,
+        context: RequestContext<RoleServer>,
+        finish: Finish,
+    ) -> BoxFuture<'static, Option<ServerSseMessage>> {
+        let handler = self.0.clone();
+        Box::pin(async move {
+            let id = context.id.clone();
+            finish.answer(id, handler.handle_request(request, context)).await
+        })
+    }
 }
 
 async fn close(sessions: &BoundSessions, id: &SessionId) {

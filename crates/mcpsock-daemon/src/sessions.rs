@@ -157,6 +157,18 @@ impl BoundSessions {
         self.inner.contains(id)
     }
 
+    /// Serves session `id`'s requests by calling `handler` directly (see
+    /// `live`).
+    pub(crate) fn serve_directly(
+        &self,
+        id: &SessionId,
+        handler: Box<dyn crate::live::Handler>,
+        peer: rmcp::service::Peer<rmcp::RoleServer>,
+        stop: &tokio_util::sync::CancellationToken,
+    ) {
+        self.inner.serve_directly(id, handler, peer, stop);
+    }
+
     /// Sessions open now, of every principal.
     pub(crate) fn open_count(&self) -> usize {
         self.inner.len()

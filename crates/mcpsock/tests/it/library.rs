@@ -1,6 +1,8 @@
 //! The library API: `mcpsock::Server` serving a handler written here, its
 //! handle's stops, the direct client and the socket and HTTP clients.
 
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -38,7 +40,9 @@ impl ServerHandler for Gate {
         let schema = Arc::new(JsonObject::new());
         Ok(ListToolsResult::with_all_items(vec![
             Tool::new("wait", "Answers once released.", schema.clone()),
-            Tool::new("echo", "Answers at once.", schema),
+            Tool::new("echo", "Answers at once.", schema.clone()),
+            Tool::new("panic", "Panics.", schema.clone()),
+            Tool::new("roots", "Asks the client for its roots.", schema),
         ]))
     }
 
@@ -47,6 +51,13 @@ impl ServerHandler for Gate {
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
+        if request.name == "panic" {
+            panic!("the panic tool panics");
+        }
+        if request.name == "roots" {
+            let roots = count_roots(&context).await?;
+            return Ok(CallToolResult::success(vec![ContentBlock::text(format!("{roots} roots"))]).into());
+        }
         if request.name == "wait" {
             self.started.fetch_add(1, Ordering::SeqCst);
             tokio::select! {
@@ -59,6 +70,18 @@ impl ServerHandler for Gate {
         }
         Ok(CallToolResult::success(vec![ContentBlock::text(format!("{} done", request.name))]).into())
     }
+}
+
+/// How many roots the client names. Roots are deprecated by SEP-2577, but
+/// the 2025 revisions a legacy session speaks still have them.
+#[allow(deprecated)]
+async fn count_roots(context: &RequestContext<RoleServer>) -> Result<usize, ErrorData> {
+    let roots = context
+        .peer
+        .list_roots()
+        .await
+        .map_err(|error| ErrorData::internal_error(error.to_string(), None))?;
+    Ok(roots.roots.len())
 }
 
 const CALL_WAIT: &str =
@@ -174,7 +197,10 @@ fn a_tcp_only_server_reports_its_port_and_the_http_client_sends_the_key() {
         let session =
             mcpsock::client::connect_with(&endpoint, &ConnectOptions::default().api_key(&key)).await.unwrap();
         let tools = session.list_all_tools().await.unwrap();
-        assert_eq!(tools.iter().map(|tool| tool.name.as_ref()).collect::<Vec<_>>(), ["wait", "echo"]);
+        assert_eq!(
+            tools.iter().map(|tool| tool.name.as_ref()).collect::<Vec<_>>(),
+            ["wait", "echo", "panic", "roots"]
+        );
         let result = session.call_tool(CallToolRequestParams::new("echo")).await.unwrap();
         assert_eq!(result.content[0].as_text().unwrap().text, "echo done");
         session.cancel().await.unwrap();
@@ -236,6 +262,153 @@ fn the_direct_client_sees_a_handler_as_the_socket_client_does() {
     runtime.block_on(handle.shutdown()).unwrap();
     // Nothing of the direct session outlives it either.
     wait_until("every task has ended", || runtime.metrics().num_alive_tasks() == 0);
+}
+
+/// The headers of requests in `session`.
+fn in_session(session: &str) -> String {
+    format!("MCP-Protocol-Version: 2025-06-18\r\nMcp-Session-Id: {session}")
+}
+
+/// A session past its handshake and its first answer, whose client declared
+/// `capabilities`. With none that take server requests, it is served
+/// directly from then on (see `live` in mcpsock-daemon).
+fn settled_session(socket: &std::path::Path, capabilities: serde_json::Value) -> String {
+    let initialize = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": capabilities, "clientInfo": {"name": "t", "version": "1"}}});
+    let opened = post(Target::Unix(socket), "localhost", "", &initialize.to_string());
+    assert_eq!(opened.status, 200, "{opened:?}");
+    let session = opened.header("mcp-session-id").expect("a session id");
+    let initialized = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
+    assert_eq!(post(Target::Unix(socket), "localhost", &in_session(&session), initialized).status, 202);
+    let echo = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{}}}"#;
+    let answer = post(Target::Unix(socket), "localhost", &in_session(&session), echo);
+    assert!(answer.body.contains("echo done"), "{answer:?}");
+    session
+}
+
+/// Sends `body` in `session` and returns the open reply, to read as it comes.
+fn post_streaming(socket: &std::path::Path, session: &str, body: &str) -> BufReader<UnixStream> {
+    let mut stream = UnixStream::connect(socket).unwrap();
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    write!(
+        stream,
+        "POST /mcp HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{MCP_HEADERS}\r\n{}\r\nContent-Length: {}\r\n\r\n{body}",
+        in_session(session),
+        body.len()
+    )
+    .unwrap();
+    BufReader::new(stream)
+}
+
+/// Reads `reply` up to the first line that starts with `prefix`.
+fn read_until(reply: &mut BufReader<UnixStream>, prefix: &str) -> String {
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    let mut line = String::new();
+    loop {
+        // Keep-alive comments would keep a plain read waiting for ever.
+        assert!(std::time::Instant::now() < deadline, "no line starting {prefix:?} in time");
+        line.clear();
+        assert!(reply.read_line(&mut line).unwrap() > 0, "the reply ended before a line starting {prefix:?}");
+        if line.starts_with(prefix) {
+            return line;
+        }
+    }
+}
+
+fn serve_gate(
+    runtime: &tokio::runtime::Runtime,
+    socket: &std::path::Path,
+    gate: &Gate,
+) -> mcpsock::ServerHandle {
+    let gate = gate.clone();
+    runtime.block_on(Server::new(socket).serve(move || gate.clone())).unwrap()
+}
+
+#[test]
+fn a_handler_that_panics_answers_an_internal_error_and_its_session_goes_on() {
+    let sandbox = Sandbox::new();
+    let socket = sandbox.socket();
+    let runtime = runtime();
+    let handle = serve_gate(&runtime, &socket, &Gate::default());
+    let session = settled_session(&socket, json!({}));
+    let call = r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"panic","arguments":{}}}"#;
+    let reply = post(Target::Unix(&socket), "localhost", &in_session(&session), call);
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert!(reply.body.contains(r#""id":2,"error""#) && reply.body.contains("-32603"), "{}", reply.body);
+    assert!(reply.body.contains("panicked"), "{}", reply.body);
+    let echo = r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"echo","arguments":{}}}"#;
+    assert!(post(Target::Unix(&socket), "localhost", &in_session(&session), echo).body.contains("echo done"));
+    runtime.block_on(handle.shutdown()).unwrap();
+}
+
+#[test]
+fn a_call_its_client_cancels_is_cancelled_and_its_stream_ends() {
+    let sandbox = Sandbox::new();
+    let socket = sandbox.socket();
+    let runtime = runtime();
+    let gate = Gate::default();
+    let handle = serve_gate(&runtime, &socket, &gate);
+    let session = settled_session(&socket, json!({}));
+    let mut reply = post_streaming(&socket, &session, CALL_WAIT);
+    read_until(&mut reply, "id:");
+    wait_until("the tool is running", || gate.started.load(Ordering::SeqCst) == 1);
+    let cancel =
+        r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":2,"reason":"no"}}"#;
+    assert_eq!(post(Target::Unix(&socket), "localhost", &in_session(&session), cancel).status, 202);
+    wait_until("the tool sees the cancellation", || gate.cancelled.load(Ordering::SeqCst) == 1);
+    let mut rest = String::new();
+    reply.read_to_string(&mut rest).unwrap();
+    assert!(rest.ends_with("0\r\n\r\n"), "the stream ends: {rest:?}");
+    assert!(!rest.contains("jsonrpc"), "a cancelled request is not answered: {rest}");
+    runtime.block_on(handle.shutdown()).unwrap();
+}
+
+#[test]
+fn a_call_whose_client_left_finishes_and_its_answer_can_be_resumed() {
+    let sandbox = Sandbox::new();
+    let socket = sandbox.socket();
+    let runtime = runtime();
+    let gate = Gate::default();
+    let handle = serve_gate(&runtime, &socket, &gate);
+    let session = settled_session(&socket, json!({}));
+    let mut reply = post_streaming(&socket, &session, CALL_WAIT);
+    let priming = read_until(&mut reply, "id:").trim_start_matches("id:").trim().to_string();
+    wait_until("the tool is running", || gate.started.load(Ordering::SeqCst) == 1);
+    drop(reply);
+    gate.release.notify_one();
+    let resume = format!(
+        "GET /mcp HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\n{}\r\nLast-Event-ID: {priming}",
+        in_session(&session)
+    );
+    wait_until("the answer is stored for a resume", || {
+        raw_request(Target::Unix(&socket), &resume, b"").body.contains("wait done")
+    });
+    assert_eq!(gate.cancelled.load(Ordering::SeqCst), 0, "the call was not cut short");
+    runtime.block_on(handle.shutdown()).unwrap();
+}
+
+#[test]
+fn a_server_request_rides_the_stream_of_the_call_that_made_it() {
+    // A client that takes server requests keeps rmcp's service loop, which
+    // ties the request to the call (SEP-2260).
+    let sandbox = Sandbox::new();
+    let socket = sandbox.socket();
+    let runtime = runtime();
+    let handle = serve_gate(&runtime, &socket, &Gate::default());
+    let session = settled_session(&socket, json!({"roots": {}}));
+    let call = r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"roots","arguments":{}}}"#;
+    let mut reply = post_streaming(&socket, &session, call);
+    let asked = read_until(&mut reply, "data: {");
+    let asked: serde_json::Value = serde_json::from_str(asked.trim_start_matches("data: ").trim()).unwrap();
+    assert_eq!(asked["method"], "roots/list", "{asked}");
+    let roots = json!({"jsonrpc": "2.0", "id": asked["id"], "result": {"roots": [{"uri": "file:///tmp"}]}});
+    assert_eq!(
+        post(Target::Unix(&socket), "localhost", &in_session(&session), &roots.to_string()).status,
+        202
+    );
+    let answer = read_until(&mut reply, "data: {");
+    assert!(answer.contains("1 roots"), "{answer}");
+    runtime.block_on(handle.shutdown()).unwrap();
 }
 
 /// The example programs, built beside this test binary.
