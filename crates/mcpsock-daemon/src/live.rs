@@ -37,14 +37,13 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use futures::Stream;
 use futures::future::BoxFuture;
-use futures::{FutureExt, Stream};
 use mcpsock_store::{Store, StoreError};
 use rmcp::RoleServer;
 use rmcp::model::{
@@ -617,15 +616,15 @@ pub(crate) struct Finish {
 }
 
 impl Finish {
-    /// Answers request `id` with what its handler returned (a panic of the
-    /// handler is an internal error, where rmcp's service loop would leave
-    /// the request unanswered).
+    /// Answers request `id` with what its handler returned: `handled`
+    /// is `Err` when the handler panicked, which answers an internal error
+    /// (rmcp's service loop would leave the request unanswered).
     pub(crate) async fn answer(
         self,
         id: RequestId,
-        handled: impl Future<Output = Result<ServerResult, ErrorData>>,
+        handled: std::thread::Result<Result<ServerResult, ErrorData>>,
     ) -> Option<ServerSseMessage> {
-        let message = match AssertUnwindSafe(handled).catch_unwind().await {
+        let message = match handled {
             Ok(Ok(result)) => JsonRpcMessage::response(result, id),
             Ok(Err(error)) => JsonRpcMessage::error(error, Some(id)),
             Err(_) => JsonRpcMessage::error(

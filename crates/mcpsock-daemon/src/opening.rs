@@ -19,10 +19,12 @@
 //! done, a session whose client takes no server requests is served by
 //! calling its handler directly (see `live`).
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::response::Response;
+use futures::FutureExt;
 use futures::future::BoxFuture;
 use http::request::Parts;
 use rmcp::model::{ClientJsonRpcMessage, ClientRequest, GetExtensions, InitializeRequestParams};
@@ -163,7 +165,10 @@ impl<S: ServerHandler> live::Handler for Shared<S> {
         let handler = self.0.clone();
         Box::pin(async move {
             let id = context.id.clone();
-            finish.answer(id, handler.handle_request(request, context)).await
+            // Awaited here, not inside `answer`, so the handler's future is
+            // moved into this one's state once instead of twice.
+            let handled = AssertUnwindSafe(handler.handle_request(request, context)).catch_unwind().await;
+            finish.answer(id, handled).await
         })
     }
 }
