@@ -19,10 +19,13 @@ use std::sync::Arc;
 
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
-use http::{HeaderMap, StatusCode, header};
+use http::{HeaderMap, HeaderName, StatusCode, header};
 use mcpsock_config::Secret;
 use mcpsock_transport::Peer;
 use subtle::ConstantTimeEq;
+
+/// The other header an API key may come in.
+const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 
 /// Who sent an admitted request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -79,7 +82,7 @@ impl Access {
             .and_then(|value| value.split_once(' '))
             .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
             .map(|(_, key)| key.trim());
-        let header_key = headers.get("x-api-key").and_then(|value| value.to_str().ok()).map(str::trim);
+        let header_key = headers.get(X_API_KEY).and_then(|value| value.to_str().ok()).map(str::trim);
         [bearer, header_key]
             .into_iter()
             .flatten()

@@ -236,7 +236,7 @@ impl LiveSessions {
         mcpsock_store::push_hex(&mut key, &self.next_stream.fetch_add(1, Ordering::Relaxed).to_be_bytes());
         let key: Arc<str> = key.into();
         let mut priming = ServerSseMessage::retry(PRIMING_RETRY);
-        priming.event_id = Some(persist::store_event(&*self.store, &key, None, &priming).await?);
+        priming.event_id = Some(persist::open_stream(&*self.store, &key, id, &request.id, &priming).await?);
         let (tx, rx) = mpsc::channel(STREAM_CAPACITY);
         let (inbox, direct) = {
             let mut routes = session.routes();

@@ -22,7 +22,7 @@ use std::time::Duration;
 use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
-use http::{Method, StatusCode};
+use http::{HeaderName, Method, StatusCode};
 use mcpsock_store::{Store, StoreError, StoredEvent, is_event_id};
 use mcpsock_transport::Peer;
 use rmcp::model::{ClientJsonRpcMessage, ClientRequest, GetExtensions, ServerJsonRpcMessage};
@@ -35,12 +35,13 @@ use rmcp::transport::streamable_http_server::session::{
 use tokio_util::sync::CancellationToken;
 
 use crate::events::EventBus;
-use crate::live::{IdMap, IdSet, LiveError, LiveSessions, SessionTransport};
+use crate::live::{IdMap, IdSet, LiveError, LiveSessions, RequestEvents, SessionTransport};
 use crate::persist::REQUEST_PRINCIPAL;
 use mcpsock_api::EventBody;
 
-pub(crate) const SESSION_HEADER: &str = "mcp-session-id";
-pub(crate) const VERSION_HEADER: &str = "mcp-protocol-version";
+// Header names, not strings: a lookup by string parses the name each time.
+pub(crate) const SESSION_HEADER: HeaderName = HeaderName::from_static("mcp-session-id");
+pub(crate) const VERSION_HEADER: HeaderName = HeaderName::from_static("mcp-protocol-version");
 /// Random bytes in a session id (hex-encoded: 64 visible ASCII characters).
 const SESSION_ID_BYTES: usize = 32;
 
@@ -311,29 +312,16 @@ impl BoundSessions {
         &self,
         id: &SessionId,
         message: ClientJsonRpcMessage,
-    ) -> Result<impl futures::Stream<Item = ServerSseMessage> + Send + Sync + 'static, LiveError> {
-        let request_id = match &message {
-            ClientJsonRpcMessage::Request(request) => serde_json::to_vec(&request.id).ok(),
-            _ => None,
-        };
+    ) -> Result<RequestEvents, LiveError> {
         if let ClientJsonRpcMessage::Request(request) = &message
             && let Some((key, value)) = session_setting(&request.request)
             && let Err(error) = self.store.put_state(id, &key, value).await
         {
             tracing::warn!(%error, "a session setting was not recorded; a restart will forget it");
         }
-        let mut stream = self.inner.request(id, message).await?;
-        // The first event (the priming event, already stored) names the
-        // stream; record which session and request it answers before the
-        // client sees any id of it, so a resume after a crash finds it.
-        let first = stream.next().await;
-        if let (Some(event_id), Some(request_id)) =
-            (first.as_ref().and_then(|event| event.event_id.as_deref()), request_id)
-            && let Err(error) = self.store.bind_stream(event_id, id, &request_id).await
-        {
-            tracing::warn!(%error, "a stream was not recorded; it cannot be resumed after a restart");
-        }
-        Ok(futures::stream::iter(first).chain(stream))
+        // The stream's priming event is stored with the record of which
+        // session and request the stream answers.
+        self.inner.request(id, message).await
     }
 
     async fn accept_message_inner(
@@ -511,7 +499,7 @@ where
     F: Future<Output = Response>,
 {
     for header in [SESSION_HEADER, VERSION_HEADER] {
-        if request.headers().get_all(header).iter().count() > 1 {
+        if request.headers().get_all(&header).iter().count() > 1 {
             return refuse(StatusCode::BAD_REQUEST, &format!("the {header} header must appear at most once"));
         }
     }

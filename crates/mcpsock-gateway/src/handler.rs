@@ -384,6 +384,9 @@ impl Gateway {
         context: &RequestContext<RoleServer>,
     ) -> Result<ServerResult, ErrorData> {
         let slot = tokio::select! {
+            // Admission is mostly immediate: the cancellation's waiter is
+            // registered only when it is not.
+            biased;
             slot = upstream.limiter.admit(&upstream.name) => slot?,
             () = context.ct.cancelled() => return Err(ErrorData::internal_error("the request was cancelled", None)),
         };
@@ -439,6 +442,9 @@ impl Gateway {
         let upstream = exchange.upstream.upstream().clone();
         let timeout = self.inner.options.request_timeout;
         let mut deliveries = FuturesUnordered::new();
+        // One waiter for the whole exchange, not one per turn of the loop.
+        let cancelled = context.ct.cancelled();
+        tokio::pin!(cancelled);
         let result = loop {
             tokio::select! {
                 result = &mut exchange.response => break result.map_err(|error| upstream_error(&upstream, error)),
@@ -463,7 +469,7 @@ impl Gateway {
                         None,
                     ));
                 }
-                () = context.ct.cancelled() => {
+                () = &mut cancelled => {
                     return Err(ErrorData::internal_error("the request was cancelled", None));
                 }
             }
