@@ -211,20 +211,26 @@ fn is_json_rpc(line: &[u8]) -> bool {
     json_rpc_kind(line).is_some()
 }
 
+/// Whether a member is present, whatever its value (even `null`).
+#[derive(Default)]
+pub(crate) struct Seen(pub(crate) bool);
+
+impl<'de> serde::Deserialize<'de> for Seen {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        serde::de::IgnoredAny::deserialize(deserializer).map(|_| Self(true))
+    }
+}
+
+/// Whether `line` starts as a JSON object: serde would also read a struct
+/// from an array, and a message is an object.
+pub(crate) fn is_object(line: &[u8]) -> bool {
+    line.iter().find(|byte| !byte.is_ascii_whitespace()) == Some(&b'{')
+}
+
 /// One JSON-RPC 2.0 request, notification or response, and its kind.
 /// Checked without building the message: this runs on every upstream line,
 /// before rmcp parses it for real.
 pub(crate) fn json_rpc_kind(line: &[u8]) -> Option<Kind> {
-    /// Whether a member is present, whatever its value (even `null`).
-    #[derive(Default)]
-    struct Seen(bool);
-
-    impl<'de> serde::Deserialize<'de> for Seen {
-        fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-            serde::de::IgnoredAny::deserialize(deserializer).map(|_| Self(true))
-        }
-    }
-
     #[derive(serde::Deserialize)]
     struct Envelope<'a> {
         #[serde(borrow)]
@@ -239,8 +245,7 @@ pub(crate) fn json_rpc_kind(line: &[u8]) -> Option<Kind> {
         error: Seen,
     }
 
-    // serde would also read a struct from an array; a message is an object.
-    if line.iter().find(|byte| !byte.is_ascii_whitespace()) != Some(&b'{') {
+    if !is_object(line) {
         return None;
     }
     let message = serde_json::from_slice::<Envelope<'_>>(line).ok()?;

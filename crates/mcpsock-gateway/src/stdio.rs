@@ -6,8 +6,10 @@
 //! content, so no raw upstream bytes reach a client. What passes is parsed
 //! once, straight into rmcp's message type, on the task that receives it.
 //! The answer to a `tools/call` this transport sent is parsed as a tool's
-//! result directly: rmcp's own parse tries fifteen other kinds of result
-//! first, and those failed attempts cost more than the rest of the parse.
+//! result directly, in the same pass that checks it (the common line is
+//! parsed once, not first checked and then parsed): rmcp's own parse tries
+//! fifteen other kinds of result first, and those failed attempts cost more
+//! than the rest of the parse.
 //!
 //! Writing, messages are serialized as rmcp hands them over and queued; one
 //! writer task drains the queue, so the messages of concurrent requests go
@@ -34,7 +36,7 @@ use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::sync::Notify;
 
-use crate::spawn::{Kind, json_rpc_kind};
+use crate::spawn::{Kind, Seen, is_object, json_rpc_kind};
 use crate::upstream::Ledger;
 
 /// Longest stdout line (one JSON-RPC message) taken from a child.
@@ -104,24 +106,41 @@ impl<R: AsyncRead + Unpin + Send> StdioTransport<R> {
         }
     }
 
-    /// Parses a line `json_rpc_kind` let in as `kind`.
-    fn parse(&mut self, line: &[u8], kind: Kind) -> Option<RxJsonRpcMessage<RoleClient>> {
-        if kind == Kind::Result
-            && !self.calls.is_empty()
-            && let Ok(answer) = serde_json::from_slice::<JsonRpcResponse<CallToolResult>>(line)
-            && self.calls.remove(&answer.id)
-        {
-            // What rmcp's parse makes of it too, unless the answer also
-            // carries the fields of a kind of result rmcp tries earlier (a
-            // task, an elicitation's action): then rmcp would take it for
-            // that, while to a tools/call it can only mean a tool's result.
-            let JsonRpcResponse { jsonrpc, id, result } = answer;
-            return Some(JsonRpcMessage::Response(JsonRpcResponse {
-                jsonrpc,
-                id,
-                result: ServerResult::CallToolResult(result),
-            }));
+    /// The answer to a `tools/call` this transport sent, parsed in one pass
+    /// as a tool's result, with the checks `json_rpc_kind` makes on a
+    /// result (an object, version 2.0, an id, a `result`, neither an `error`
+    /// nor a `method`). That is what rmcp's parse makes of it too, unless
+    /// the answer also carries the fields of a kind of result rmcp tries
+    /// earlier (a task, an elicitation's action): then rmcp would take it for
+    /// that, while to a `tools/call` it can only mean a tool's result.
+    /// `None` for anything else, which takes the general way.
+    fn tool_answer(&mut self, line: &[u8]) -> Option<RxJsonRpcMessage<RoleClient>> {
+        #[derive(serde::Deserialize)]
+        struct Answer {
+            jsonrpc: JsonRpcVersion2_0,
+            id: RequestId,
+            result: CallToolResult,
+            #[serde(default)]
+            error: Seen,
+            #[serde(default)]
+            method: Seen,
         }
+        if self.calls.is_empty() || !is_object(line) {
+            return None;
+        }
+        let answer = serde_json::from_slice::<Answer>(line).ok()?;
+        if answer.error.0 || answer.method.0 || !self.calls.remove(&answer.id) {
+            return None;
+        }
+        Some(JsonRpcMessage::Response(JsonRpcResponse {
+            jsonrpc: answer.jsonrpc,
+            id: answer.id,
+            result: ServerResult::CallToolResult(answer.result),
+        }))
+    }
+
+    /// Parses a line `json_rpc_kind` let in.
+    fn parse(&mut self, line: &[u8]) -> Option<RxJsonRpcMessage<RoleClient>> {
         let message = serde_json::from_slice::<RxJsonRpcMessage<RoleClient>>(line).ok()?;
         match &message {
             JsonRpcMessage::Response(response) => {
@@ -200,13 +219,16 @@ impl<R: AsyncRead + Unpin + Send> Transport<RoleClient> for StdioTransport<R> {
             } else if self.lines.length > MAX_LINE {
                 self.drop_line("too long for a JSON-RPC message");
                 None
+            } else if let Some(answer) = self.tool_answer(&line) {
+                // The common line: one parse, not two.
+                Some(answer)
             } else {
                 match json_rpc_kind(&line) {
                     None => {
                         self.drop_line("not a JSON-RPC message");
                         None
                     }
-                    Some(kind) => match self.parse(&line, kind) {
+                    Some(kind) => match self.parse(&line) {
                         Some(message) => {
                             if kind == Kind::Relayed {
                                 self.ledger.read_one();
@@ -536,6 +558,29 @@ mod tests {
             assert_eq!(is_tool_result, index != 1 && index != 2, "{line} gave {:?}", response.result);
         }
         assert!(transport.calls.is_empty(), "every answered call is forgotten: {:?}", transport.calls);
+    }
+
+    #[tokio::test]
+    async fn an_answer_with_an_error_too_is_no_answer() {
+        let (stdin, _child) = tokio::io::duplex(1 << 20);
+        let (mut child_stdout, stdout) = tokio::io::duplex(1 << 16);
+        let dropped = Arc::new(AtomicU64::new(0));
+        let mut transport =
+            StdioTransport::new("t", stdout, stdin, dropped.clone(), Arc::new(Ledger::default()));
+        drop(transport.send(call(5)));
+        let lines = [
+            r#"{"jsonrpc":"2.0","id":5,"result":{"content":[]},"error":{"code":1,"message":"both"}}"#,
+            r#"{"jsonrpc":"1.0","id":5,"result":{"content":[]}}"#,
+            r#"[{"jsonrpc":"2.0","id":5,"result":{"content":[]}}]"#,
+            r#"{"jsonrpc":"2.0","id":5,"result":{"content":[{"type":"text","text":"the answer"}]}}"#,
+        ];
+        for line in lines {
+            child_stdout.write_all(format!("{line}\n").as_bytes()).await.unwrap();
+        }
+        let received = serde_json::to_value(transport.receive().await.expect("a message")).unwrap();
+        assert_eq!(received["result"]["content"][0]["text"], "the answer", "{received}");
+        assert_eq!(dropped.load(Ordering::Relaxed), 3, "the malformed lines are dropped");
+        assert!(transport.calls.is_empty());
     }
 
     #[tokio::test]

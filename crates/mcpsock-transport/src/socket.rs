@@ -193,10 +193,22 @@ pub fn lock_holder(socket_path: &Path) -> io::Result<Option<u32>> {
     if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
         return Ok(None);
     }
-    let locks = std::fs::read_to_string("/proc/locks")?;
     let device = (rustix::fs::major(stat.st_dev), rustix::fs::minor(stat.st_dev));
-    Ok(flock_holder(&locks, device, stat.st_ino))
+    // The kernel hands `/proc/locks` out a page per read and carries on by
+    // position, so a lock another process takes or drops meanwhile can hide
+    // a line of a later page: a holder not seen is looked for again.
+    for _ in 0..PROC_LOCKS_READS {
+        let locks = std::fs::read_to_string("/proc/locks")?;
+        if let Some(pid) = flock_holder(&locks, device, stat.st_ino) {
+            return Ok(Some(pid));
+        }
+    }
+    Ok(None)
 }
+
+/// How often [`lock_holder`] reads `/proc/locks` before it concludes that
+/// nobody holds the lock.
+const PROC_LOCKS_READS: usize = 4;
 
 /// The pid holding a `flock` on the file `(device, inode)`, from the text
 /// of `/proc/locks` (`1: FLOCK  ADVISORY  WRITE 4242 00:2a:1234 0 EOF`).
