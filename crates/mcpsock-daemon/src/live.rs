@@ -223,7 +223,9 @@ impl LiveSessions {
     /// answers it: first a stored priming event (its id names the stream,
     /// for a resume), then whatever the session sends for the request, up
     /// to and including its response. In a session served directly, the
-    /// stream calls the handler itself once its priming event is read.
+    /// stream calls the handler itself when it is first read. The priming
+    /// event waits for the record of the stream's session and request
+    /// (which SQLite commits with the answer's event when it comes soon).
     pub(crate) async fn request(
         &self,
         id: &SessionId,
@@ -236,7 +238,19 @@ impl LiveSessions {
         mcpsock_store::push_hex(&mut key, &self.next_stream.fetch_add(1, Ordering::Relaxed).to_be_bytes());
         let key: Arc<str> = key.into();
         let mut priming = ServerSseMessage::retry(PRIMING_RETRY);
-        priming.event_id = Some(persist::open_stream(&*self.store, &key, id, &request.id, &priming).await?);
+        let event_id = persist::store_event(&*self.store, &key, None, &priming).await?;
+        // Recorded while the request runs: with SQLite, the commit of its
+        // answer can take the record along (see `Store::bind_stream`).
+        let binding: BoxFuture<'static, ()> = {
+            let (store, event_id, session) = (self.store.clone(), event_id.clone(), id.clone());
+            let request_id = serde_json::to_vec(&request.id)?;
+            Box::pin(async move {
+                if let Err(error) = store.bind_stream(&event_id, &session, &request_id).await {
+                    tracing::warn!(%error, "a stream was not recorded; it cannot be resumed after a restart");
+                }
+            })
+        };
+        priming.event_id = Some(event_id);
         let (tx, rx) = mpsc::channel(STREAM_CAPACITY);
         let (inbox, direct) = {
             let mut routes = session.routes();
@@ -277,7 +291,13 @@ impl LiveSessions {
                 None
             }
         };
-        Ok(RequestEvents { priming: Some(priming), call, answer: None, rx })
+        Ok(RequestEvents {
+            binding: Some(SyncWrapper::new(binding)),
+            priming: Some(priming),
+            call,
+            answer: None,
+            rx,
+        })
     }
 
     /// Serves session `id`'s requests from here on by calling `handler`
@@ -640,6 +660,9 @@ impl Finish {
 /// session sends for it; in a session served directly, the call itself,
 /// run as the stream is read.
 pub(crate) struct RequestEvents {
+    /// The record of the stream's session and request, committed before
+    /// the client gets any id of the stream.
+    binding: Option<SyncWrapper<BoxFuture<'static, ()>>>,
     priming: Option<ServerSseMessage>,
     /// The call served directly, until it has answered.
     call: Option<SyncWrapper<BoxFuture<'static, Option<ServerSseMessage>>>>,
@@ -657,6 +680,17 @@ impl Stream for RequestEvents {
     ) -> std::task::Poll<Option<Self::Item>> {
         use std::task::Poll;
         let this = self.get_mut();
+        if let Some(binding) = &mut this.binding {
+            // The call runs meanwhile.
+            if let Some(call) = &mut this.call
+                && let Poll::Ready(answer) = call.get_mut().as_mut().poll(cx)
+            {
+                this.call = None;
+                this.answer = answer;
+            }
+            std::task::ready!(binding.get_mut().as_mut().poll(cx));
+            this.binding = None;
+        }
         if let Some(priming) = this.priming.take() {
             return Poll::Ready(Some(priming));
         }

@@ -93,27 +93,14 @@ pub(crate) async fn store_event(
             Some(ServerJsonRpcMessage::Response(_) | ServerJsonRpcMessage::Error(_))
         ),
     };
+    if session.is_none() && message.is_none() {
+        // The priming event that opens a request stream. Its id reaches the
+        // client only through `BoundSessions::create_stream`, after the
+        // stream's binding is committed, and that commit takes this event
+        // with it: one commit instead of two per request.
+        return Ok(store.append_event_deferred(key, new_event));
+    }
     Ok(store.append_event(key, session, new_event).await?)
-}
-
-/// Opens the stream `key` of a legacy session's request: stores its priming
-/// event and binds the stream to `session` as the answer to `request`, in
-/// one commit, before the client sees any id of it (so a resume after a
-/// crash finds it). Returns the priming event's id.
-pub(crate) async fn open_stream(
-    store: &dyn Store,
-    key: &str,
-    session: &str,
-    request: &RequestId,
-    priming: &ServerSseMessage,
-) -> Result<String, LiveError> {
-    let request = serde_json::to_vec(request)?;
-    let first = NewEvent {
-        message: None,
-        retry_ms: priming.retry.map(|retry| u64::try_from(retry.as_millis()).unwrap_or(u64::MAX)),
-        is_response: false,
-    };
-    Ok(store.open_stream(key, session, &request, first).await?)
 }
 
 /// Ends every request stream a previous process left without a response:

@@ -319,8 +319,9 @@ impl BoundSessions {
         {
             tracing::warn!(%error, "a session setting was not recorded; a restart will forget it");
         }
-        // The stream's priming event is stored with the record of which
-        // session and request the stream answers.
+        // The stream's first event is held back until the record of which
+        // session and request the stream answers is committed (see
+        // `RequestEvents`), so a resume after a crash finds it.
         self.inner.request(id, message).await
     }
 

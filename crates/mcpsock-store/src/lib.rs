@@ -297,26 +297,6 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// request `request_id` (JSON).
     async fn bind_stream(&self, event_id: &str, session: &str, request_id: &[u8]) -> Result<(), StoreError>;
 
-    /// Opens a request's stream: appends its first event and binds the
-    /// stream to `session` as the answer to `request_id` (JSON), committed
-    /// together, and returns the event's id. By default
-    /// [`Store::append_event_deferred`] then [`Store::bind_stream`]; a
-    /// binding that fails is logged, not returned (the stream still works,
-    /// but cannot be resumed after a restart).
-    async fn open_stream(
-        &self,
-        stream: &str,
-        session: &str,
-        request_id: &[u8],
-        first: NewEvent,
-    ) -> Result<String, StoreError> {
-        let id = self.append_event_deferred(stream, first);
-        if let Err(error) = self.bind_stream(&id, session, request_id).await {
-            tracing::warn!(%error, "a stream was not recorded; it cannot be resumed after a restart");
-        }
-        Ok(id)
-    }
-
     /// The events after `event_id` on its stream, when that event exists
     /// and its stream belongs to `session`; `None` otherwise.
     async fn replay_after(&self, session: &str, event_id: &str) -> Result<Option<Replay>, StoreError>;

@@ -220,14 +220,7 @@ impl Inner {
 }
 
 impl MemoryStore {
-    /// Appends `event` to `stream`; `session` (with the request a request
-    /// stream answers) binds a stream not bound yet.
-    fn append(
-        &self,
-        stream: &str,
-        session: Option<(&str, Option<&[u8]>)>,
-        event: NewEvent,
-    ) -> Result<String, StoreError> {
+    fn append(&self, stream: &str, session: Option<&str>, event: NewEvent) -> Result<String, StoreError> {
         let now = self.clock.now();
         let mut guard = self.lock()?;
         let inner = &mut *guard;
@@ -245,11 +238,11 @@ impl MemoryStore {
             };
             inner.streams.insert(name, row);
         }
-        if let Some((session, request_id)) = session
+        if let Some(session) = session
             && inner.streams[stream].session.is_none()
         {
             // A standalone stream is bound by its first event.
-            inner.bind(stream, session, request_id);
+            inner.bind(stream, session, None);
         }
         let size = event.message.as_ref().map_or(0, Vec::len);
         let row = inner.streams.get_mut(stream).expect("inserted above");
@@ -326,7 +319,7 @@ impl Store for MemoryStore {
         session: Option<&str>,
         event: NewEvent,
     ) -> Result<String, StoreError> {
-        self.append(stream, session.map(|session| (session, None)), event)
+        self.append(stream, session, event)
     }
 
     async fn bind_stream(&self, event_id: &str, session: &str, request_id: &[u8]) -> Result<(), StoreError> {
@@ -339,17 +332,6 @@ impl Store for MemoryStore {
         inner.bind(&stream, session, Some(request_id));
         inner.trim_session(session, self.retention.max_events_per_session);
         Ok(())
-    }
-
-    async fn open_stream(
-        &self,
-        stream: &str,
-        session: &str,
-        request_id: &[u8],
-        first: NewEvent,
-    ) -> Result<String, StoreError> {
-        // One step: no id to parse back, one lock.
-        self.append(stream, Some((session, Some(request_id))), first)
     }
 
     async fn replay_after(&self, session: &str, event_id: &str) -> Result<Option<Replay>, StoreError> {
