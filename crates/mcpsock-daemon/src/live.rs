@@ -681,14 +681,17 @@ impl Stream for RequestEvents {
         use std::task::Poll;
         let this = self.get_mut();
         if let Some(binding) = &mut this.binding {
-            // The call runs meanwhile.
-            if let Some(call) = &mut this.call
-                && let Poll::Ready(answer) = call.get_mut().as_mut().poll(cx)
-            {
-                this.call = None;
-                this.answer = answer;
+            // The record first: the call's answer, stored meanwhile, can
+            // then take it along into its own commit.
+            if binding.get_mut().as_mut().poll(cx).is_pending() {
+                if let Some(call) = &mut this.call
+                    && let Poll::Ready(answer) = call.get_mut().as_mut().poll(cx)
+                {
+                    this.call = None;
+                    this.answer = answer;
+                }
+                return Poll::Pending;
             }
-            std::task::ready!(binding.get_mut().as_mut().poll(cx));
             this.binding = None;
         }
         if let Some(priming) = this.priming.take() {
