@@ -238,18 +238,10 @@ impl LiveSessions {
         mcpsock_store::push_hex(&mut key, &self.next_stream.fetch_add(1, Ordering::Relaxed).to_be_bytes());
         let key: Arc<str> = key.into();
         let mut priming = ServerSseMessage::retry(PRIMING_RETRY);
-        let event_id = persist::store_event(&*self.store, &key, None, &priming).await?;
-        // Recorded while the request runs: with SQLite, the commit of its
-        // answer can take the record along (see `Store::bind_stream`).
-        let binding: BoxFuture<'static, ()> = {
-            let (store, event_id, session) = (self.store.clone(), event_id.clone(), id.clone());
-            let request_id = serde_json::to_vec(&request.id)?;
-            Box::pin(async move {
-                if let Err(error) = store.bind_stream(&event_id, &session, &request_id).await {
-                    tracing::warn!(%error, "a stream was not recorded; it cannot be resumed after a restart");
-                }
-            })
-        };
+        // The stream's record (its session and request) may still be under
+        // way: the request runs meanwhile, and with SQLite the commit of its
+        // answer can take the record along (see `Store::open_stream`).
+        let (event_id, binding) = persist::open_stream(&self.store, &key, id, &request.id, &priming)?;
         priming.event_id = Some(event_id);
         let (tx, rx) = mpsc::channel(STREAM_CAPACITY);
         let (inbox, direct) = {
@@ -292,7 +284,7 @@ impl LiveSessions {
             }
         };
         Ok(RequestEvents {
-            binding: Some(SyncWrapper::new(binding)),
+            binding: binding.map(SyncWrapper::new),
             priming: Some(priming),
             call,
             answer: None,
@@ -660,8 +652,8 @@ impl Finish {
 /// session sends for it; in a session served directly, the call itself,
 /// run as the stream is read.
 pub(crate) struct RequestEvents {
-    /// The record of the stream's session and request, committed before
-    /// the client gets any id of the stream.
+    /// The record of the stream's session and request, while it is being
+    /// committed: the client gets no id of the stream before.
     binding: Option<SyncWrapper<BoxFuture<'static, ()>>>,
     priming: Option<ServerSseMessage>,
     /// The call served directly, until it has answered.

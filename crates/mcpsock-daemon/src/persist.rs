@@ -11,6 +11,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use mcpsock_store::{Clock, NewEvent, SessionRecord, Store, StoreError};
 use rmcp::model::{ErrorCode, ErrorData, InitializeRequestParams, RequestId, ServerJsonRpcMessage};
 use rmcp::transport::streamable_http_server::session::{
@@ -93,14 +94,35 @@ pub(crate) async fn store_event(
             Some(ServerJsonRpcMessage::Response(_) | ServerJsonRpcMessage::Error(_))
         ),
     };
-    if session.is_none() && message.is_none() {
-        // The priming event that opens a request stream. Its id reaches the
-        // client only through `BoundSessions::create_stream`, after the
-        // stream's binding is committed, and that commit takes this event
-        // with it: one commit instead of two per request.
-        return Ok(store.append_event_deferred(key, new_event));
-    }
     Ok(store.append_event(key, session, new_event).await?)
+}
+
+/// Opens the stream `key` of a legacy session's request: stores its
+/// priming event and binds the stream to `session` as the answer to
+/// `request` (see `Store::open_stream`). Returns the event's id and the
+/// binding, if it is still being committed; a binding that fails is
+/// logged (the stream works, but cannot be resumed after a restart).
+pub(crate) fn open_stream(
+    store: &Arc<dyn Store>,
+    key: &str,
+    session: &str,
+    request: &RequestId,
+    priming: &ServerSseMessage,
+) -> Result<(String, Option<BoxFuture<'static, ()>>), LiveError> {
+    let first = NewEvent {
+        message: None,
+        retry_ms: priming.retry.map(|retry| u64::try_from(retry.as_millis()).unwrap_or(u64::MAX)),
+        is_response: false,
+    };
+    let (id, binding) = store.clone().open_stream(key, session, serde_json::to_vec(request)?, first)?;
+    let binding = binding.map(|binding| -> BoxFuture<'static, ()> {
+        Box::pin(async move {
+            if let Err(error) = binding.await {
+                tracing::warn!(%error, "a stream was not recorded; it cannot be resumed after a restart");
+            }
+        })
+    });
+    Ok((id, binding))
 }
 
 /// Ends every request stream a previous process left without a response:

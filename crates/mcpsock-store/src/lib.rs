@@ -262,6 +262,9 @@ impl StoreError {
 /// Event ids are random (128 bits), unique across the store, and handed out
 /// only once the event is committed: an id a client holds is never lost to
 /// a crash.
+/// A stream's binding still being committed (see [`Store::open_stream`]).
+pub type Binding = std::pin::Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + 'static>>;
+
 #[async_trait::async_trait]
 pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// Records a new session, or replaces the record of the same id.
@@ -296,6 +299,27 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// Binds the stream of `event_id` to `session` as the answer to the
     /// request `request_id` (JSON).
     async fn bind_stream(&self, event_id: &str, session: &str, request_id: &[u8]) -> Result<(), StoreError>;
+
+    /// Opens a request's stream: appends its first event and binds the
+    /// stream to `session` as the answer to `request_id` (JSON). Returns the
+    /// event's id and, unless both are committed already, the binding still
+    /// under way: the id must not reach a client before it is done, and the
+    /// request may run meanwhile. By default [`Store::append_event_deferred`]
+    /// and then [`Store::bind_stream`], which SQLite commits with the next
+    /// event stored (the request's answer, when it comes soon).
+    fn open_stream(
+        self: Arc<Self>,
+        stream: &str,
+        session: &str,
+        request_id: Vec<u8>,
+        first: NewEvent,
+    ) -> Result<(String, Option<Binding>), StoreError> {
+        let id = self.append_event_deferred(stream, first);
+        let (event_id, session) = (id.clone(), session.to_string());
+        let binding: Binding =
+            Box::pin(async move { self.bind_stream(&event_id, &session, &request_id).await });
+        Ok((id, Some(binding)))
+    }
 
     /// The events after `event_id` on its stream, when that event exists
     /// and its stream belongs to `session`; `None` otherwise.

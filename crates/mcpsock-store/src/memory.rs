@@ -220,7 +220,14 @@ impl Inner {
 }
 
 impl MemoryStore {
-    fn append(&self, stream: &str, session: Option<&str>, event: NewEvent) -> Result<String, StoreError> {
+    /// Appends `event` to `stream`; `session` (with the request a request
+    /// stream answers) binds a stream not bound yet.
+    fn append(
+        &self,
+        stream: &str,
+        session: Option<(&str, Option<&[u8]>)>,
+        event: NewEvent,
+    ) -> Result<String, StoreError> {
         let now = self.clock.now();
         let mut guard = self.lock()?;
         let inner = &mut *guard;
@@ -238,11 +245,12 @@ impl MemoryStore {
             };
             inner.streams.insert(name, row);
         }
-        if let Some(session) = session
+        if let Some((session, request_id)) = session
             && inner.streams[stream].session.is_none()
         {
-            // A standalone stream is bound by its first event.
-            inner.bind(stream, session, None);
+            // A standalone stream is bound by its first event, a request's
+            // stream as it opens.
+            inner.bind(stream, session, request_id);
         }
         let size = event.message.as_ref().map_or(0, Vec::len);
         let row = inner.streams.get_mut(stream).expect("inserted above");
@@ -319,7 +327,7 @@ impl Store for MemoryStore {
         session: Option<&str>,
         event: NewEvent,
     ) -> Result<String, StoreError> {
-        self.append(stream, session, event)
+        self.append(stream, session.map(|session| (session, None)), event)
     }
 
     async fn bind_stream(&self, event_id: &str, session: &str, request_id: &[u8]) -> Result<(), StoreError> {
@@ -332,6 +340,17 @@ impl Store for MemoryStore {
         inner.bind(&stream, session, Some(request_id));
         inner.trim_session(session, self.retention.max_events_per_session);
         Ok(())
+    }
+
+    fn open_stream(
+        self: Arc<Self>,
+        stream: &str,
+        session: &str,
+        request_id: Vec<u8>,
+        first: NewEvent,
+    ) -> Result<(String, Option<crate::Binding>), StoreError> {
+        // Both at once, under one lock: nothing left to wait for.
+        Ok((self.append(stream, Some((session, Some(&request_id))), first)?, None))
     }
 
     async fn replay_after(&self, session: &str, event_id: &str) -> Result<Option<Replay>, StoreError> {

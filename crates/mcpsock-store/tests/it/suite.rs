@@ -212,6 +212,47 @@ pub(crate) async fn binding_is_first_come(backend: Backend) {
     store.bind_stream("ffffffffffffffffffffffffffffffff", "s1", b"1").await.unwrap();
 }
 
+/// `open_stream` is `append_event` of the first event and `bind_stream` in
+/// one step: the stream is the session's, answers its request, replays
+/// only to its session, and counts under the session's cap.
+pub(crate) async fn an_opened_stream_is_bound_to_its_session_and_request(backend: Backend) {
+    let opened = backend.open(Clock::manual(START), retention().max_events_per_session(50));
+    let store = &opened.store;
+    store.put_session(session("s1", "uid:1")).await.unwrap();
+    store.put_session(session("s2", "uid:2")).await.unwrap();
+    let open = |stream: String, request: &[u8]| {
+        let (id, binding) = store.clone().open_stream(&stream, "s1", request.to_vec(), priming()).unwrap();
+        async move {
+            if let Some(binding) = binding {
+                binding.await.unwrap();
+            }
+            id
+        }
+    };
+    let first = open("call".into(), br#""req-1""#).await;
+    assert!(is_event_id(&first), "{first}");
+    store.append_event("call", None, message("progress")).await.unwrap();
+    let streams = store.open_streams().await.unwrap();
+    assert_eq!(streams.len(), 1, "{streams:?}");
+    assert_eq!(streams[0].request_id, br#""req-1""#.to_vec());
+    assert_eq!(texts(&store.replay_after("s1", &first).await.unwrap().unwrap().events), ["progress"]);
+    assert_eq!(store.replay_after("s2", &first).await.unwrap(), None, "another session's stream");
+    store.append_event("call", None, response("answer")).await.unwrap();
+    assert!(store.open_streams().await.unwrap().is_empty(), "answered");
+
+    let mut ids = Vec::new();
+    for index in 0..1100 {
+        ids.push(open(format!("request-{index}"), b"1").await);
+    }
+    let mut kept = 0;
+    for id in &ids {
+        kept += usize::from(store.replay_after("s1", id).await.unwrap().is_some());
+    }
+    // As in `the_session_cap_holds_between_cleanups`.
+    assert!(kept <= 50 + 1 + (1100 - 1023), "{kept} of 1100 events kept for a cap of 50");
+    assert!(store.replay_after("s1", &ids[1099]).await.unwrap().is_some(), "the newest stay");
+}
+
 pub(crate) async fn state_round_trip(backend: Backend) {
     let opened = backend.open(Clock::manual(START), retention());
     let store = &opened.store;
@@ -348,6 +389,7 @@ suite!(
     open_streams_are_those_without_a_response,
     streams_emptied_by_the_cap_are_not_open,
     binding_is_first_come,
+    an_opened_stream_is_bound_to_its_session_and_request,
     state_round_trip,
     retention_bounds_events,
     a_growing_stream_is_bounded_as_it_grows,
