@@ -341,8 +341,21 @@ fn a_handler_that_panics_answers_an_internal_error_and_its_session_goes_on() {
     runtime.block_on(handle.shutdown()).unwrap();
 }
 
-#[test]
-fn a_call_its_client_cancels_is_cancelled_and_its_stream_ends() {
+/// A `wait` call running in a settled session of a server of its own,
+/// read up to its priming event.
+struct Waiting {
+    runtime: tokio::runtime::Runtime,
+    handle: mcpsock::ServerHandle,
+    gate: Gate,
+    socket: std::path::PathBuf,
+    session: String,
+    reply: BufReader<UnixStream>,
+    priming: String,
+    /// Bind it by name: the sandbox's directory goes when it drops.
+    _sandbox: Sandbox,
+}
+
+fn start_waiting() -> Waiting {
     let sandbox = Sandbox::new();
     let socket = sandbox.socket();
     let runtime = runtime();
@@ -350,8 +363,14 @@ fn a_call_its_client_cancels_is_cancelled_and_its_stream_ends() {
     let handle = serve_gate(&runtime, &socket, &gate);
     let session = settled_session(&socket, json!({}));
     let mut reply = post_streaming(&socket, &session, CALL_WAIT);
-    read_until(&mut reply, "id:");
+    let priming = read_until(&mut reply, "id:").trim_start_matches("id:").trim().to_string();
     wait_until("the tool is running", || gate.started.load(Ordering::SeqCst) == 1);
+    Waiting { runtime, handle, gate, socket, session, reply, priming, _sandbox: sandbox }
+}
+
+#[test]
+fn a_call_its_client_cancels_is_cancelled_and_its_stream_ends() {
+    let Waiting { runtime, handle, gate, socket, session, mut reply, _sandbox, .. } = start_waiting();
     let cancel =
         r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":2,"reason":"no"}}"#;
     assert_eq!(post(Target::Unix(&socket), "localhost", &in_session(&session), cancel).status, 202);
@@ -365,15 +384,7 @@ fn a_call_its_client_cancels_is_cancelled_and_its_stream_ends() {
 
 #[test]
 fn a_call_whose_client_left_finishes_and_its_answer_can_be_resumed() {
-    let sandbox = Sandbox::new();
-    let socket = sandbox.socket();
-    let runtime = runtime();
-    let gate = Gate::default();
-    let handle = serve_gate(&runtime, &socket, &gate);
-    let session = settled_session(&socket, json!({}));
-    let mut reply = post_streaming(&socket, &session, CALL_WAIT);
-    let priming = read_until(&mut reply, "id:").trim_start_matches("id:").trim().to_string();
-    wait_until("the tool is running", || gate.started.load(Ordering::SeqCst) == 1);
+    let Waiting { runtime, handle, gate, socket, session, reply, priming, _sandbox } = start_waiting();
     drop(reply);
     gate.release.notify_one();
     let resume = format!(
