@@ -44,7 +44,7 @@ use std::time::Duration;
 
 use futures::Stream;
 use futures::future::BoxFuture;
-use mcpsock_store::{Store, StoreError};
+use mcpsock_store::{Binding, Store, StoreError};
 use rmcp::RoleServer;
 use rmcp::model::{
     ClientJsonRpcMessage, ClientNotification, ClientRequest, ErrorData, GetExtensions, GetMeta, JsonRpcError,
@@ -653,14 +653,28 @@ impl Finish {
 /// run as the stream is read.
 pub(crate) struct RequestEvents {
     /// The record of the stream's session and request, while it is being
-    /// committed: the client gets no id of the stream before.
-    binding: Option<SyncWrapper<BoxFuture<'static, ()>>>,
+    /// committed: the client gets no id of the stream before. One that
+    /// fails is logged (the stream works, but cannot be resumed after a
+    /// restart).
+    binding: Option<SyncWrapper<Binding>>,
     priming: Option<ServerSseMessage>,
     /// The call served directly, until it has answered.
     call: Option<SyncWrapper<BoxFuture<'static, Option<ServerSseMessage>>>>,
     /// Its answer, held while events sent before it are read.
     answer: Option<ServerSseMessage>,
     rx: mpsc::Receiver<ServerSseMessage>,
+}
+
+impl RequestEvents {
+    /// Runs the call, if it has not answered yet; its answer is kept for
+    /// its turn. Pending while the call is.
+    fn poll_call(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        if let Some(call) = &mut self.call {
+            self.answer = std::task::ready!(call.get_mut().as_mut().poll(cx));
+            self.call = None;
+        }
+        std::task::Poll::Ready(())
+    }
 }
 
 impl Stream for RequestEvents {
@@ -675,30 +689,23 @@ impl Stream for RequestEvents {
         if let Some(binding) = &mut this.binding {
             // The record first: the call's answer, stored meanwhile, can
             // then take it along into its own commit.
-            if binding.get_mut().as_mut().poll(cx).is_pending() {
-                if let Some(call) = &mut this.call
-                    && let Poll::Ready(answer) = call.get_mut().as_mut().poll(cx)
-                {
-                    this.call = None;
-                    this.answer = answer;
-                }
+            let Poll::Ready(bound) = binding.get_mut().as_mut().poll(cx) else {
+                // Answered or not, the call waits for the record.
+                let _ = this.poll_call(cx);
                 return Poll::Pending;
+            };
+            if let Err(error) = bound {
+                tracing::warn!(%error, "a stream was not recorded; it cannot be resumed after a restart");
             }
             this.binding = None;
         }
         if let Some(priming) = this.priming.take() {
             return Poll::Ready(Some(priming));
         }
-        if let Some(call) = &mut this.call {
-            match call.get_mut().as_mut().poll(cx) {
-                Poll::Ready(answer) => {
-                    this.call = None;
-                    this.answer = answer;
-                }
-                // Its stream ended first (a cancellation): the call goes on
-                // in a task of its own (see `Drop`).
-                Poll::Pending => return this.rx.poll_recv(cx),
-            }
+        if this.poll_call(cx).is_pending() {
+            // Its stream ended first (a cancellation): the call goes on in
+            // a task of its own (see `Drop`).
+            return this.rx.poll_recv(cx);
         }
         if this.answer.is_some() {
             // What the handler sent before it answered (it waited for each

@@ -11,8 +11,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::BoxFuture;
-use mcpsock_store::{Clock, NewEvent, SessionRecord, Store, StoreError};
+use mcpsock_store::{Binding, Clock, NewEvent, SessionRecord, Store, StoreError};
 use rmcp::model::{ErrorCode, ErrorData, InitializeRequestParams, RequestId, ServerJsonRpcMessage};
 use rmcp::transport::streamable_http_server::session::{
     ServerSseMessage, SessionState, SessionStore, SessionStoreError,
@@ -100,29 +99,20 @@ pub(crate) async fn store_event(
 /// Opens the stream `key` of a legacy session's request: stores its
 /// priming event and binds the stream to `session` as the answer to
 /// `request` (see `Store::open_stream`). Returns the event's id and the
-/// binding, if it is still being committed; a binding that fails is
-/// logged (the stream works, but cannot be resumed after a restart).
+/// binding, if it is still being committed.
 pub(crate) fn open_stream(
     store: &Arc<dyn Store>,
     key: &str,
     session: &str,
     request: &RequestId,
     priming: &ServerSseMessage,
-) -> Result<(String, Option<BoxFuture<'static, ()>>), LiveError> {
+) -> Result<(String, Option<Binding>), LiveError> {
     let first = NewEvent {
         message: None,
         retry_ms: priming.retry.map(|retry| u64::try_from(retry.as_millis()).unwrap_or(u64::MAX)),
         is_response: false,
     };
-    let (id, binding) = store.clone().open_stream(key, session, serde_json::to_vec(request)?, first)?;
-    let binding = binding.map(|binding| -> BoxFuture<'static, ()> {
-        Box::pin(async move {
-            if let Err(error) = binding.await {
-                tracing::warn!(%error, "a stream was not recorded; it cannot be resumed after a restart");
-            }
-        })
-    });
-    Ok((id, binding))
+    Ok(store.clone().open_stream(key, session, serde_json::to_vec(request)?, first)?)
 }
 
 /// Ends every request stream a previous process left without a response:

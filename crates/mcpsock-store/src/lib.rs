@@ -257,14 +257,14 @@ impl StoreError {
     }
 }
 
+/// A stream's binding still being committed (see [`Store::open_stream`]).
+pub type Binding = std::pin::Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + 'static>>;
+
 /// The storage interface every backend implements with the same semantics.
 ///
 /// Event ids are random (128 bits), unique across the store, and handed out
 /// only once the event is committed: an id a client holds is never lost to
 /// a crash.
-/// A stream's binding still being committed (see [`Store::open_stream`]).
-pub type Binding = std::pin::Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + 'static>>;
-
 #[async_trait::async_trait]
 pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// Records a new session, or replaces the record of the same id.
